@@ -1,0 +1,3 @@
+from rare.cli import run_cli
+
+run_cli()

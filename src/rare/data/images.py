@@ -1,0 +1,73 @@
+"""Safe image loading: paths stay inside the data root, pixel counts are capped, every mode becomes RGB."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageFile
+
+# Decoding refuses anything larger; M-BEIR images are resized to a 256 px short side.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be used, with the path and the cause in the message."""
+
+
+def resolve_image(root: str | Path, rel: str) -> Path:
+    """Resolve ``rel`` under ``root``; absolute paths, ``..`` and symlinks leading out are refused."""
+    root = Path(root)
+    if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")):
+        raise ImageLoadError(f"{rel!r}: image paths must be relative to the data root")
+    if ".." in Path(rel).parts:
+        raise ImageLoadError(f"{rel!r}: image path escapes the data root ('..')")
+    path = root / rel
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ImageLoadError(f"{rel!r}: image path resolves outside the data root (symlink to {real})")
+    return path
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Palette/alpha images are composited on white so transparent pixels don't turn black."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
+
+
+def load_image(root: str | Path, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open, bound-check and fully decode one image; failures raise ImageLoadError naming the file."""
+    path = resolve_image(root, rel)
+    return open_image(path, max_pixels)
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: image file not found")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageLoadError(f"{path}: {w}x{h} = {w * h} pixels exceeds the cap of {max_pixels}")
+                img.load()
+                return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"{path}: decompression bomb refused ({exc})") from None
+    except OSError as exc:  # truncated, corrupt, unidentified
+        raise ImageLoadError(f"{path}: unreadable or corrupt image ({exc})") from None

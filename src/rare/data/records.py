@@ -1,0 +1,222 @@
+"""Streaming readers and writers for M-BEIR JSONL records.
+
+Records are parsed one line at a time so a 5.6M-line pool never sits in memory as Python
+objects. Originals are kept verbatim: enhancement adds an ``enhanced`` block beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rare.data.errors import DataError
+from rare.mbeir import MODALITIES, TASKS
+
+QUERY_FIELDS = frozenset(
+    {"qid", "query_txt", "query_img_path", "query_modality", "query_src_content",
+     "pos_cand_list", "neg_cand_list", "task_id"}
+)
+CANDIDATE_FIELDS = frozenset({"did", "txt", "img_path", "modality", "src_content"})
+EXTENSION_FIELDS = frozenset({"enhanced"})  # rare's one addition to the format
+ENHANCED_STATUSES = ("ok", "failed", "skipped")
+
+
+@dataclass(slots=True)
+class Enhanced:
+    """VLM output stored beside an original record; ``txt`` is None unless ``status == "ok"``."""
+
+    op: str
+    status: str
+    txt: str | None = None
+    cause: str | None = None
+    backend: str = ""
+    model: str = ""
+    prompt_version: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and bool(self.txt)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "status": self.status, "txt": self.txt, "cause": self.cause,
+                "backend": self.backend, "model": self.model, "prompt_version": self.prompt_version}
+
+
+@dataclass(slots=True)
+class Query:
+    qid: str
+    txt: str
+    img_path: str | None
+    modality: str
+    task_id: int
+    pos: list[str]
+    neg: list[str] = field(default_factory=list)
+    src_content: str | None = None
+    enhanced: Enhanced | None = None
+
+
+@dataclass(slots=True)
+class Candidate:
+    did: str
+    txt: str
+    img_path: str | None
+    modality: str
+    src_content: str | None = None
+    enhanced: Enhanced | None = None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object); blank lines are skipped, anything else malformed is fatal."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DataError(path, lineno, f"malformed JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _ids(value: Any, key: str) -> list[str]:
+    """Positives come as strings in real files and as {"did": ..} on the dataset card: accept both."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"'{key}' must be a list, got {type(value).__name__}")
+    out = []
+    for item in value:
+        if isinstance(item, dict) and isinstance(item.get("did"), str):
+            out.append(item["did"])
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            raise ValueError(f"'{key}' entries must be did strings or {{\"did\": ..}}, got {item!r}")
+    return out
+
+
+def _text(value: Any, key: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"'{key}' must be a string or null, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any, key: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"'{key}' must be a string or null, got {type(value).__name__}")
+    return value
+
+
+def _check_fields(obj: dict[str, Any], required: frozenset[str]) -> None:
+    missing = sorted(required - obj.keys())
+    extra = sorted(obj.keys() - required - EXTENSION_FIELDS)
+    if missing:
+        raise ValueError(f"missing field(s) {missing}")
+    if extra:
+        raise ValueError(f"unexpected field(s) {extra}; allowed: {sorted(required | EXTENSION_FIELDS)}")
+
+
+def _modality(value: Any, key: str, has_img: bool) -> str:
+    if value not in MODALITIES:
+        raise ValueError(f"'{key}' is {value!r}; allowed: {list(MODALITIES)}")
+    if "image" in value and not has_img:
+        raise ValueError(f"'{key}' is {value!r} but there is no image path")
+    return value
+
+
+def parse_enhanced(value: Any) -> Enhanced | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"'enhanced' must be an object, got {type(value).__name__}")
+    status = value.get("status")
+    if status not in ENHANCED_STATUSES:
+        raise ValueError(f"'enhanced.status' is {status!r}; allowed: {list(ENHANCED_STATUSES)}")
+    return Enhanced(
+        op=str(value.get("op", "")), status=status, txt=_opt_str(value.get("txt"), "enhanced.txt"),
+        cause=_opt_str(value.get("cause"), "enhanced.cause"), backend=str(value.get("backend", "")),
+        model=str(value.get("model", "")), prompt_version=str(value.get("prompt_version", "")),
+    )
+
+
+def parse_query(obj: dict[str, Any]) -> Query:
+    """Raise ValueError naming the offending field; callers add file and line."""
+    _check_fields(obj, QUERY_FIELDS)
+    qid = obj["qid"]
+    if not isinstance(qid, str) or ":" not in qid:
+        raise ValueError(f"'qid' must be a string '<dataset_id>:<n>', got {qid!r}")
+    task_id = obj["task_id"]
+    if not isinstance(task_id, int) or task_id not in TASKS:
+        raise ValueError(f"'task_id' is {task_id!r}; allowed: {sorted(TASKS)}")
+    txt = _text(obj["query_txt"], "query_txt")
+    img = _opt_str(obj["query_img_path"], "query_img_path")
+    pos = _ids(obj["pos_cand_list"], "pos_cand_list")
+    if not pos:
+        raise ValueError("'pos_cand_list' is empty; every query needs at least one positive")
+    return Query(
+        qid=qid, txt=txt, img_path=img,
+        modality=_modality(obj["query_modality"], "query_modality", bool(img)),
+        task_id=task_id, pos=pos, neg=_ids(obj["neg_cand_list"], "neg_cand_list"),
+        src_content=_opt_str(obj["query_src_content"], "query_src_content"),
+        enhanced=parse_enhanced(obj.get("enhanced")),
+    )
+
+
+def parse_candidate(obj: dict[str, Any]) -> Candidate:
+    _check_fields(obj, CANDIDATE_FIELDS)
+    did = obj["did"]
+    if not isinstance(did, str) or ":" not in did:
+        raise ValueError(f"'did' must be a string '<dataset_id>:<n>', got {did!r}")
+    txt = _text(obj["txt"], "txt")
+    img = _opt_str(obj["img_path"], "img_path")
+    return Candidate(
+        did=did, txt=txt, img_path=img, modality=_modality(obj["modality"], "modality", bool(img)),
+        src_content=_opt_str(obj["src_content"], "src_content"), enhanced=parse_enhanced(obj.get("enhanced")),
+    )
+
+
+def iter_queries(path: str | Path) -> Iterator[Query]:
+    for lineno, obj in iter_jsonl(path):
+        try:
+            yield parse_query(obj)
+        except ValueError as exc:
+            raise DataError(path, lineno, str(exc)) from None
+
+
+def iter_candidates(path: str | Path) -> Iterator[Candidate]:
+    for lineno, obj in iter_jsonl(path):
+        try:
+            yield parse_candidate(obj)
+        except ValueError as exc:
+            raise DataError(path, lineno, str(exc)) from None
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    """One canonical serialisation (key order kept, UTF-8, no spaces) so reruns are byte-identical."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def write_jsonl(path: str | Path, objs: Iterable[dict[str, Any]]) -> int:
+    """Write atomically (temp file + rename): a killed writer never leaves a half file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        for obj in objs:
+            fh.write(dumps(obj))
+            fh.write("\n")
+            n += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return n

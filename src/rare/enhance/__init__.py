@@ -1,0 +1,1 @@
+"""Reasoning enhancement: a VLM makes implicit semantics explicit before retrieval."""

@@ -1,0 +1,57 @@
+"""The one interface every enhancement backend implements.
+
+The engine routes an item to an operation, renders the operation's versioned prompt, and
+hands the backend a batch of requests; the backend returns one result per request, in order.
+A backend never raises for a single bad item: it returns a result with ``error`` set, so the
+engine can record the cause and fall back to the original text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+# Operations (the routing table maps items to these).
+CAPTION = "caption"    # image-only corpus entry or image-only query: dense caption of the image
+REFINE = "refine"      # image+text corpus entry: keep the original text, add visual context
+RESOLVE = "resolve"    # image+question query: name the visual subject in a few words, never answer
+REWRITE = "rewrite"    # image+modification query: concise target constraints, text only (no image)
+NONE = "none"          # text-only item: left unchanged, never sent to a backend
+OPS = (CAPTION, REFINE, RESOLVE, REWRITE, NONE)
+
+
+@dataclass(frozen=True)
+class EnhanceRequest:
+    key: str                     # content-addressed cache key (backend, model, prompt version, input hash)
+    op: str                      # one of OPS except NONE
+    side: str                    # "corpus" | "query"
+    text: str                    # the original text ("" when the record has none)
+    image: Path | None           # resolved image path, None for text-only operations (REWRITE)
+    system: str                  # rendered system prompt of the operation's template
+    instruction: str             # rendered user instruction (already contains `text` where the template wants it)
+    max_new_tokens: int
+    src_content: str | None = None  # source metadata; only the offline stand-in reads it
+
+
+@dataclass
+class EnhanceResult:
+    text: str | None             # raw generated text; None on failure
+    error: str | None = None     # cause, e.g. "image unreadable: ...", "backend error: ..."
+    tokens_in: int = 0
+    tokens_out: int = 0
+    finish_reason: str | None = None  # "stop" | "length" | ...; "length" marks an output cut at the cap
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str    # "standin" | "transformers" | "vllm" | ...
+    model: str   # model id or path; goes into the cache key
+
+    def generate(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:
+        """One result per request, same order. Deterministic for identical requests."""
+        ...
+
+    def close(self) -> None:
+        ...

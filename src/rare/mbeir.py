@@ -1,0 +1,127 @@
+"""The M-BEIR vocabulary: datasets, tasks, modalities and the evaluated dataset-tasks.
+
+Real M-BEIR and the embedded benchmark share one registry so that every stage reads both
+through the same code path; the embedded datasets take ids 10+ so an id is never ambiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+MODALITIES = ("text", "image", "image,text")
+
+
+class Kind(str, Enum):
+    """What a dataset probes; the report groups dataset-tasks by it."""
+
+    KNOWLEDGE = "knowledge-intensive"
+    COMPOSITIONAL = "compositional"
+    PLAIN = "plain"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    id: int
+    kind: Kind
+    headline_k: int = 5  # M-BEIR reports R@10 for the fashion datasets, R@5 elsewhere
+
+
+DATASETS: tuple[Dataset, ...] = (
+    Dataset("visualnews", 0, Kind.PLAIN),
+    Dataset("fashion200k", 1, Kind.PLAIN, headline_k=10),
+    Dataset("webqa", 2, Kind.PLAIN),
+    Dataset("edis", 3, Kind.PLAIN),
+    Dataset("nights", 4, Kind.PLAIN),
+    Dataset("oven", 5, Kind.KNOWLEDGE),
+    Dataset("infoseek", 6, Kind.KNOWLEDGE),
+    Dataset("fashioniq", 7, Kind.COMPOSITIONAL, headline_k=10),
+    Dataset("cirr", 8, Kind.COMPOSITIONAL),
+    Dataset("mscoco", 9, Kind.PLAIN),
+    # Embedded benchmark (rare.benchmark); see README "Embedded benchmark".
+    Dataset("glyphcaps", 10, Kind.PLAIN),
+    Dataset("factwiki", 11, Kind.PLAIN),
+    Dataset("twinpix", 12, Kind.PLAIN),
+    Dataset("emblemkb", 13, Kind.KNOWLEDGE),
+    Dataset("tweakset", 14, Kind.COMPOSITIONAL, headline_k=10),
+)
+DATASET_BY_NAME = {d.name: d for d in DATASETS}
+DATASET_BY_ID = {d.id: d for d in DATASETS}
+
+# task id -> (query modality, candidate modality); 5 is unused in M-BEIR.
+TASKS: dict[int, tuple[str, str]] = {
+    0: ("text", "image"),
+    1: ("text", "text"),
+    2: ("text", "image,text"),
+    3: ("image", "text"),
+    4: ("image", "image"),
+    6: ("image,text", "text"),
+    7: ("image,text", "image"),
+    8: ("image,text", "image,text"),
+}
+
+
+@dataclass(frozen=True, order=True)
+class DatasetTask:
+    """One evaluated (dataset, task) pair, e.g. ``cirr_task7``."""
+
+    dataset: str
+    task_id: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}_task{self.task_id}"
+
+    @property
+    def info(self) -> Dataset:
+        return dataset(self.dataset)
+
+    @property
+    def headline_k(self) -> int:
+        return self.info.headline_k
+
+    @property
+    def ks(self) -> tuple[int, int, int]:
+        """The three cutoffs M-BEIR reports: 1/5/10, or 10/20/50 where R@10 is the headline."""
+        return (10, 20, 50) if self.headline_k == 10 else (1, 5, 10)
+
+    @classmethod
+    def parse(cls, name: str) -> DatasetTask:
+        ds, sep, task = name.rpartition("_task")
+        if not sep or not task.isdigit():
+            raise ValueError(f"not a dataset-task name: {name!r} (expected '<dataset>_task<k>')")
+        return cls(ds, int(task))
+
+
+MBEIR_EVAL_TASKS: tuple[DatasetTask, ...] = tuple(
+    DatasetTask.parse(n)
+    for n in (
+        "visualnews_task0 mscoco_task0 fashion200k_task0 webqa_task1 edis_task2 webqa_task2 "
+        "visualnews_task3 mscoco_task3 fashion200k_task3 nights_task4 oven_task6 infoseek_task6 "
+        "fashioniq_task7 cirr_task7 oven_task8 infoseek_task8"
+    ).split()
+)
+
+
+def dataset(name_or_id: str | int) -> Dataset:
+    """Look a dataset up by name or numeric id, failing with the allowed values."""
+    table = DATASET_BY_ID if isinstance(name_or_id, int) else DATASET_BY_NAME
+    try:
+        return table[name_or_id]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name_or_id!r}; known: {sorted(table)}") from None
+
+
+def dataset_id_of(record_id: str) -> int:
+    """The dataset id is the prefix of a qid/did ("9:123" -> 9)."""
+    head, sep, _ = record_id.partition(":")
+    if not sep or not head.isdigit():
+        raise ValueError(f"id {record_id!r} is not of the form '<dataset_id>:<n>'")
+    return int(head)
+
+
+def task_modalities(task_id: int) -> tuple[str, str]:
+    if task_id not in TASKS:
+        raise ValueError(f"unknown task id {task_id}; allowed: {sorted(TASKS)}")
+    return TASKS[task_id]

@@ -1,0 +1,63 @@
+"""Process-wide settings for an offline machine, applied before prefect/mlflow/transformers import.
+
+Nothing here can reach a hub, and analytics that would retry against the network are off.
+Existing environment values win, so a user can still point at their own Prefect server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.request
+from pathlib import Path
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+PREFECT_UI_URL = "http://127.0.0.1:4200/api"
+
+
+def _server_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=0.3) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def configure(project_dir: str | Path | None = None) -> None:
+    """Idempotent; call first thing in every entry point.
+
+    Prefect state lives in the project (``.prefect/``), so ephemeral-mode runs and the
+    ``make ui`` server share one database. If that server is up, runs report to it live
+    instead of starting a second (ephemeral) server on the same SQLite file.
+    """
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    root = Path(project_dir or os.environ.get("RARE_PROJECT_DIR") or Path.cwd())
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    if "PREFECT_API_URL" not in os.environ and _server_up(PREFECT_UI_URL):
+        os.environ["PREFECT_API_URL"] = PREFECT_UI_URL
+
+
+def setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(rich_tracebacks=False, show_path=verbose)],
+        force=True,
+    )
+    for noisy in ("httpx", "httpcore", "urllib3", "alembic", "filelock", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

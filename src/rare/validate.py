@@ -1,0 +1,353 @@
+"""``rare validate ROOT``: every problem in an M-BEIR-layout root, each as file:line: cause.
+
+It keeps going after the first problem so one run lists everything to fix. Ids are kept as
+int64 keys where they have the "<dataset_id>:<n>" form, so the 5.6M-did global pool fits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rare.data.errors import DataError
+from rare.data.images import ImageLoadError, open_image, resolve_image
+from rare.data.instructions import InstructionTable
+from rare.data.layout import MBEIRRoot
+from rare.data.records import iter_jsonl, parse_candidate, parse_query
+from rare.mbeir import TASKS, dataset_id_of
+
+_QRELS = re.compile(r"^mbeir_(?P<stem>.+)_(?P<split>train|val|test)_qrels\.txt$")
+_UPSAMPLED = re.compile(r"_up_train\.jsonl$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error" | "warning"
+    path: str
+    line: int | None
+    cause: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{self.severity}: {where}: {self.cause}"
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def error(self, path: Path | str, line: int | None, cause: str) -> None:
+        self.problems.append(Problem("error", str(path), line, cause))
+
+    def warn(self, path: Path | str, line: int | None, cause: str) -> None:
+        self.problems.append(Problem("warning", str(path), line, cause))
+
+
+class _IdSet:
+    """Membership for dids: numeric keys in a sorted int64 array, anything else in a Python set."""
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+        self._pending: list[int] = []
+        self._other: set[str] = set()
+        self._keys: np.ndarray | None = None
+
+    @staticmethod
+    def key(did: str) -> int | None:
+        head, sep, tail = did.partition(":")
+        if sep and head.isdigit() and tail.isdigit() and int(tail) < 1 << 40 and int(head) < 1 << 22:
+            return (int(head) << 40) | int(tail)
+        return None
+
+    def add(self, did: str) -> None:
+        k = self.key(did)
+        if k is None:
+            self._other.add(did)
+            return
+        self._pending.append(k)
+        if len(self._pending) >= 1 << 20:
+            self._chunks.append(np.array(self._pending, dtype=np.int64))
+            self._pending = []
+
+    def freeze(self) -> None:
+        self._chunks.append(np.array(self._pending, dtype=np.int64))
+        self._pending = []
+        self._keys = np.unique(np.concatenate(self._chunks))
+        self._chunks = []
+
+    def __contains__(self, did: str) -> bool:
+        k = self.key(did)
+        if k is None:
+            return did in self._other
+        assert self._keys is not None, "freeze() first"
+        i = int(np.searchsorted(self._keys, k))
+        return i < len(self._keys) and int(self._keys[i]) == k
+
+
+@dataclass
+class _QueryFile:
+    path: Path
+    split: str
+    positives: dict[str, tuple[int, frozenset[str], int]] = field(default_factory=dict)  # qid -> (line, pos, task)
+    has_qrels: bool = False
+
+
+def _records(report: Report, path: Path) -> Iterator[tuple[int, dict]]:
+    """iter_jsonl that records malformed lines and carries on."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                report.error(path, lineno, f"malformed JSON ({exc.__class__.__name__}: {exc})")
+                continue
+            if not isinstance(obj, dict):
+                report.error(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+                continue
+            yield lineno, obj
+
+
+class _Validator:
+    def __init__(self, root: Path, check_images: bool):
+        self.root = MBEIRRoot(root)
+        self.report = Report()
+        self.check_images = check_images
+        self.images: dict[str, tuple[Path, int]] = {}  # img_path -> first (file, line)
+        self.pool_dids = _IdSet()
+        self.local_pools: dict[str, _IdSet] = {}  # "<dataset>_task<k>" -> dids
+        self.query_files: list[_QueryFile] = []
+        self.instructions: InstructionTable | None = None
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Report:
+        r, root = self.report, self.root.path
+        if not root.is_dir():
+            r.error(root, None, "data root does not exist or is not a directory")
+            return r
+        for sub in ("query", "cand_pool", "qrels", "instructions"):
+            if not (root / sub).is_dir():
+                r.error(root / sub, None, "required directory is missing")
+        self._instructions()
+        for pool in sorted((root / "cand_pool").glob("*/*.jsonl")):
+            self._pool(pool)
+        self.pool_dids.freeze()
+        for ids in self.local_pools.values():
+            ids.freeze()
+        for qfile in sorted((root / "query").glob("*/*.jsonl")):
+            self._queries(qfile)
+        for qrels in sorted((root / "qrels").glob("*/*.txt")):
+            self._qrels(qrels)
+        self._missing_qrels()
+        if self.check_images:
+            self._images()
+        r.counts["images"] = len(self.images)
+        return r
+
+    # ---------------------------------------------------------- instructions
+    def _instructions(self) -> None:
+        path = self.root.instructions_file
+        if not path.exists():
+            self.report.error(path, None, "instructions TSV is missing")
+            return
+        try:
+            self.instructions = InstructionTable.load(path)
+        except DataError as exc:
+            self.report.error(exc.path, exc.line, exc.cause)
+
+    # ---------------------------------------------------------------- images
+    def _image_ref(self, rel: str | None, path: Path, line: int) -> None:
+        if not rel:
+            return
+        try:
+            resolve_image(self.root.path, rel)
+        except ImageLoadError as exc:
+            self.report.error(path, line, str(exc))
+            return
+        self.images.setdefault(rel, (path, line))
+
+    def _images(self) -> None:
+        def check(item: tuple[str, tuple[Path, int]]) -> tuple[str, Path, int, str | None]:
+            rel, (path, line) = item
+            try:
+                open_image(self.root.path / rel)
+            except ImageLoadError as exc:
+                return rel, path, line, str(exc)
+            return rel, path, line, None
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for rel, path, line, err in pool.map(check, self.images.items(), chunksize=64):
+                if err:
+                    self.report.error(path, line, f"image {rel!r}: {err}")
+
+    # ----------------------------------------------------------------- pools
+    def _pool(self, path: Path) -> None:
+        r = self.report
+        seen = _IdSet() if path.parent.name == "local" else None
+        dids_here: set[str] = set()
+        n = 0
+        for line, obj in _records(r, path):
+            try:
+                cand = parse_candidate(obj)
+            except ValueError as exc:
+                r.error(path, line, str(exc))
+                continue
+            n += 1
+            if cand.did in dids_here:
+                r.error(path, line, f"duplicate did {cand.did!r}")
+            dids_here.add(cand.did)
+            self.pool_dids.add(cand.did)
+            if seen is not None:
+                seen.add(cand.did)
+            self._image_ref(cand.img_path, path, line)
+        if n == 0:
+            r.error(path, None, "candidate pool is empty")
+        r.counts["candidates"] = r.counts.get("candidates", 0) + n
+        m = re.match(r"^mbeir_(.+_task\d+)(?:_(?:val|test))?_cand_pool\.jsonl$", path.name)
+        if seen is not None and m:
+            key = m.group(1)
+            if key in self.local_pools:  # MSCOCO: split-specific pools share the task
+                for did in dids_here:
+                    self.local_pools[key].add(did)
+            else:
+                self.local_pools[key] = seen
+
+    # --------------------------------------------------------------- queries
+    def _queries(self, path: Path) -> None:
+        r = self.report
+        split = path.parent.name
+        upsampled = bool(_UPSAMPLED.search(path.name))
+        qf = _QueryFile(path, split)
+        m = re.match(r"^mbeir_(.+_task\d+)_(?:val|test)\.jsonl$", path.name)
+        local = self.local_pools.get(m.group(1)) if m else None
+        n = 0
+        groups_missing: set[tuple[int, str, str]] = set()
+        for line, obj in _records(r, path):
+            try:
+                q = parse_query(obj)
+            except ValueError as exc:
+                r.error(path, line, str(exc))
+                continue
+            n += 1
+            if q.qid in qf.positives and not upsampled:
+                r.error(path, line, f"duplicate qid {q.qid!r} (first on line {qf.positives[q.qid][0]})")
+            qf.positives.setdefault(q.qid, (line, frozenset(q.pos), q.task_id))
+            expected_qmod = TASKS[q.task_id][0]
+            if q.modality != expected_qmod:
+                r.error(path, line, f"query_modality {q.modality!r} does not match task {q.task_id} ({expected_qmod!r})")
+            self._image_ref(q.img_path, path, line)
+            q_ds = dataset_id_of(q.qid)
+            for did in q.pos:
+                if did not in self.pool_dids:
+                    r.error(path, line, f"positive {did!r} of {q.qid!r} is in no candidate pool")
+                elif local is not None and did not in local:
+                    same = _safe_ds(did) == q_ds
+                    if same:
+                        r.error(path, line, f"positive {did!r} of {q.qid!r} is missing from its local pool")
+                    else:
+                        r.warn(path, line, f"cross-dataset positive {did!r} of {q.qid!r} is unreachable in the local pool")
+            if self.instructions is not None:
+                group = (q_ds, q.modality, TASKS[q.task_id][1])
+                if group not in self.instructions.prompts and group not in groups_missing:
+                    groups_missing.add(group)
+                    r.error(path, line, f"no instruction for (dataset {group[0]}, {group[1]} -> {group[2]}) in the instructions TSV")
+        if n == 0:
+            r.warn(path, None, "query file is empty")
+        r.counts["queries"] = r.counts.get("queries", 0) + n
+        if not upsampled and path.parent.name != "union_train":
+            self.query_files.append(qf)
+
+    # ----------------------------------------------------------------- qrels
+    def _qrels(self, path: Path) -> None:
+        r = self.report
+        m = _QRELS.match(path.name)
+        if not m:
+            r.warn(path, None, "unrecognised qrels file name (expected mbeir_<name>_<split>_qrels.txt)")
+            return
+        split = m["split"]
+        suffix = f"_{split}.jsonl"
+        qpath = path.parent.parent.parent / "query" / split / f"mbeir_{m['stem']}{suffix}"
+        qf = next((f for f in self.query_files if f.path == qpath), None)
+        if qf is None:
+            r.error(path, None, f"no matching query file {qpath}")
+            return
+        got: dict[str, set[str]] = {}
+        first_line: dict[str, int] = {}
+        for line, parts in _qrels_lines(path):
+            if len(parts) != 5:
+                r.error(path, line, f"expected 5 space-separated columns 'qid 0 did 1 task_id', got {len(parts)}")
+                continue
+            qid, _, did, rel, task = parts
+            if not task.isdigit() or int(task) not in TASKS:
+                r.error(path, line, f"task_id {task!r} is not one of {sorted(TASKS)}")
+                continue
+            if qid not in qf.positives:
+                r.error(path, line, f"qid {qid!r} is not in {qpath.name}")
+                continue
+            if int(task) != qf.positives[qid][2]:
+                r.error(path, line, f"task_id {task} disagrees with the query's task_id {qf.positives[qid][2]}")
+            if rel != "0":
+                got.setdefault(qid, set()).add(did)
+                first_line.setdefault(qid, line)
+        for qid, (qline, pos, _task) in qf.positives.items():
+            have = got.get(qid, set())
+            if have != set(pos):
+                only_q, only_r = sorted(set(pos) - have), sorted(have - set(pos))
+                r.error(qpath, qline, f"pos_cand_list of {qid!r} disagrees with {path.name}: "
+                        f"only in pos_cand_list {only_q}, only in qrels {only_r}")
+        qf.has_qrels = True
+
+    def _missing_qrels(self) -> None:
+        for qf in self.query_files:
+            if qf.split in ("val", "test") and not qf.has_qrels:
+                self.report.error(qf.path, None, "no qrels file for this query file")
+
+
+def _safe_ds(did: str) -> int | None:
+    try:
+        return dataset_id_of(did)
+    except ValueError:
+        return None
+
+
+def _qrels_lines(path: Path) -> Iterable[tuple[int, list[str]]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if parts:
+                yield lineno, parts
+
+
+def validate_root(root: str | Path, check_images: bool = True) -> Report:
+    return _Validator(Path(root), check_images).run()
+
+
+def print_report(report: Report, max_report: int = 200) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    for p in report.problems[:max_report]:
+        style = "red" if p.severity == "error" else "yellow"
+        console.print(f"[{style}]{p}[/]")
+    hidden = len(report.problems) - max_report
+    if hidden > 0:
+        console.print(f"... and {hidden} more")
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(report.counts.items()))
+    verdict = "[red]FAILED[/]" if report.errors else "[green]OK[/]"
+    console.print(f"{verdict}: {len(report.errors)} error(s), {len(report.warnings)} warning(s); checked {counts}")

@@ -1,0 +1,9 @@
+"""Offline settings for every test, plus the shared fixtures from tests/fixtures/."""
+
+import os
+
+from rare import runtime
+
+runtime.configure(os.environ.get("RARE_TEST_PROJECT_DIR"))
+
+pytest_plugins = ["tests.fixtures.tiny_root"]
