@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from rare.mbeir import DATASET_BY_NAME, DatasetTask
 
 SPLITS = ("train", "val", "test")
+POINTER_FILE = "mbeir_root.json"  # written by `rare data` for an external (real) M-BEIR root
 _EVAL_QUERY = re.compile(r"^mbeir_(?P<ds>[a-z0-9]+)_task(?P<task>\d+)_(?P<split>val|test)\.jsonl$")
 
 
@@ -18,6 +20,15 @@ class MBEIRRoot:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def open(cls, path: str | Path) -> MBEIRRoot:
+        """Follow the pointer the data stage leaves for an external M-BEIR root (169 GB is never copied)."""
+        path = Path(path)
+        pointer = path / POINTER_FILE
+        if pointer.exists():
+            return cls(Path(json.loads(pointer.read_text(encoding="utf-8"))["root"]))
+        return cls(path)
 
     # queries -------------------------------------------------------------
     def query_file(self, split: str, dataset: str, task_id: int | None = None) -> Path:

@@ -5,8 +5,11 @@ This is the one place the ablation variants differ, so train and evaluate share 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
+from rare.data.errors import DataError
+from rare.data.layout import MBEIRRoot
 from rare.data.records import Candidate, Enhanced, Query
 
 TextMode = Literal["replace", "append"]
@@ -48,3 +51,15 @@ def query_text(query: Query, instruction: str | None, use_enhanced: bool, mode: 
     if not instruction:
         return body
     return f"{instruction} {body}" if body else instruction
+
+
+def side_file(raw: MBEIRRoot, enhanced_dir: Path | None, path: Path, use_enhanced: bool) -> Path:
+    """The file to read for one side: the raw one, or its mirror (same relative path) in the enhanced output."""
+    if not use_enhanced:
+        return path
+    if enhanced_dir is None:
+        raise ValueError(f"this variant needs enhanced data for {path.name}, but no enhanced directory was given")
+    mirrored = Path(enhanced_dir) / Path(path).relative_to(raw.path)
+    if not mirrored.exists():
+        raise DataError(mirrored, None, "enhanced file is missing; run `rare enhance` for this side first")
+    return mirrored
