@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.json as pj
 
@@ -40,12 +41,12 @@ def _cache_file(jsonl: Path, cache_dir: Path) -> Path:
 def iter_pool_batches(jsonl: str | Path) -> Iterator[pa.RecordBatch]:
     """Stream a pool as Arrow record batches (C++ parser, bounded memory)."""
     jsonl = Path(jsonl)
-    reader = pj.open_json(
-        jsonl,
-        read_options=pj.ReadOptions(block_size=_BLOCK),
-        parse_options=pj.ParseOptions(explicit_schema=POOL_SCHEMA, unexpected_field_behavior="ignore"),
-    )
     try:
+        reader = pj.open_json(
+            jsonl,
+            read_options=pj.ReadOptions(block_size=_BLOCK),
+            parse_options=pj.ParseOptions(explicit_schema=POOL_SCHEMA, unexpected_field_behavior="ignore"),
+        )
         for batch in reader:
             yield batch.select(POOL_SCHEMA.names)
     except pa.ArrowInvalid as exc:
@@ -71,13 +72,13 @@ def build_pool_cache(jsonl: str | Path, cache_dir: str | Path) -> Path:
 
 def _numeric_keys(dids: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
     """"<dataset_id>:<n>" -> dataset_id << 40 | n; None if any id doesn't fit that form."""
-    parts = pa.compute.split_pattern(dids, ":", max_splits=1)
+    parts = pc.split_pattern(dids, ":", max_splits=1)
     flat = parts.combine_chunks() if isinstance(parts, pa.ChunkedArray) else parts
-    lens = pa.compute.list_value_length(flat).to_numpy(zero_copy_only=False)
+    lens = pc.list_value_length(flat).to_numpy(zero_copy_only=False)
     if len(lens) and (lens != 2).any():
         return None
     try:
-        pairs = pa.compute.cast(flat.flatten(), pa.int64()).to_numpy().reshape(-1, 2)
+        pairs = pc.cast(flat.flatten(), pa.int64()).to_numpy().reshape(-1, 2)
     except (pa.ArrowInvalid, ValueError):
         return None
     if len(pairs) and (pairs.min() < 0 or pairs[:, 1].max() >= 1 << 40 or pairs[:, 0].max() >= 1 << 22):
@@ -107,7 +108,7 @@ class ColumnarPool:
         else:
             dup = bool(len(self._sorted) > 1 and (np.diff(self._sorted) == 0).any())
         if dup:
-            counts = pa.compute.value_counts(dids).to_pylist()
+            counts = pc.value_counts(dids).to_pylist()
             first = next(c["values"] for c in counts if c["counts"] > 1)
             raise DataError(self.source, None, f"duplicate did {first!r} in candidate pool")
 

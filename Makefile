@@ -1,0 +1,46 @@
+# The two commands of the README: `make run` (set up + run the main job) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export PREFECT_HOME := $(CURDIR)/.prefect
+
+.PHONY: setup run repro test test-fast ui ui-stop bench clean
+
+setup: $(VENV)/.installed
+
+# torch is pinned first: 2.13.0 is the CPU wheel on local disk here; unpinned, pip pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+run: setup  ## the main job: the whole DVC pipeline under one Prefect parent flow and one MLflow parent run
+	$(PY) -m flows.pipeline
+
+repro: setup  ## plain `dvc repro` (no Prefect parent flow)
+	$(BIN)/dvc repro
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+ui: setup  ## Prefect server + MLflow UI on 127.0.0.1 (detached); `make ui-stop` ends them
+	$(PY) -m flows.ui start
+
+ui-stop:
+	$(PY) -m flows.ui stop
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf data models eval report .cache

@@ -1,0 +1,105 @@
+"""The main job: every DVC stage in order, under one Prefect parent flow and one MLflow parent run.
+
+    python -m flows.pipeline                 # what `make run` does
+    python -m flows.pipeline --force         # rerun every stage
+    python -m flows.pipeline --serve         # serve a deployment for scheduled/triggered reruns
+
+Without a Prefect server (e.g. `make ui`) a temporary one is started for the length of the run so
+every stage process reports to it; its database is the project's `.prefect/`, so the runs stay
+visible in `make ui` afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rare import runtime
+
+runtime.configure()
+
+from rare import services  # noqa: E402
+
+
+def _ensure_prefect_server() -> services.Service | None:
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    state = services.prefect_service().pidfile.parent
+    svc = services.Service("prefect", services.free_port(), state / "pipeline-server.pid", state / "pipeline-server.log")
+    services.start(svc)
+    os.environ["PREFECT_API_URL"] = f"{svc.url}/api"
+    return svc
+
+
+def build_flow():  # noqa: ANN201 - returns a prefect Flow
+    from prefect import flow, get_run_logger, task
+
+    from rare import pipeline as dvc_pipeline
+    from rare import tracking
+    from rare.config import load_section
+
+    @task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5)
+    def run_stage(stage: str, force: bool) -> float:
+        logger = get_run_logger()
+        return dvc_pipeline.run_stage(stage, force=force, echo=lambda line: logger.info(line))
+
+    @flow(name="rare-pipeline", log_prints=True)
+    def pipeline(force: bool = False, stages: list[str] | None = None) -> dict[str, float]:
+        """Reproduce the DVC pipeline stage by stage; each stage runs its own Prefect flow."""
+        import mlflow
+
+        params = load_section("tracking")
+        order = dvc_pipeline.stage_order()
+        selected = [s for s in order if not stages or s in stages]
+        seconds: dict[str, float] = {}
+        run_id = None
+        if params.enabled:
+            exp_id = tracking.setup(params)
+            parent = mlflow.MlflowClient().create_run(exp_id, run_name="pipeline", tags={"rare.role": "pipeline"})
+            run_id = parent.info.run_id
+            os.environ[tracking.PARENT_ENV] = run_id
+        status = "FAILED"
+        try:
+            for stage in selected:
+                seconds[stage] = run_stage(stage, force)
+            status = "FINISHED"
+        finally:
+            if run_id:
+                client = mlflow.MlflowClient()
+                for stage, s in seconds.items():
+                    client.log_metric(run_id, f"stage_seconds.{stage.replace('@', '.')}", s)
+                client.set_terminated(run_id, status=status)
+                os.environ.pop(tracking.PARENT_ENV, None)
+        return seconds
+
+    return pipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--force", action="store_true", help="rerun stages even if DVC finds them up to date")
+    ap.add_argument("--stage", action="append", help="only these stages (repeatable)")
+    ap.add_argument("--serve", action="store_true", help="serve a deployment (needs `make ui` running)")
+    ap.add_argument("--cron", default=None, help="with --serve: schedule, e.g. '0 3 * * *'")
+    args = ap.parse_args(argv)
+    if args.serve:
+        if not os.environ.get("PREFECT_API_URL"):
+            raise SystemExit("--serve needs a running Prefect server: run `make ui` first")
+        build_flow().serve(name="rare-pipeline", cron=args.cron, parameters={"force": False})
+        return 0
+    server = _ensure_prefect_server()
+    try:
+        seconds = build_flow()(force=args.force, stages=args.stage)
+    finally:
+        if server:
+            services.stop(server)
+    total = sum(seconds.values())
+    for stage, s in seconds.items():
+        print(f"{stage:28s} {s:7.1f} s")
+    print(f"{'total':28s} {total:7.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""`make ui`: the Prefect UI and the MLflow UI on 127.0.0.1, detached; `make ui-stop` ends them."""
+
+from __future__ import annotations
+
+import sys
+
+from rare import runtime
+
+runtime.configure()
+
+from rare import services  # noqa: E402
+from rare.config import load_section  # noqa: E402
+
+
+def main(action: str) -> None:
+    tracking = load_section("tracking")
+    prefect, mlflow = services.prefect_service(), services.mlflow_service()
+    if action == "start":
+        for svc in (prefect, mlflow):
+            started = services.start(svc, tracking.tracking_uri, tracking.artifact_root)
+            print(f"{svc.name:8s} {'started' if started else 'already up'} at {svc.url}")
+        print("Runs of `make run` / `dvc repro` now report to this Prefect server; `make ui-stop` ends both.")
+    elif action == "stop":
+        for svc in (prefect, mlflow):
+            print(f"{svc.name:8s} {'stopped' if services.stop(svc) else 'was not started by make ui'}")
+    else:
+        raise SystemExit(f"usage: python -m flows.ui start|stop (got {action!r})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "start")

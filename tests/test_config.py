@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from rare.config import ConfigError, load_all, load_section, raw_params
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_repo_params_validate():
+    sections = load_all(REPO_PARAMS)
+    assert set(sections) == {"data", "enhance", "train", "evaluate", "report", "tracking"}
+    assert sections["tracking"].tracking_uri.startswith("sqlite:///")
+
+
+def test_unknown_key_names_key_and_allowed(tmp_path):
+    p = write(tmp_path, "enhance:\n  backend: standin\n  shard_sise: 10\n")
+    with pytest.raises(ConfigError) as exc:
+        load_section("enhance", p)
+    msg = str(exc.value)
+    assert "enhance.shard_sise: unknown key" in msg
+    assert "shard_size" in msg  # the allowed keys are listed
+
+
+def test_wrong_literal_lists_allowed_values(tmp_path):
+    p = write(tmp_path, "enhance:\n  backend: gpt\n")
+    with pytest.raises(ConfigError) as exc:
+        load_section("enhance", p)
+    assert "enhance.backend" in str(exc.value)
+    assert "'standin'" in str(exc.value) and "'vllm'" in str(exc.value)
+
+
+def test_out_of_range_and_wrong_type(tmp_path):
+    p = write(tmp_path, "enhance:\n  max_failure_rate: 1.5\n")
+    with pytest.raises(ConfigError, match=r"enhance.max_failure_rate: Input should be less than or equal to 1"):
+        load_section("enhance", p)
+    p = write(tmp_path, "enhance:\n  shard_size: many\n")
+    with pytest.raises(ConfigError, match=r"enhance.shard_size: Input should be a valid integer"):
+        load_section("enhance", p)
+
+
+def test_nested_unknown_key(tmp_path):
+    p = write(tmp_path, "enhance:\n  noise:\n    drop_details: 0.1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_section("enhance", p)
+    assert "enhance.noise.drop_details: unknown key" in str(exc.value)
+    assert "drop_detail" in str(exc.value)
+
+
+def test_unknown_section_and_profile(tmp_path):
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        load_section("data", write(tmp_path, "trian: {}\n"))
+    with pytest.raises(ConfigError, match="profile: 'real' is not defined"):
+        load_section("data", write(tmp_path, "profile: real\n"))
+
+
+def test_profile_overrides_apply_deeply(tmp_path):
+    p = write(tmp_path, (
+        "profile: big\n"
+        "enhance:\n  backend: standin\n  noise: {drop_detail: 0.1, fail_entity: 0.2}\n"
+        "profiles:\n  big:\n    enhance:\n      backend: vllm\n      noise: {drop_detail: 0.5}\n"
+    ))
+    enh = load_section("enhance", p)
+    assert enh.backend == "vllm"
+    assert enh.noise.drop_detail == 0.5 and enh.noise.fail_entity == 0.2
+    assert raw_params(p)["profile"] == "big"
+
+
+def test_mbeir_source_requires_root(tmp_path):
+    with pytest.raises(ConfigError, match="mbeir_root must be set"):
+        load_section("data", write(tmp_path, "data:\n  source: mbeir\n"))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_section("data", tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_section("data", write(tmp_path, "data: [\n"))
