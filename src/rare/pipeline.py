@@ -16,11 +16,11 @@ def stage_order(repo_dir: str | Path = ".") -> list[str]:
     """Stage names in dependency order, from DVC's own graph (so foreach/matrix expansions are included)."""
     import networkx as nx
     from dvc.repo import Repo
+    from dvc.stage import PipelineStage
 
     with Repo(str(repo_dir)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.addressing for stage in reversed(list(nx.topological_sort(graph)))
-                if stage.addressing != "dvc.yaml" and not stage.addressing.endswith(".dvc")]
+        return [stage.name for stage in reversed(list(nx.topological_sort(graph))) if isinstance(stage, PipelineStage)]
 
 
 class StageFailed(RuntimeError):
