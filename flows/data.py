@@ -1,0 +1,122 @@
+"""Prefect flow of the data stage: generate the embedded benchmark into a fresh directory.
+
+The benchmark is written to a temporary sibling and renamed into place only once it is whole
+and valid, so a killed run never leaves half a dataset where later stages would read it.
+"""
+
+from __future__ import annotations
+
+from rare import runtime
+
+runtime.configure()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from rare.benchmark import generate  # noqa: E402
+from rare.config import ConfigError, load_section  # noqa: E402
+from rare.config.data import DataParams  # noqa: E402
+from rare.data.layout import POINTER_FILE  # noqa: E402
+from rare.validate import print_report, validate_root  # noqa: E402
+
+
+@task(name="generate-benchmark", cache_policy=NO_CACHE)
+def generate_task(tmp: Path, params: DataParams) -> dict[str, Any]:
+    return generate(tmp, params)
+
+
+@task(name="validate-benchmark", cache_policy=NO_CACHE)
+def validate_task(tmp: Path) -> None:
+    """Images were just written by us; the records, pools and qrels are what can go wrong."""
+    report = validate_root(tmp, check_images=False)
+    if report.errors:
+        raise ValueError(f"generated benchmark is invalid ({len(report.errors)} errors), first: {report.errors[0]}")
+
+
+@task(name="point-at-mbeir", cache_policy=NO_CACHE)
+def point_task(tmp: Path, root: Path) -> dict[str, Any]:
+    """Real M-BEIR (169 GB) is never copied: validate its records and leave a pointer to it.
+
+    The pointer lists each JSONL/TSV/qrels file with its size and mtime, so the stage's DVC output
+    (and everything downstream) changes when the external data does; `dvc repro -f data` re-checks it.
+    """
+    report = validate_root(root, check_images=False)
+    if report.errors:
+        print_report(report)
+        raise ValueError(f"{root}: M-BEIR root is invalid ({len(report.errors)} errors), first: {report.errors[0]}")
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".jsonl", ".tsv", ".txt")
+                   and "mbeir_images" not in p.relative_to(root).parts)
+    pointer = {"root": str(root.resolve()),
+               "files": {str(p.relative_to(root)): [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    tmp.mkdir(parents=True)
+    (tmp / POINTER_FILE).write_text(json.dumps(pointer, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return {"counts": report.counts, "files": len(files)}
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished ``tmp`` at ``out``; a previous ``out`` is removed only after the swap."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _log(params_file: Path, params: DataParams, manifest: dict[str, Any], seconds: float) -> None:
+    import mlflow
+
+    from rare.tracking import child_run
+
+    with child_run(load_section("tracking", params_file), "data", "data", {"rare.source": params.source}) as run:
+        if run is None:
+            return
+        sizes = manifest["sizes"]
+        mlflow.log_params({"source": params.source, "preset": params.preset, "seed": params.seed,
+                           "image_size": params.image_size, "unseen_entities": params.unseen_entities,
+                           **{f"sizes.{k}": v for k, v in sizes.items()}})
+        counts = manifest["counts"]
+        mlflow.log_metrics({"seconds": seconds, "images": counts["images"], "global_pool": counts["global_pool"],
+                            "train_pool": counts["train_pool"], "union_train": counts["union_train"]})
+        mlflow.log_dict(manifest, "benchmark.json")
+
+
+@flow(name="data", log_prints=False)
+def data_flow(out: Path, params_file: Path = Path("params.yaml")) -> Path:
+    """Generate the embedded benchmark at ``out`` (replacing what is there) and return ``out``."""
+    logger = get_run_logger()
+    params = load_section("data", params_file)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run: ours by name
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    start = time.perf_counter()
+    try:
+        if params.source == "mbeir":
+            root = Path(params.mbeir_root or "")
+            if not root.is_dir():
+                raise ConfigError(f"{params_file}: data.mbeir_root: {root} is not a directory")
+            summary = point_task(tmp, root)
+            _replace_dir(tmp, out)
+            logger.info(f"M-BEIR root {root}: {summary['counts']} in {summary['files']} files; pointer at {out}")
+            return out
+        manifest = generate_task(tmp, params)
+        validate_task(tmp)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    counts = manifest["counts"]
+    logger.info(f"embedded benchmark ({params.preset}, seed {params.seed}) at {out}: "
+                f"{counts['global_pool']} candidates, {counts['union_train']} train queries, "
+                f"{sum(r['test'] for r in counts['dataset_tasks'].values())} test queries, "
+                f"{counts['images']} images in {seconds:.1f} s")
+    _log(params_file, params, manifest, seconds)
+    return out
