@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rare.config.base import Section
+
+Op = Literal["caption", "refine", "resolve", "rewrite", "none"]
+Modality = Literal["text", "image", "image,text"]
+NEEDS_IMAGE = {"caption", "refine", "resolve"}
+NEEDS_TEXT = {"refine", "resolve", "rewrite"}
 
 
 class StandinNoise(Section):
@@ -17,12 +22,81 @@ class StandinNoise(Section):
     fail_entity: float = Field(0.0, ge=0.0, le=1.0)      # an entity is described generically, not named
 
 
+class RouteRule(Section):
+    """One routing override. An item matches when every given field matches; the first match wins.
+
+    ``modality`` is what the item actually carries (an ``image,text`` record with empty text
+    counts as ``image``), so a rule can never send an item to an op it lacks the input for.
+    """
+
+    side: Literal["corpus", "query"]
+    modality: Modality
+    op: Op
+    task_ids: list[int] | None = None     # queries only: the record's task_id
+    dataset_ids: list[int] | None = None  # the id before ":" in qid / did
+    question: bool | None = None          # True: questions only, False: non-questions only
+
+    @model_validator(mode="after")
+    def _check(self) -> RouteRule:
+        if self.op in NEEDS_IMAGE and "image" not in self.modality:
+            raise ValueError(f"op {self.op!r} needs an image but the rule matches modality {self.modality!r}")
+        if self.op in NEEDS_TEXT and "text" not in self.modality:
+            raise ValueError(f"op {self.op!r} needs text but the rule matches modality {self.modality!r}")
+        if self.side == "corpus" and self.task_ids is not None:
+            raise ValueError("task_ids only applies to queries (candidates carry no task id)")
+        return self
+
+
+class MaxNewTokens(Section):
+    """Token caps per side, as in the released script; an output cut at the cap is a failure."""
+
+    corpus: int = Field(512, ge=1)
+    query: int = Field(128, ge=1)
+
+
+class TransformersOptions(Section):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class VLLMOptions(Section):
+    max_model_len: int = Field(16384, ge=256)
+    limit_mm_per_prompt: int = Field(1, ge=1)  # images per prompt; every op sends at most one
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: str = "auto"
+    image_workers: int = Field(8, ge=1)  # threads that decode and resize images ahead of generate
+
+
+class RayOptions(Section):
+    """Optional scale-out: one actor per worker, each holding its own engine (one per GPU)."""
+
+    enabled: bool = False
+    address: str | None = None  # None: start a local cluster; "auto": join the running one
+    num_workers: int = Field(2, ge=1)
+    num_cpus_per_worker: float = Field(1.0, ge=0.0)
+    num_gpus_per_worker: float = Field(0.0, ge=0.0)
+
+
 class EnhanceParams(Section):
     backend: Literal["standin", "transformers", "vllm"] = "standin"
-    model: str = "standin"
+    model: str = "standin"  # model id or local path; ignored by the stand-in
     prompt_version: str = "v1"
-    shard_size: int = Field(1024, ge=1)
-    batch_size: int = Field(32, ge=1)
+    shard_size: int = Field(1024, ge=1)  # records per shard: the unit of work, retry and resume
+    batch_size: int = Field(32, ge=1)    # requests per backend.generate call
     max_failure_rate: float = Field(0.05, ge=0.0, le=1.0)
     seed: int = 0
     noise: StandinNoise = StandinNoise()
+    # Resume state (item cache, finished shards) lives outside the stage's output, which
+    # `dvc repro` deletes before rerunning a stage.
+    cache_dir: str = ".cache/rare/enhance"
+    retries: int = Field(2, ge=0)  # Prefect retries of a shard whose backend raised
+    max_new_tokens: MaxNewTokens = MaxNewTokens()
+    max_pixels: int = Field(1_003_520, ge=1024)  # images are downscaled to at most this many pixels
+    # Text put into a prompt is cut to this many characters (long wiki passages), so a prompt always
+    # fits max_model_len; the record keeps its full text.
+    max_text_chars: int = Field(4000, ge=16)
+    routing: list[RouteRule] = []  # overrides, tried before the built-in table
+    transformers: TransformersOptions = TransformersOptions()
+    vllm: VLLMOptions = VLLMOptions()
+    ray: RayOptions = RayOptions()

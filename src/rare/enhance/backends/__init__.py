@@ -1,1 +1,67 @@
-"""Generation backends behind one interface (see ``base``)."""
+"""Generation backends behind one interface (see ``base``), built from the ``enhance`` params.
+
+Heavy imports (torch, transformers, vllm) happen only when that backend is chosen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from rare.config.enhance import EnhanceParams
+from rare.enhance.backends.base import Backend
+
+# Backends whose output depends on the record's src_content (the stand-in reads the scene
+# annotation): for them, src_content is part of the input and so of the cache key.
+READS_SRC_CONTENT = frozenset({"standin"})
+
+
+def _standin(params: EnhanceParams) -> Backend:
+    from rare.enhance.backends.standin import StandinBackend
+
+    return StandinBackend(params.noise, params.seed)
+
+
+def backend_identity(params: EnhanceParams) -> tuple[str, str]:
+    """(name, model) as the backend will report them, without loading a model."""
+    if params.backend == "standin":
+        backend = _standin(params)
+        return backend.name, backend.model
+    return params.backend, params.model
+
+
+def generation_settings(params: EnhanceParams) -> dict[str, Any]:
+    """Every setting besides the prompt and the input that changes what the backend writes."""
+    if params.backend == "standin":
+        # The stand-in's code is its model: an edit must not be served stale generations from the cache.
+        from rare.benchmark import vocab
+        from rare.enhance.backends import standin
+
+        code = hashlib.blake2b(digest_size=8)
+        for module in (standin, vocab):
+            code.update(Path(module.__file__).read_bytes())
+        return {"seed": params.seed, "noise": params.noise.model_dump(), "code": code.hexdigest()}
+    options = getattr(params, params.backend)
+    return {"seed": params.seed, "max_pixels": params.max_pixels, "dtype": options.dtype}
+
+
+def make_backend(params: EnhanceParams) -> Backend:
+    if params.backend == "standin":
+        return _standin(params)
+    if params.backend == "transformers":
+        from rare.enhance.backends.transformers import TransformersBackend
+
+        t = params.transformers
+        return TransformersBackend(params.model, device=t.device, dtype=t.dtype, max_pixels=params.max_pixels,
+                                   seed=params.seed)
+    if params.backend == "vllm":
+        from rare.enhance.backends.vllm import VLLMBackend
+
+        v = params.vllm
+        return VLLMBackend(
+            params.model, max_model_len=v.max_model_len, limit_mm_per_prompt=v.limit_mm_per_prompt,
+            gpu_memory_utilization=v.gpu_memory_utilization, tensor_parallel_size=v.tensor_parallel_size,
+            dtype=v.dtype, max_pixels=params.max_pixels, seed=params.seed, image_workers=v.image_workers,
+        )
+    raise ValueError(f"enhance.backend: unknown backend {params.backend!r}; allowed: ['standin', 'transformers', 'vllm']")

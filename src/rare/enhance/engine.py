@@ -1,0 +1,485 @@
+"""The enhancement engine: route, cache, generate and write one shard at a time.
+
+Work is cut into shards of ``shard_size`` input lines. A finished shard is stored under the
+cache directory as ``shards/<digest>.jsonl`` (+ ``.json`` stats), where the digest hashes the
+shard's input bytes and everything that shapes the output; both files appear atomically, the
+output last, so its existence means "finished". The final files under ``out`` are then
+concatenations of stored shards in input order. Consequences:
+
+- kill -9 anywhere, rerun: finished shards are reused, finished generations come from the item
+  cache, and the output is byte-identical to an uninterrupted run;
+- ``dvc repro`` may delete ``out``: the resume state lives elsewhere;
+- memory holds one shard per worker, whatever the input size;
+- the only files written under ``out`` are the mirrored inputs and the two reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rare.config.enhance import NEEDS_IMAGE, EnhanceParams, RouteRule
+from rare.data.errors import DataError
+from rare.data.images import ImageLoadError, resolve_image
+from rare.data.layout import MBEIRRoot
+from rare.data.records import Enhanced, dumps, parse_candidate, parse_query
+from rare.enhance.backends.base import NONE, Backend, EnhanceRequest, EnhanceResult
+from rare.enhance.cache import Cache
+from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
+from rare.enhance.prompts import PromptSet
+from rare.enhance.routing import Router
+from rare.mbeir import dataset_id_of
+
+FORMAT_VERSION = 1  # bump when the output layout of a shard changes
+SIDES = {"corpus": "corpus", "queries": "query", "query": "query"}
+SIDE_DIRS = {
+    "corpus": ("cand_pool/local", "cand_pool/global"),
+    "query": ("query/train", "query/val", "query/test", "query/union_train", "query/union_val"),
+}
+SUMMARY_FILE = "enhance_summary.json"
+FAILURES_FILE = "enhance_failures.jsonl"
+Progress = Callable[[int], None]
+
+
+def side_of(side: str) -> str:
+    try:
+        return SIDES[side]
+    except KeyError:
+        raise ValueError(f"unknown side {side!r}; allowed: ['corpus', 'queries']") from None
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def input_files(root: MBEIRRoot, side: str) -> list[str]:
+    """Relative paths of every file the side mirrors, in a fixed order."""
+    side = side_of(side)
+    found = [f.relative_to(root.path).as_posix()
+             for d in SIDE_DIRS[side] for f in sorted((root.path / d).glob("*.jsonl"))]
+    if not found:
+        raise DataError(root.path, None, f"no {side} files (*.jsonl) under {list(SIDE_DIRS[side])}")
+    return found
+
+
+@dataclass(frozen=True)
+class Shard:
+    rel: str          # input file, relative to the data root (the output keeps this path)
+    index: int
+    offset: int       # byte range of the shard's lines in the input file
+    length: int
+    first_line: int   # 1-based line number of its first line, for error messages
+    lines: int
+    digest: str       # hash of the input bytes + the engine fingerprint: the stored output's name
+
+    @property
+    def name(self) -> str:
+        return f"{self.rel}#{self.index}"
+
+
+def plan_shards(root: MBEIRRoot, files: list[str], shard_size: int, fingerprint: str) -> Iterator[Shard]:
+    """One streaming pass over the inputs; a shard whose bytes and settings are unchanged keeps its digest."""
+    for rel in files:
+        with open(root.path / rel, "rb") as fh:
+            index = offset = lines = 0
+            start, start_line, hasher = 0, 1, hashlib.blake2b(fingerprint.encode(), digest_size=16)
+            for raw in fh:
+                hasher.update(raw)
+                offset += len(raw)
+                lines += 1
+                if lines % shard_size == 0:
+                    yield Shard(rel, index, start, offset - start, start_line, lines - start_line + 1,
+                                hasher.hexdigest())
+                    index, start, start_line = index + 1, offset, lines + 1
+                    hasher = hashlib.blake2b(fingerprint.encode(), digest_size=16)
+            if offset > start:
+                yield Shard(rel, index, start, offset - start, start_line, lines - start_line + 1, hasher.hexdigest())
+
+
+@dataclass
+class ShardStats:
+    """What one shard produced. The first block is stored with the shard; the rest describes this run."""
+
+    items: int = 0
+    by_op: dict[str, dict[str, int]] = field(default_factory=dict)
+    causes: dict[str, int] = field(default_factory=dict)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {"index", "id", "op", "cause"}
+
+    shard: str = ""
+    reused: bool = False    # the whole shard came from the store
+    generated: int = 0      # requests the backend ran in this run
+    cache_hits: int = 0     # distinct inputs served by the item cache
+    gen_tokens_in: int = 0
+    gen_tokens_out: int = 0
+
+    STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures")
+
+    def stored(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k in self.STORED}
+
+    def count(self, op: str, status: str, cause: str | None) -> None:
+        self.items += 1
+        per_op = self.by_op.setdefault(op, {})
+        per_op[status] = per_op.get(status, 0) + 1
+        if cause is not None:
+            category = cause_category(cause)
+            self.causes[category] = self.causes.get(category, 0) + 1
+
+
+def atomic_write(path: Path, chunks: Iterator[bytes] | list[bytes]) -> None:
+    """Temp file in the same folder, fsync, rename: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temp files that a killed writer of ``path`` left behind (only ours, only dead writers)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything a worker (thread, process or Ray actor) needs to rebuild the same engine."""
+
+    root: Path
+    side: str                      # "corpus" | "query"
+    cache_dir: Path
+    batch_size: int
+    max_new_tokens: int
+    max_text_chars: int
+    prompt_version: str
+    routing: tuple[RouteRule, ...]
+    backend: str                   # identity of the backend: goes into every key
+    model: str
+    generation: dict[str, Any]     # decoding settings that change outputs (seed, noise, dtype, ...)
+    reads_src_content: bool        # the stand-in reads annotations, so they are part of its input
+
+    @classmethod
+    def from_params(cls, params: EnhanceParams, root: MBEIRRoot, side: str,
+                    identity: tuple[str, str] | None = None) -> EngineConfig:
+        """``identity`` (name, model) is only given for a backend not built from params (tests, benches)."""
+        from rare.enhance.backends import READS_SRC_CONTENT, backend_identity, generation_settings
+
+        side = side_of(side)
+        name, model = identity or backend_identity(params)
+        return cls(  # absolute paths: Ray workers do not share the driver's working directory
+            root=root.path.absolute(), side=side, cache_dir=Path(params.cache_dir).absolute(),
+            batch_size=params.batch_size, max_new_tokens=getattr(params.max_new_tokens, side),
+            max_text_chars=params.max_text_chars, prompt_version=params.prompt_version,
+            routing=tuple(params.routing), backend=name, model=model, generation=generation_settings(params),
+            reads_src_content=name in READS_SRC_CONTENT,
+        )
+
+
+@dataclass
+class _Item:
+    index: int               # line index inside the shard
+    obj: dict[str, Any]      # the original record, written back verbatim
+    rid: str
+    op: str
+    text: str                # what the prompt gets: the original text, cut to max_text_chars
+    src: str | None
+    image: str | None = None  # resolved path (a str: pathlib costs add up over 5.6M items)
+    key: str | None = None
+    cause: str | None = None  # set when the item failed before generation (unreadable image)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, make_backend: Callable[[], Backend]):
+        self.config = config
+        self.prompts = PromptSet.load(config.prompt_version)
+        self.router = Router(config.routing)
+        self.identity = _digest(config.backend, config.model, config.generation, config.prompt_version)
+        self.fingerprint = _digest(FORMAT_VERSION, self.identity, config.side, config.max_new_tokens,
+                                   config.max_text_chars, self.router.digest,
+                                   {k: t.digest for k, t in self.prompts.templates.items()})
+        self.cache = Cache(config.cache_dir / "cache.sqlite")
+        self.store = config.cache_dir / "shards"
+        self._make_backend = make_backend
+        self._backend: Backend | None = None
+        self._turn = threading.Lock()  # held by the shard that is generating
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="enhance-commit")
+        self._root_str = str(config.root)
+        self._real_root = os.path.join(os.path.realpath(config.root), "")
+        self._real_dirs: dict[str, str] = {}
+
+    # -- backend ------------------------------------------------------------------------------
+    def _generate(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:
+        if self._backend is None:  # built on first use: a fully cached rerun never loads the model
+            backend = self._make_backend()
+            if (backend.name, backend.model) != (self.config.backend, self.config.model):
+                raise ValueError(f"backend reports {backend.name}/{backend.model}, expected "
+                                 f"{self.config.backend}/{self.config.model}: cache keys would lie")
+            self._backend = backend
+        results = self._backend.generate(requests)
+        if len(results) != len(requests):
+            raise RuntimeError(f"backend {self.config.backend} returned {len(results)} results "
+                               f"for {len(requests)} requests")
+        return results
+
+    def close(self) -> None:
+        self._committer.submit(self.cache.close)  # the committer thread's own connection
+        self._committer.shutdown()
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+        self.cache.close()
+
+    # -- one shard ----------------------------------------------------------------------------
+    def plan(self, files: list[str], shard_size: int) -> list[Shard]:
+        return list(plan_shards(MBEIRRoot(self.config.root), files, shard_size, self.fingerprint))
+
+    def shard_paths(self, shard: Shard) -> tuple[Path, Path]:
+        return self.store / f"{shard.digest}.jsonl", self.store / f"{shard.digest}.json"
+
+    def process(self, shard: Shard, progress: Progress | None = None) -> ShardStats:
+        """Enhance one shard and store it; a shard already stored is only read back."""
+        out_path, stats_path = self.shard_paths(shard)
+        if out_path.exists():
+            stats = ShardStats(**json.loads(stats_path.read_text()), shard=shard.name, reused=True)
+            if progress:
+                progress(stats.items)
+        else:
+            items = self._read(shard)
+            stats = ShardStats(shard=shard.name)
+            results = self._results(items, stats, progress)
+            lines = [self._finish(item, results, stats) for item in items]
+            remove_stale_temps(stats_path)
+            remove_stale_temps(out_path)
+            atomic_write(stats_path, [json.dumps(stats.stored(), sort_keys=True).encode()])
+            atomic_write(out_path, lines)  # last: its existence marks the shard finished
+        return stats
+
+    def _read(self, shard: Shard) -> list[_Item]:
+        """Parse and validate every record (bad input stops the stage, naming file and line), then route it."""
+        path = self.config.root / shard.rel
+        with open(path, "rb") as fh:
+            fh.seek(shard.offset)
+            raw = fh.read(shard.length)
+        corpus = self.config.side == "corpus"
+        parse = parse_candidate if corpus else parse_query
+        items = []
+        for i, line in enumerate(raw.splitlines()):
+            if not line.strip():
+                continue
+            lineno = shard.first_line + i
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DataError(path, lineno, f"malformed JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+            try:
+                rec = parse(obj)
+            except ValueError as exc:
+                raise DataError(path, lineno, str(exc)) from None
+            rid = rec.did if corpus else rec.qid
+            op = self.router.route(self.config.side, rec.txt, bool(rec.img_path),
+                                   None if corpus else rec.task_id, dataset_id_of(rid))
+            items.append(_Item(i, obj, rid, op, rec.txt[:self.config.max_text_chars], rec.src_content))
+        self._address(items, "img_path" if corpus else "query_img_path")
+        return items
+
+    def _address(self, items: list[_Item], img_field: str) -> None:
+        """Content-address every item that needs the backend; unreadable images fail here, before any call."""
+        for item in items:
+            if item.op in NEEDS_IMAGE:
+                try:
+                    item.image = self._image_path(item.obj[img_field])
+                except ImageLoadError as exc:
+                    item.cause = f"{IMAGE_UNREADABLE}: {exc}"
+        digests = self.cache.image_digests([it.image for it in items if it.image is not None])
+        for item in items:
+            if item.op == NONE or item.cause is not None:
+                continue
+            image_digest = ""
+            if item.image is not None:
+                image_digest = digests.get(item.image, "")
+                if not image_digest:
+                    item.cause = f"{IMAGE_UNREADABLE}: {item.image}: file not found or unreadable"
+                    continue
+            template = self.prompts.template(item.op, self.config.side)
+            item.key = _digest(self.identity, template.name, template.digest, self.config.max_new_tokens,
+                               image_digest, item.text if template.uses_text else "",
+                               item.src if self.config.reads_src_content else None)
+
+    def _image_path(self, rel: str) -> str:
+        """``resolve_image``'s containment rule, fast: this runs per item (5.6M times on M-BEIR), so folders
+        are resolved once and a file only needs to not be a symlink; anything else takes the full check."""
+        if rel and not os.path.isabs(rel) and ".." not in rel.split("/"):
+            path = os.path.join(self._root_str, rel)
+            folder = os.path.dirname(path)
+            real = self._real_dirs.get(folder)
+            if real is None:
+                real = self._real_dirs[folder] = os.path.join(os.path.realpath(folder), "")
+            if real.startswith(self._real_root) and not os.path.islink(path):
+                return path
+        return str(resolve_image(self.config.root, rel))  # raises the precise ImageLoadError, or allows a safe symlink
+
+    def _request(self, item: _Item) -> EnhanceRequest:
+        template = self.prompts.template(item.op, self.config.side)
+        return EnhanceRequest(
+            key=item.key or "", op=item.op, side=self.config.side, text=item.text,
+            image=Path(item.image) if item.image is not None else None,
+            system=template.system, instruction=template.render(item.text),
+            max_new_tokens=self.config.max_new_tokens,
+            src_content=item.src if self.config.reads_src_content else None,
+        )
+
+    def _results(self, items: list[_Item], stats: ShardStats, progress: Progress | None) -> dict[str, EnhanceResult]:
+        per_key = Counter(it.key for it in items if it.key is not None)
+        results = self.cache.get_many(list(per_key))
+        stats.cache_hits = len(results)
+        if progress:
+            progress(len(items) - sum(n for k, n in per_key.items() if k not in results))
+        pending = [it for it in {it.key: it for it in items if it.key is not None}.values() if it.key not in results]
+        if not pending:
+            return results
+        # One shard generates at a time, start to end, while the other reads and hashes its next shard:
+        # the backend never idles waiting for both to finish their CPU work together.
+        with self._turn:
+            late = self.cache.get_many([it.key for it in pending])  # generated by another shard meanwhile
+            results |= late
+            stats.cache_hits += len(late)
+            pending = [it for it in pending if it.key not in late]
+            if progress and late:
+                progress(sum(per_key[k] for k in late))
+            size = self.config.batch_size
+            commits = []
+            for start in range(0, len(pending), size):
+                requests = [self._request(it) for it in pending[start:start + size]]
+                generated = self._generate(requests)
+                # Committed by a helper thread while the backend runs the next batch; all before the turn ends.
+                done = list(zip((r.key for r in requests), generated))
+                commits.append(self._committer.submit(self.cache.put_many, done))
+                for req, res in zip(requests, generated):
+                    results[req.key] = res
+                    stats.gen_tokens_in += res.tokens_in
+                    stats.gen_tokens_out += res.tokens_out
+                stats.generated += len(requests)
+                if progress:
+                    progress(sum(per_key[r.key] for r in requests))
+            for commit in commits:
+                commit.result()
+        return results
+
+    def _finish(self, item: _Item, results: dict[str, EnhanceResult], stats: ShardStats) -> bytes:
+        cfg = self.config
+        if item.op == NONE:
+            enhanced = Enhanced(NONE, "skipped", backend=cfg.backend, model=cfg.model, prompt_version=cfg.prompt_version)
+        else:
+            text, cause = None, item.cause
+            if item.key is not None:
+                result = results[item.key]
+                stats.tokens_in += result.tokens_in
+                stats.tokens_out += result.tokens_out
+                text, cause = judge(result, cfg.max_new_tokens)
+            status = "ok" if text is not None else "failed"
+            enhanced = Enhanced(item.op, status, text, cause, cfg.backend, cfg.model, cfg.prompt_version)
+            if cause is not None:
+                stats.failures.append({"index": item.index, "id": item.rid, "op": item.op, "cause": cause})
+        stats.count(enhanced.op, enhanced.status, enhanced.cause)
+        item.obj.pop("enhanced", None)  # re-enhancing an enhanced file replaces the block, never the original
+        item.obj["enhanced"] = enhanced.to_json()
+        return (dumps(item.obj) + "\n").encode()
+
+    # -- the whole side -------------------------------------------------------------------------
+    def assemble(self, files: list[str], shards: list[Shard], out: Path, params_note: dict[str, Any]) -> dict[str, Any]:
+        """Concatenate stored shards into ``out/<rel>`` (atomically, input order) and write both reports."""
+        by_file: dict[str, list[Shard]] = {rel: [] for rel in files}
+        for shard in shards:
+            by_file[shard.rel].append(shard)
+        summary: dict[str, Any] = {
+            "side": self.config.side, "backend": self.config.backend, "model": self.config.model,
+            "prompt_version": self.config.prompt_version, **params_note,
+            "items": 0, "enhanceable": 0, "ok": 0, "failed": 0, "skipped": 0,
+            "by_op": {}, "failures_by_cause": {}, "tokens_in": 0, "tokens_out": 0, "files": {},
+        }
+        for rel, parts in by_file.items():
+            dst = out / rel
+            remove_stale_temps(dst)
+            atomic_write(dst, _concat(self.shard_paths(s)[0] for s in parts))
+            summary["files"][rel] = sum(_merge_counts(summary, self._stored(s)) for s in parts)
+        summary["enhanceable"] = summary["ok"] + summary["failed"]
+        summary["failure_rate"] = round(summary["failed"] / summary["enhanceable"], 6) if summary["enhanceable"] else 0.0
+        failures_path, summary_path = out / FAILURES_FILE, out / SUMMARY_FILE
+        remove_stale_temps(failures_path)
+        atomic_write(failures_path, self._failure_lines(shards))
+        remove_stale_temps(summary_path)
+        atomic_write(summary_path, [(json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()])
+        return summary
+
+    def _stored(self, shard: Shard) -> dict[str, Any]:
+        return json.loads(self.shard_paths(shard)[1].read_text())
+
+    def _failure_lines(self, shards: list[Shard]) -> Iterator[bytes]:
+        """Streamed shard by shard: even if every one of 5.6M items failed, memory stays flat."""
+        for shard in shards:
+            for f in self._stored(shard)["failures"]:
+                row = {"file": shard.rel, "line": shard.first_line + f["index"], "id": f["id"], "op": f["op"],
+                       "cause": f["cause"]}
+                yield (dumps(row) + "\n").encode()
+
+
+def _concat(paths: Iterator[Path]) -> Iterator[bytes]:
+    for path in paths:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+
+def _merge_counts(summary: dict[str, Any], stored: dict[str, Any]) -> int:
+    """Add one stored shard's counts to the summary; returns its item count."""
+    summary["items"] += stored["items"]
+    summary["tokens_in"] += stored["tokens_in"]
+    summary["tokens_out"] += stored["tokens_out"]
+    for op, statuses in stored["by_op"].items():
+        per_op = summary["by_op"].setdefault(op, {})
+        for status, n in statuses.items():
+            per_op[status] = per_op.get(status, 0) + n
+            summary[status] += n
+    for cause, n in stored["causes"].items():
+        summary["failures_by_cause"][cause] = summary["failures_by_cause"].get(cause, 0) + n
+    return stored["items"]
+
+
+def merge_stats(all_stats: list[ShardStats]) -> dict[str, Any]:
+    """This run's work (not part of the deterministic output): what was generated, reused, served from cache."""
+    return {
+        "shards": len(all_stats), "shards_reused": sum(s.reused for s in all_stats),
+        "generated": sum(s.generated for s in all_stats), "cache_hits": sum(s.cache_hits for s in all_stats),
+        "gen_tokens_in": sum(s.gen_tokens_in for s in all_stats),
+        "gen_tokens_out": sum(s.gen_tokens_out for s in all_stats),
+    }

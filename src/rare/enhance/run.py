@@ -1,0 +1,129 @@
+"""Enhance one side of an M-BEIR root: plan shards, map them over workers, assemble, report.
+
+The mapper is the only thing that differs between running here (threads), under Prefect (one
+task per shard, with retries) and on Ray (actors); planning and assembly are always the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from rare.config.enhance import EnhanceParams
+from rare.data.layout import MBEIRRoot
+from rare.enhance.backends import make_backend as backend_from_params
+from rare.enhance.backends.base import Backend
+from rare.enhance.engine import FAILURES_FILE, Engine, EngineConfig, Shard, ShardStats, input_files, merge_stats
+
+Mapper = Callable[[Engine, list[Shard], Callable[[int], None]], list[ShardStats]]
+WORKERS = 2  # shards in flight per process: one generating while the other is read, hashed and written
+
+
+class EnhanceFailure(ValueError):
+    """Too many items failed: raised after the outputs and the failure report are written."""
+
+
+@dataclass
+class Outcome:
+    side: str
+    out: Path
+    summary: dict[str, Any]   # deterministic counts, also written to out/enhance_summary.json
+    runtime: dict[str, Any]   # this run's throughput, cache hits and tokens
+
+
+def thread_mapper(engine: Engine, shards: list[Shard], progress: Callable[[int], None]) -> list[ShardStats]:
+    """The first failure cancels the shards not started yet; those in flight finish and are kept."""
+    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="enhance")
+    futures = [pool.submit(engine.process, shard, progress) for shard in shards]
+    try:
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def ray_mapper(params: EnhanceParams, make_backend: Callable[[], Backend]) -> Mapper:
+    from rare.enhance.ray_runner import run_on_ray
+
+    return lambda engine, shards, progress: run_on_ray(params.ray, engine.config, make_backend, shards, progress)
+
+
+@contextmanager
+def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def enhance_side(params: EnhanceParams, data: Path, out: Path, side: str, *,
+                 make_backend: Callable[[], Backend] | None = None, identity: tuple[str, str] | None = None,
+                 mapper: Mapper | None = None, progress: bool = True) -> Outcome:
+    """Enhance every file of ``side`` into ``out``. A custom ``make_backend`` comes with its (name, model)."""
+    if (make_backend is None) != (identity is None):
+        raise ValueError("make_backend and identity go together")
+    start = time.perf_counter()
+    root = MBEIRRoot.open(data)
+    config = EngineConfig.from_params(params, root, side, identity)
+    factory = make_backend or partial(backend_from_params, params)
+    if mapper is None:
+        mapper = ray_mapper(params, factory) if params.ray.enabled else thread_mapper
+    engine = Engine(config, factory)
+    try:
+        files = input_files(root, config.side)
+        shards = engine.plan(files, params.shard_size)
+        unique = list({s.digest: s for s in shards}.values())  # identical shards (repeated pools) run once
+        with progress_bar(f"enhance {config.side}", sum(s.lines for s in unique), progress) as advance:
+            stats = mapper(engine, unique, advance)
+        note = {"shard_size": params.shard_size, "max_failure_rate": params.max_failure_rate}
+        summary = engine.assemble(files, shards, Path(out), note)
+    finally:
+        engine.close()
+    seconds = time.perf_counter() - start
+    runtime = {**merge_stats(stats), "seconds": round(seconds, 3),
+               "items_per_s": round(summary["items"] / seconds, 1) if seconds else 0.0}
+    return Outcome(config.side, Path(out), summary, runtime)
+
+
+def check_failures(outcome: Outcome) -> None:
+    s = outcome.summary
+    if s["failure_rate"] > s["max_failure_rate"]:
+        causes = ", ".join(f"{k}: {v}" for k, v in sorted(s["failures_by_cause"].items()))
+        raise EnhanceFailure(
+            f"enhance {outcome.side}: {s['failed']} of {s['enhanceable']} items failed "
+            f"({s['failure_rate']:.1%} > max_failure_rate {s['max_failure_rate']:.1%}); by cause: {causes}; "
+            f"every failure is listed in {outcome.out / FAILURES_FILE}"
+        )
+
+
+def print_outcome(outcome: Outcome, console: Console | None = None) -> None:
+    s, r = outcome.summary, outcome.runtime
+    table = Table(title=f"enhance {outcome.side}: {s['backend']} / {s['model']} / prompts {s['prompt_version']}")
+    table.add_column("op")
+    for status in ("ok", "failed", "skipped"):
+        table.add_column(status, justify="right")
+    for op, counts in sorted(s["by_op"].items()):
+        table.add_row(op, *(str(counts.get(k, 0)) for k in ("ok", "failed", "skipped")))
+    console = console or Console()
+    console.print(table)
+    causes = ", ".join(f"{k} {v}" for k, v in sorted(s["failures_by_cause"].items())) or "none"
+    console.print(
+        f"{s['items']} items in {r['seconds']:.1f} s ({r['items_per_s']:.0f} items/s); "
+        f"generated {r['generated']}, cache hits {r['cache_hits']}, shards reused {r['shards_reused']}/{r['shards']}; "
+        f"tokens in/out this run {r['gen_tokens_in']}/{r['gen_tokens_out']}; "
+        f"failure rate {s['failure_rate']:.2%} ({causes})",
+        highlight=False,
+    )

@@ -1,0 +1,49 @@
+"""The engine with the real offline stand-in, on the tiny embedded benchmark (and off it)."""
+
+import json
+import shutil
+
+import pytest
+
+from rare.config.enhance import EnhanceParams
+from rare.data.records import iter_candidates, iter_jsonl
+from rare.enhance.run import EnhanceFailure, check_failures, enhance_side
+from tests.fixtures.benchmark import tiny_benchmark_root  # noqa: F401  (fixture)
+
+
+def run(root, out, cache, side, **params):
+    return enhance_side(EnhanceParams(cache_dir=str(cache), **params), root, out, side, progress=False)
+
+
+def test_standin_enhances_every_benchmark_item(tiny_benchmark_root, tmp_path):  # noqa: F811
+    corpus = run(tiny_benchmark_root, tmp_path / "c", tmp_path / "cache", "corpus")
+    queries = run(tiny_benchmark_root, tmp_path / "q", tmp_path / "cache", "queries")
+    assert corpus.summary["failed"] == queries.summary["failed"] == 0
+    assert set(corpus.summary["by_op"]) == {"caption", "refine", "none"}
+    assert set(queries.summary["by_op"]) == {"caption", "resolve", "rewrite", "none"}
+    assert corpus.summary["model"].startswith("rare-standin-")
+    check_failures(corpus)
+    check_failures(queries)
+
+
+def test_the_annotation_is_part_of_the_standin_input(tiny_benchmark_root, tmp_path):  # noqa: F811
+    root = shutil.copytree(tiny_benchmark_root, tmp_path / "root")
+    pool = root / "cand_pool/local/mbeir_glyphcaps_task0_cand_pool.jsonl"  # image-only candidates
+    run(root, tmp_path / "out", tmp_path / "cache", "corpus")
+    before = {c.did: c.enhanced.txt for c in iter_candidates(tmp_path / "out" / pool.relative_to(root))}
+    rows = [obj for _, obj in iter_jsonl(pool)]
+    rows[0]["src_content"], rows[1]["src_content"] = rows[1]["src_content"], rows[0]["src_content"]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = run(root, tmp_path / "out", tmp_path / "cache", "corpus")
+    after = {c.did: c.enhanced.txt for c in iter_candidates(tmp_path / "out" / pool.relative_to(root))}
+    assert before[rows[0]["did"]] != before[rows[1]["did"]]
+    assert (after[rows[0]["did"]], after[rows[1]["did"]]) == (before[rows[1]["did"]], before[rows[0]["did"]])
+    assert again.runtime["generated"] == 2  # same images, new annotations: only those two are regenerated
+
+
+def test_standin_on_data_without_annotations_fails_loudly(tiny_root, tmp_path):
+    outcome = run(tiny_root, tmp_path / "out", tmp_path / "cache", "corpus")
+    s = outcome.summary
+    assert s["ok"] == 0 and s["failed"] == s["enhanceable"] > 0 and list(s["failures_by_cause"]) == ["stand_in"]
+    with pytest.raises(EnhanceFailure, match="100.0% > max_failure_rate 5.0%"):
+        check_failures(outcome)
