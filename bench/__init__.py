@@ -1,0 +1,1 @@
+"""Benchmarks with targets (`make bench` / `python -m bench`); kept out of the test suite on purpose."""

@@ -1,0 +1,274 @@
+"""Embeddings of queries and candidate pools, computed once and kept as fp16 .npy files beside their ids.
+
+A cache entry is keyed by (model fingerprint, content hash of the data file, text view, precision,
+source of the code that builds the text and runs the model), so the inference-only evaluations
+reuse the baseline's query or candidate embeddings, and rerunning an evaluation embeds nothing. Work is done in resumable shards: after a kill only unfinished shards
+are recomputed. The global pool is assembled from the local pools' entries instead of being
+embedded a second time (see ``pool_sources``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rare.data.columnar import iter_pool_batches
+from rare.data.errors import DataError
+from rare.data.images import load_image
+from rare.data.instructions import InstructionTable
+from rare.data.records import iter_candidates, iter_queries
+from rare.data.views import TextMode, candidate_text, query_text
+from rare.mbeir import TASKS, dataset_id_of
+
+log = logging.getLogger(__name__)
+# The source of these modules shapes the embeddings as much as the weights do: it is part of the cache key.
+EMBEDDING_CODE = ("rare.model", "rare.data.views", "rare.data.instructions", "rare.data.images", __name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """What the retriever encodes for one record."""
+
+    id: str
+    text: str
+    image: str | None  # path relative to the data root
+
+
+@dataclass(frozen=True)
+class TextView:
+    """How records become text: original or enhanced (replaced or appended), instructions for queries."""
+
+    use_enhanced: bool
+    mode: TextMode
+    instructions: InstructionTable | None = None
+    instructions_hash: str = ""
+    instruction_seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"enhanced": self.use_enhanced, "mode": self.mode if self.use_enhanced else "-",
+                "instructions": self.instructions_hash, "instruction_seed": self.instruction_seed}
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One cache entry: ``vectors.npy`` (fp16 [N, D]) and ``ids.npy`` in record order."""
+
+    dir: Path
+
+    @property
+    def vectors_path(self) -> Path:
+        return self.dir / "vectors.npy"
+
+    def ids(self) -> np.ndarray:
+        return np.load(self.dir / "ids.npy", allow_pickle=False)
+
+    def vectors(self) -> np.ndarray:
+        return np.load(self.vectors_path, mmap_mode="r", allow_pickle=False)
+
+
+def file_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """"auto" picks bf16 where the hardware runs it natively (CUDA, or a CPU with AVX512-BF16/AMX)."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+@functools.cache
+def code_version() -> str:
+    """Hash of the code that turns records into embeddings, so editing it never serves stale vectors."""
+    h = hashlib.sha256()
+    for name in EMBEDDING_CODE:
+        path = Path(importlib.import_module(name).__file__)
+        for f in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(fingerprint: str, data_hash: str, side: str, view: TextView, precision: str, extra: str = "") -> str:
+    desc = {"code": code_version(), "model": fingerprint, "data": data_hash, "side": side, "view": view.describe(),
+            "precision": precision, "extra": extra}
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def query_items(path: Path, view: TextView) -> list[Item]:
+    """Instruction + (original or enhanced) query text, as training builds it; the image when the query has one."""
+    if view.instructions is None:
+        raise ValueError("query embedding needs the instruction table")
+    items = []
+    for q in iter_queries(path):
+        instruction = view.instructions.choose(q.qid, dataset_id_of(q.qid), q.modality, TASKS[q.task_id][1],
+                                               view.instruction_seed)
+        text = query_text(q, instruction, view.use_enhanced, view.mode)
+        items.append(Item(q.qid, text, q.img_path if "image" in q.modality else None))
+    return items
+
+
+def pool_items(path: Path, view: TextView, only: set[str] | None = None) -> list[Item]:
+    """Candidate text (original or enhanced, no instruction) and image; ``only`` keeps just those dids."""
+    return [Item(c.did, candidate_text(c, view.use_enhanced, view.mode), c.img_path if "image" in c.modality else None)
+            for c in iter_candidates(path) if only is None or c.did in only]
+
+
+class _Encoded(torch.utils.data.Dataset):
+    """Decodes images inside DataLoader workers when there are any."""
+
+    def __init__(self, items: Sequence[Item], image_root: Path):
+        self.items, self.image_root = items, image_root
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        from rare.model import EncodeInput
+
+        item = self.items[i]
+        image = load_image(self.image_root, item.image) if item.image else None
+        return EncodeInput(text=item.text, image=image)
+
+
+def _batches(retriever: Any, items: Sequence[Item], image_root: Path, batch_size: int,
+             num_workers: int, device: str, precision: str) -> Iterator[np.ndarray]:
+    loader = torch.utils.data.DataLoader(
+        _Encoded(items, image_root), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=retriever.collator(), persistent_workers=False,
+    )
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
+        for batch in loader:
+            emb = retriever({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            if not bool(torch.isfinite(emb).all()):
+                raise ValueError("the retriever produced non-finite embeddings")
+            yield emb.float().cpu().numpy().astype(np.float16)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+@dataclass
+class EmbedStats:
+    computed: int = 0  # entries embedded now
+    reused: int = 0    # entries found in the cache
+    rows: int = 0      # rows embedded now
+
+
+def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, cache_dir: Path, image_root: Path,
+          *, batch_size: int = 128, shard_rows: int = 65_536, num_workers: int = 0, device: str = "cpu",
+          precision: str = "fp32", label: str = "", stats: EmbedStats | None = None) -> Embeddings:
+    """Embeddings of the items (cached under ``key``; ``make_items`` is only called on a miss).
+
+    Items are encoded grouped by text length, which cuts padding, and written back in record order.
+    """
+    stats = stats if stats is not None else EmbedStats()
+    final = Embeddings(cache_dir / key)
+    if (final.dir / "done").exists():
+        stats.reused += 1
+        return final
+    t0 = time.perf_counter()
+    items = make_items()
+    ids = np.array([it.id for it in items], dtype=str)
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"{label}: duplicate ids; every record must have its own id")
+    # Images first, then by text length: similar lengths share a batch, so padding costs little.
+    order = np.lexsort(([len(it.text) for it in items], [it.image is None for it in items]))
+    parts = cache_dir / f"{key}.parts"
+    layout = json.dumps({"rows": len(items), "shard_rows": shard_rows})
+    if (parts / "layout.json").exists() and (parts / "layout.json").read_text() != layout:
+        shutil.rmtree(parts)  # shards of another layout cannot be reused
+    parts.mkdir(parents=True, exist_ok=True)
+    (parts / "layout.json").write_text(layout)
+    shards = [order[a:a + shard_rows] for a in range(0, len(order), shard_rows)]
+    todo = [i for i in range(len(shards)) if not (parts / f"part-{i:05d}.npy").exists()]
+    if todo:
+        columns = [TextColumn(f"embed {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        console = Console(stderr=True)
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+            bar = progress.add_task("embed", total=sum(len(shards[i]) for i in todo))
+            for i in todo:
+                chunks = []
+                for emb in _batches(retriever, [items[j] for j in shards[i]], image_root, batch_size,
+                                    num_workers, device, precision):
+                    chunks.append(emb)
+                    progress.advance(bar, len(emb))
+                _save_npy(parts / f"part-{i:05d}.npy", np.concatenate(chunks))
+                stats.rows += len(shards[i])
+    dim = retriever.embed_dim
+    tmp = cache_dir / f"{key}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float16, shape=(len(items), dim))
+    for i, rows in enumerate(shards):
+        out[rows] = np.load(parts / f"part-{i:05d}.npy", allow_pickle=False)
+    out.flush()
+    del out
+    np.save(tmp / "ids.npy", ids, allow_pickle=False)
+    (tmp / "done").write_text(json.dumps({"rows": len(items), "dim": dim, "label": label}))
+    try:
+        os.replace(tmp, final.dir)
+    except OSError:  # another process finished the same entry first: theirs is identical
+        shutil.rmtree(tmp)
+    shutil.rmtree(parts, ignore_errors=True)
+    stats.computed += 1
+    log.info("embedded %s: %d rows in %.1f s", label, len(items), time.perf_counter() - t0)
+    return final
+
+
+def pool_ids(pool_file: Path) -> np.ndarray:
+    """Every did of a pool file, read with Arrow's JSON reader (fast on the 2.4 GB global pool)."""
+    chunks = [b.column("did").to_numpy(zero_copy_only=False) for b in iter_pool_batches(pool_file)]
+    ids = np.concatenate(chunks).astype(str) if chunks else np.array([], dtype=str)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(pool_file, None, f"duplicate did {uniq[counts > 1][0]!r} in candidate pool")
+    return ids
+
+
+def pool_sources(pool_file: Path, locals_: Sequence[Embeddings],
+                 embed_rest: Callable[[set[str]], Embeddings]) -> tuple[list[Path], np.ndarray]:
+    """The global pool as (list of .npy files, ids of their rows concatenated), reusing local entries.
+
+    Each local pool whose dids all belong to the global pool (and to no local pool already taken)
+    is used as it is; candidates no local pool covers are embedded by ``embed_rest(dids)``, which
+    returns their Embeddings. On M-BEIR the 16 local pools concatenate to the global pool exactly.
+    """
+    wanted = pool_ids(pool_file)
+    taken: list[Embeddings] = []
+    covered = np.array([], dtype=str)
+    for emb in locals_:
+        ids = emb.ids()
+        if np.isin(ids, wanted).all() and not np.isin(ids, covered).any():
+            taken.append(emb)
+            covered = np.concatenate([covered, ids])
+    rest = wanted[~np.isin(wanted, covered)]
+    if len(rest):
+        taken.append(embed_rest(set(rest.tolist())))
+    ids = np.concatenate([e.ids() for e in taken]) if taken else np.array([], dtype=str)
+    return [e.vectors_path for e in taken], ids
+

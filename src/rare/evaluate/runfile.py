@@ -1,0 +1,65 @@
+"""TREC run files: ``qid Q0 did rank score run_id`` (UniIR adds a 7th column, task_id; both are read)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rare.data.errors import DataError
+
+
+def write_run(path: str | Path, qids: Sequence[str], dids: np.ndarray, scores: np.ndarray, run_id: str) -> int:
+    """Write one line per (query, retrieved candidate), rank 1 first; atomic (temp + rename). Returns lines."""
+    path = Path(path)
+    if " " in run_id or not run_id:
+        raise ValueError(f"run_id {run_id!r} must be a non-empty word")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    lines = 0
+    with tmp.open("w", encoding="utf-8") as fh:
+        for qid, row_dids, row_scores in zip(qids, dids, scores, strict=True):
+            fh.writelines(
+                f"{qid} Q0 {did} {rank} {score:.9g} {run_id}\n"
+                for rank, (did, score) in enumerate(zip(row_dids, row_scores.tolist()), start=1)
+            )
+            lines += len(row_dids)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return lines
+
+
+def read_run(path: str | Path) -> dict[str, list[str]]:
+    """qid -> dids in rank order. Bad lines, duplicate ranks and duplicate dids per query are errors."""
+    path = Path(path)
+    ranked: dict[str, dict[int, str]] = {}
+    seen: dict[str, set[str]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) not in (6, 7):
+                raise DataError(path, lineno,
+                                f"expected 'qid Q0 did rank score run_id [task_id]', got {len(parts)} columns")
+            qid, _, did, rank_s, score_s = parts[:5]
+            try:
+                rank, score = int(rank_s), float(score_s)
+            except ValueError:
+                raise DataError(path, lineno,
+                                f"rank {rank_s!r} must be an integer and score {score_s!r} a number") from None
+            if rank < 1 or math.isnan(score):
+                raise DataError(path, lineno, f"rank must be >= 1 and score a number, got rank {rank}, score {score_s}")
+            by_rank = ranked.setdefault(qid, {})
+            if rank in by_rank:
+                raise DataError(path, lineno, f"query {qid} has rank {rank} twice")
+            dids = seen.setdefault(qid, set())
+            if did in dids:
+                raise DataError(path, lineno, f"query {qid} retrieves {did} twice")
+            by_rank[rank] = did
+            dids.add(did)
+    return {qid: [by_rank[r] for r in sorted(by_rank)] for qid, by_rank in ranked.items()}

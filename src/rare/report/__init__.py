@@ -1,0 +1,1 @@
+"""The ablation report: table, bar chart, qualitative gallery and the paper's findings."""

@@ -1,0 +1,94 @@
+"""The report stage: table, bar chart, gallery and findings from every evaluation, logged to the parent run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from rare.config.report import ReportParams
+from rare.config.tracking import TrackingParams
+from rare.report.chart import bar_chart
+from rare.report.findings import assess
+from rare.report.gallery import gallery
+from rare.report.table import Evaluation, find_baseline, load_evaluations, markdown_table, scores_csv, summary
+
+log = logging.getLogger(__name__)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _headline_note(evals: list[Evaluation]) -> str:
+    ks = sorted({k for e in evals for k in e.info.get("headline", {}).values()}, key=lambda m: int(m[2:]))
+    r10 = sorted({dt for e in evals for dt, k in e.info.get("headline", {}).items() if k == "R@10"})
+    note = f"Cells are each dataset-task's headline metric ({', '.join(ks)})"
+    note += f"; R@10 for {', '.join(r10)}" if r10 else ""
+    return note + ". Deltas in parentheses are against the baseline (bold row)."
+
+
+def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpus_enhanced: Path | None = None,
+                 queries_enhanced: Path | None = None) -> Path:
+    """Write report.md, scores.png, gallery.png, scores_<pool>.csv and summary.json under ``out``."""
+    evaluations = load_evaluations(evals)
+    pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
+    findings = assess(evaluations, params.findings_pool, params.min_gain)
+    bar_chart(evaluations, out / "scores.png")
+    for pool in pools:
+        _write(out / f"scores_{pool}.csv", scores_csv(evaluations, pool))
+    base = find_baseline(evaluations)
+    other = next((e for e in evaluations if e.name == params.gallery_compare), None)
+    shown = None
+    if base is not None and other is not None:
+        shown = gallery(base, other, data, out / "gallery.png", params.gallery_queries, params.gallery_top_k,
+                        params.seed, corpus_enhanced, queries_enhanced)
+
+    listing = ", ".join(f"{e.name} ({e.kind})" for e in evaluations)
+    md = ["# Ablation report", "",
+          f"Evaluations: {listing}. Baseline: {base.name if base else 'none found'}. "
+          f"Split: {evaluations[0].info.get('split', '?')}.", "",
+          "## Findings of the paper", "",
+          f"Judged on the {params.findings_pool} pool; a difference counts when it exceeds {params.min_gain:g} points.",
+          ""]
+    md += [f"- **{f.verdict.upper()}**: {f.claim} {f.evidence}." for f in findings]
+    for pool in pools:
+        md += ["", f"## {pool.capitalize()} pool", "", _headline_note(evaluations), "",
+               markdown_table(evaluations, pool)]
+    md += ["", "## Figures", "", "![scores](scores.png)", ""]
+    md.append("![gallery](gallery.png)" if shown else
+              f"No gallery: it needs the baseline and the '{params.gallery_compare}' evaluation with local run files.")
+    report = out / "report.md"
+    _write(report, "\n".join(md) + "\n")
+    _write(out / "summary.json", json.dumps({
+        "findings": [vars(f) for f in findings],
+        "scores": {pool: summary(evaluations, pool) for pool in pools},
+        "evaluations": {e.name: {"kind": e.kind, "inputs": e.inputs, "model_variant": e.info.get("model_variant")}
+                        for e in evaluations},
+    }, indent=2) + "\n")
+    return report
+
+
+def log_report(out: Path, tracking: TrackingParams, params_file: Path) -> str | None:
+    """Attach the report to the pipeline's parent MLflow run, with every evaluation's score as a metric."""
+    if not tracking.enabled:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from rare import tracking as T
+
+    run_id = T.parent_run_id(tracking, params_file)
+    client = MlflowClient()
+    client.log_artifacts(run_id, str(out), artifact_path="report")
+    scores = json.loads((out / "summary.json").read_text(encoding="utf-8"))["scores"]
+    for pool, rows in scores.items():
+        for name, row in rows.items():
+            for group, value in row.items():
+                if value is not None:
+                    key = f"report/{name}/{pool}/{group.replace(' ', '_')}"
+                    client.log_metric(run_id, key, value)
+    return run_id

@@ -1,0 +1,159 @@
+"""The ablation table: every evaluation's headline numbers, grouped by what each dataset probes.
+
+Rows are evaluations (trained variants, then inference-only ones); columns are dataset-tasks grouped
+by ``rare.mbeir.Kind`` with a mean per group and the M-BEIR score; cells show deltas against the baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rare.data.errors import DataError
+from rare.mbeir import DatasetTask, Kind
+
+ROW_ORDER = ("none", "corpus", "query", "both", "infer-corpus", "infer-query", "infer-both")
+KIND_ORDER = (Kind.KNOWLEDGE, Kind.COMPOSITIONAL, Kind.PLAIN)
+SCORE = "M-BEIR score"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One ``<evals>/<name>/``: its metrics.json, info.json and run files."""
+
+    name: str
+    dir: Path
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+
+    @property
+    def inputs(self) -> str:
+        return self.info["inputs"]
+
+    @property
+    def kind(self) -> str:
+        return self.info["kind"]
+
+    def pools(self) -> list[str]:
+        return [p for p in ("local", "global") if p in self.metrics]
+
+    def headline(self, pool: str, dt: str) -> float | None:
+        m = self.metrics.get(pool, {}).get(dt)
+        return None if m is None else float(m["headline"])
+
+    def run_file(self, pool: str, dt: str) -> Path:
+        return self.dir / "runs" / pool / f"{dt}.trec"
+
+
+def load_evaluations(evals: Path) -> list[Evaluation]:
+    """Every evaluation under ``evals``, in the ablation's row order (unknown names last, by name)."""
+    found = []
+    for metrics_file in sorted(Path(evals).glob("*/metrics.json")):
+        d = metrics_file.parent
+        try:
+            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+            info = json.loads((d / "info.json").read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise DataError(d, None, f"incomplete evaluation ({exc.filename} is missing)") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(d, None, f"unreadable evaluation output ({exc})") from None
+        for key in ("inputs", "kind", "dataset_tasks"):
+            if key not in info:
+                raise DataError(d / "info.json", None, f"missing key {key!r}")
+        found.append(Evaluation(d.name, d, metrics, info))
+    if not found:
+        raise DataError(evals, None, "no evaluations found (expected <evals>/<name>/metrics.json)")
+    rank = {n: i for i, n in enumerate(ROW_ORDER)}
+    return sorted(found, key=lambda e: (rank.get(e.name, len(rank)), e.name))
+
+
+def find_baseline(evaluations: Sequence[Evaluation]) -> Evaluation | None:
+    """The model trained and evaluated on original inputs."""
+    return next((e for e in evaluations if e.inputs == "none" and e.kind == "trained"), None)
+
+
+def kind_of(dt: str) -> Kind:
+    return DatasetTask.parse(dt).info.kind
+
+
+def columns(evaluations: Sequence[Evaluation]) -> dict[Kind, list[str]]:
+    """Dataset-tasks grouped by kind, in the order the evaluations list them; empty groups dropped."""
+    seen: list[str] = []
+    for e in evaluations:
+        seen += [dt for dt in e.info["dataset_tasks"] if dt not in seen]
+    groups = {k: [dt for dt in seen if kind_of(dt) == k] for k in KIND_ORDER}
+    return {k: dts for k, dts in groups.items() if dts}
+
+
+def group_mean(e: Evaluation, pool: str, dts: Sequence[str]) -> float | None:
+    values = [e.headline(pool, dt) for dt in dts]
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def summary(evaluations: Sequence[Evaluation], pool: str) -> dict[str, dict[str, float | None]]:
+    """evaluation -> {kind group label: mean headline, SCORE: M-BEIR score} for one pool."""
+    groups = columns(evaluations)
+    out = {}
+    for e in evaluations:
+        row: dict[str, float | None] = {k.value: group_mean(e, pool, dts) for k, dts in groups.items()}
+        row[SCORE] = e.metrics.get("score", {}).get(pool)
+        out[e.name] = row
+    return out
+
+
+def _cell(value: float | None, base: float | None, is_base: bool) -> str:
+    if value is None:
+        return "–"
+    if is_base or base is None:
+        return f"{value:.1f}"
+    return f"{value:.1f} ({value - base:+.1f})"
+
+
+def markdown_table(evaluations: Sequence[Evaluation], pool: str) -> str:
+    """One markdown table for one pool; deltas are against the baseline row."""
+    groups = columns(evaluations)
+    base = find_baseline(evaluations)
+    header = ["evaluation", "kind"]
+    for kind, dts in groups.items():
+        header += dts + [f"**{kind.value} mean**"]
+    header.append(f"**{SCORE}**")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+    for e in evaluations:
+        if pool not in e.metrics:
+            continue
+        is_base = e is base
+        cells = [f"**{e.name}**" if is_base else e.name, e.kind]
+        for dts in groups.values():
+            for dt in dts:
+                cells.append(_cell(e.headline(pool, dt), base and base.headline(pool, dt), is_base))
+            cells.append(_cell(group_mean(e, pool, dts), base and group_mean(base, pool, dts), is_base))
+        score = e.metrics["score"].get(pool)
+        cells.append(_cell(score, base and base.metrics["score"].get(pool), is_base))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_column(group: str) -> str:
+    """Plain column names for DVC plot definitions: "knowledge-intensive" -> knowledge_intensive, score."""
+    return "score" if group == SCORE else group.replace("-", "_")
+
+
+def scores_csv(evaluations: Sequence[Evaluation], pool: str) -> str:
+    """The bar chart's data for one pool (a DVC plot): one row per evaluation, one column per group."""
+    rows = summary(evaluations, pool)
+    groups = [k.value for k in columns(evaluations)] + [SCORE]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["evaluation", "kind", *(csv_column(g) for g in groups)])
+    for e in evaluations:
+        if pool in e.metrics:
+            writer.writerow([e.name, e.kind, *("" if rows[e.name][g] is None else f"{rows[e.name][g]:.4f}"
+                                               for g in groups)])
+    return buf.getvalue()
