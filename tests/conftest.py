@@ -6,4 +6,10 @@ from rare import runtime
 
 runtime.configure(os.environ.get("RARE_TEST_PROJECT_DIR"))
 
-pytest_plugins = ["tests.fixtures.tiny_root", "tests.fixtures.benchmark", "tests.fixtures.enhance"]
+pytest_plugins = [
+    "tests.fixtures.tiny_root",
+    "tests.fixtures.benchmark",
+    "tests.fixtures.enhance",
+    "tests.fixtures.models",
+    "tests.fixtures.evaluate",
+]

@@ -17,7 +17,7 @@ from rare.data.qrels import read_qrels
 from rare.data.records import iter_candidates, iter_queries
 from rare.mbeir import DatasetTask, dataset
 from rare.validate import validate_root
-from tests.fixtures.benchmark import make_tiny_benchmark, tiny_benchmark_root  # noqa: F401  (fixture)
+from tests.fixtures.benchmark import make_tiny_benchmark
 from tests.fixtures.benchmark import tree_bytes as files
 
 EVAL_TASKS = ["glyphcaps_task0", "factwiki_task1", "factwiki_task2", "glyphcaps_task3", "twinpix_task4",

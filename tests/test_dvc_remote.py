@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def test_push_then_pull_into_fresh_clone(tmp_path: Path, monkeypatch):
     shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")  # the real stage definitions
     (project / "params.yaml").write_text((REPO / "params.yaml").read_text().replace(
         "preset: default", "preset: tiny").replace("enabled: true", "enabled: false"))
-    for src in ("src/rare/benchmark", "src/rare/config/data.py", "flows/data.py"):  # the data stage's deps
+    for src in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["data"]["deps"]:
         (project / src).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (REPO / src).is_dir() else shutil.copy)(REPO / src, project / src)
     sh("git", "init", "-q", cwd=project)

@@ -8,7 +8,6 @@ import pytest
 from rare.config.enhance import EnhanceParams
 from rare.data.records import iter_candidates, iter_jsonl
 from rare.enhance.run import EnhanceFailure, check_failures, enhance_side
-from tests.fixtures.benchmark import tiny_benchmark_root  # noqa: F401  (fixture)
 
 
 def run(root, out, cache, side, **params):

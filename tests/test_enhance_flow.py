@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from rare.cli import app
 from rare.enhance.engine import FAILURES_FILE, SUMMARY_FILE
-from tests.fixtures.enhance import tiny_vlm, write_params  # noqa: F401  (fixture)
+from tests.fixtures.enhance import write_params
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from rare.enhance.backends.transformers import TransformersBackend
 from rare.enhance.backends.vlm import fit_pixels
 from rare.enhance.prompts import PromptSet
 from rare.enhance.run import enhance_side
-from tests.fixtures.enhance import tiny_vlm  # noqa: F401  (fixture)
 
 PROMPTS = PromptSet.load("v1")
 

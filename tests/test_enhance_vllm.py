@@ -18,7 +18,6 @@ from rare.config.enhance import EnhanceParams
 from rare.enhance.backends import make_backend
 from rare.enhance.backends.base import EnhanceRequest
 from rare.enhance.prompts import PromptSet
-from tests.fixtures.enhance import tiny_vlm  # noqa: F401  (fixture)
 
 PROMPTS = PromptSet.load("v1")
 

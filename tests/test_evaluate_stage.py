@@ -18,8 +18,7 @@ from rare.evaluate import embed as E
 from rare.evaluate.metrics import score_run
 from rare.evaluate.stage import evaluate, plan
 from rare.model import load_retriever
-from tests.fixtures.evaluate import make_enhanced_mirrors, tiny_evals  # noqa: F401
-from tests.fixtures.models import tiny_retriever_dir  # noqa: F401
+from tests.fixtures.evaluate import make_enhanced_mirrors
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from rare.report.findings import NOT_ASSESSABLE, NOT_REPRODUCED, PARTLY, REPRODU
 from rare.report.gallery import pick_examples
 from rare.report.stage import build_report
 from rare.report.table import load_evaluations, markdown_table, summary
-from tests.fixtures.evaluate import tiny_evals  # noqa: F401
 
 DTS = {"emblemkb_task6": 5, "emblemkb_task8": 5, "tweakset_task7": 10, "glyphcaps_task0": 5}
 ROWS = {  # name: (inputs, kind, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]) -- paper-like numbers

@@ -10,7 +10,6 @@ from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_queries
 from rare.enhance.backends.base import Backend, EnhanceRequest
 from rare.enhance.backends.standin import StandinBackend
-from tests.fixtures.benchmark import tiny_benchmark_root  # noqa: F401  (fixture)
 
 SCENE = {"background": "cream",
          "objects": [{"shape": "square", "color": "blue", "size": "small", "pos": "bottom right"},

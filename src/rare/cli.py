@@ -66,6 +66,152 @@ def params(path: Annotated[Path, typer.Argument(help="params file")] = Path("par
     print_json(data={k: v.model_dump(mode="json") for k, v in sections.items()})
 
 
+# -- data ---------------------------------------------------------------------------------------
+@app.command()
+def data(
+    out: Annotated[Path, typer.Argument(help="Where to write the M-BEIR-layout root (replaced if it exists).")],
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Generate the embedded benchmark (params `data:` section: preset, seed, sizes) into OUT."""
+    from rare.config import ConfigError
+    from rare.data.errors import DataError
+
+    try:
+        from flows.data import data_flow
+
+        data_flow(out, params_file)
+    except (DataError, ConfigError, ValueError, OSError) as exc:
+        _fail(exc)
+
+
+# -- enhance ----------------------------------------------------------------------------------
+EnhanceOutOpt = Annotated[Path, typer.Option("--out", help="Output folder: the input files mirrored with an "
+                                             "'enhanced' block per record, plus summary and failure reports.")]
+MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics", help="Also write the summary here (a DVC metric "
+                                                    "cannot live inside the stage's output folder).")]
+
+
+def _enhance(side: str, data: Path, out: Path, params_file: Path, metrics: Optional[Path]) -> None:
+    from rare.config import ConfigError
+    from rare.data.errors import DataError
+
+    try:
+        from flows.enhance import enhance_flow
+
+        enhance_flow(side, data, out, params_file, metrics)
+    except (DataError, ConfigError, ValueError) as exc:
+        _fail(exc)
+
+
+@enhance_app.command("corpus")
+def enhance_corpus(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = Path("params.yaml"),
+                   metrics: MetricsOpt = None) -> None:
+    """Caption image-only candidates and add visual context to image+text ones (every pool file)."""
+    _enhance("corpus", data, out, params_file, metrics)
+
+
+@enhance_app.command("queries")
+def enhance_queries(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = Path("params.yaml"),
+                    metrics: MetricsOpt = None) -> None:
+    """Caption image queries, name the subject of image questions, condense modification requests."""
+    _enhance("queries", data, out, params_file, metrics)
+
+
+# -- train ----------------------------------------------------------------------------------------
+@app.command()
+def train(
+    variant: Annotated[str, typer.Argument(help="Ablation variant: none | corpus | query | both.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Export directory: safetensors weights, configs, tokenizer, "
+                                      "meta.json (replaced atomically).")],
+    corpus_enhanced: CorpusEnhOpt = None,
+    queries_enhanced: QueriesEnhOpt = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write training figures (wall time, "
+                                                    "steps, val loss) here, for DVC.")] = None,
+) -> None:
+    """Train the retriever for one variant (params `train:`); resumes from its last checkpoint after a kill."""
+    from rare.config import ConfigError
+    from rare.data.errors import DataError
+
+    try:
+        from flows.train import train_entry
+
+        train_entry(variant, data, out, corpus_enhanced, queries_enhanced, params_file, metrics)
+    except (DataError, ConfigError, ValueError, OSError) as exc:
+        _fail(exc)
+
+
+# --- evaluate, score, report (evaluation and report stages) ---------------------------------------
+@app.command()
+def evaluate(
+    name: Annotated[str, typer.Argument(help="Evaluation name, e.g. none, corpus, infer-corpus.")],
+    model: Annotated[Path, typer.Option("--model", help="Retriever directory exported by `rare train`.")],
+    inputs: Annotated[str, typer.Option("--inputs", help="Input variant: none|corpus|query|both.")],
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output directory (metrics.json, info.json, runs/).")],
+    corpus_enhanced: CorpusEnhOpt = None,
+    queries_enhanced: QueriesEnhOpt = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Evaluate one model on one input variant by the M-BEIR protocol (local and global pools)."""
+    try:
+        from flows.evaluate import evaluate_flow
+
+        metrics = evaluate_flow(name, model, inputs, data, out, corpus_enhanced, queries_enhanced, params_file)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"{name}: M-BEIR score " + ", ".join(f"{p} {v:.2f}" for p, v in metrics["score"].items()))
+
+
+@app.command()
+def score(
+    run: Annotated[Path, typer.Option("--run", help="TREC run file: qid Q0 did rank score run_id.")],
+    qrels: Annotated[Path, typer.Option("--qrels", help="M-BEIR qrels: qid 0 did 1 task_id.")],
+    k: Annotated[list[int], typer.Option("--k", help="Cutoffs (repeat the option).")] = [1, 5, 10],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Score any run file by the M-BEIR rule: hit if ANY positive is in the top k, over the qrels' queries."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from rare.evaluate.metrics import score_run
+
+    try:
+        rates, n = score_run(run, qrels, k)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps({"queries": n, **{f"R@{c}": round(v, 4) for c, v in rates.items()}}))
+        return
+    table = Table(title=f"{run.name} ({n} queries)")
+    for c in rates:
+        table.add_column(f"R@{c}", justify="right")
+    table.add_row(*(f"{v:.2f}" for v in rates.values()))
+    Console().print(table)
+
+
+@app.command()
+def report(
+    evals: Annotated[Path, typer.Option("--evals", help="Directory of evaluations (<evals>/<name>/metrics.json).")],
+    out: Annotated[Path, typer.Option("--out", help="Report directory.")],
+    data: DataOpt,
+    corpus_enhanced: CorpusEnhOpt = None,
+    queries_enhanced: QueriesEnhOpt = None,
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Ablation table, bar chart, qualitative gallery and the paper's findings, logged to the parent MLflow run."""
+    try:
+        from flows.report import report_flow
+
+        path = report_flow(evals, out, data, corpus_enhanced, queries_enhanced, params_file)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"report: {path}")
+
+
 def run_cli() -> None:
     """Entry point that turns library errors into one clear line instead of a traceback."""
     try:

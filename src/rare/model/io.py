@@ -1,0 +1,81 @@
+"""Export and load a retriever: safetensors weights + configs + tokenizer + training metadata.
+
+Layout of an export directory::
+
+    retriever.json        spec: family, embed_dim, pooling, image size/normalisation, max text length
+    model.safetensors     every weight (no pickle anywhere)
+    towers/<name>/        HF config of each tower (text, vision | clip)
+    tokenizer/            the tokenizer files
+    meta.json             training metadata: variant, text modes, instruction seed, steps, val losses
+
+Writes go to a temp sibling and are renamed into place, so a killed export leaves no half model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rare.model.retriever import Retriever
+from rare.model.towers import towers_from_configs
+
+SPEC_FILE, WEIGHTS_FILE, META_FILE = "retriever.json", "model.safetensors", "meta.json"
+FORMAT = 1
+
+
+def save_retriever(retriever: Retriever, out: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / SPEC_FILE).write_text(json.dumps(retriever.spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    state = {k: v.detach().cpu().contiguous() for k, v in retriever.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "rare_format": str(FORMAT)})
+    for name, config in retriever.towers.configs().items():
+        config.save_pretrained(tmp / "towers" / name)
+    retriever.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    full_meta = {**retriever.meta, **(meta or {})}
+    (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def load_retriever(model_dir: str | Path, device: str | torch.device = "cpu") -> Retriever:
+    """Rebuild from the export alone (no hub, no pickle), in eval mode on ``device``."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    spec_file = model_dir / SPEC_FILE
+    if not spec_file.is_file():
+        raise FileNotFoundError(f"{model_dir}: not a retriever export ({SPEC_FILE} is missing)")
+    spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    if spec.get("format") != FORMAT:
+        raise ValueError(f"{spec_file}: unsupported format {spec.get('format')!r}; this code reads format {FORMAT}")
+    names = ["clip"] if spec["family"] == "clip" else ["text", "vision"]
+    configs = {name: AutoConfig.from_pretrained(model_dir / "towers" / name) for name in names}
+    towers = towers_from_configs(spec["family"], configs, spec)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
+    meta_file = model_dir / META_FILE
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    retriever = Retriever(towers, tokenizer, spec, meta)
+    state = load_file(str(model_dir / WEIGHTS_FILE))
+    try:
+        retriever.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{model_dir / WEIGHTS_FILE}: weights do not match the exported architecture ({exc})") from None
+    retriever.to(device).eval()
+    retriever.freeze_fingerprint()
+    return retriever

@@ -1,0 +1,117 @@
+"""The retriever: UniIR CLIP_SF score-level fusion over either tower family.
+
+An entry's embedding is normalise(normalise(text) + normalise(image)), each term present only
+when the entry has it. Training and evaluation call the same ``forward``, so the trained
+similarity is the one searched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rare.config.train import ModelParams
+from rare.model.preprocess import Collator
+from rare.model.towers import Towers, build_towers, resolve_source
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned temperature so logits never exceed x100
+
+
+def _place(x: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """Rows of ``x`` into a [size, D] zero matrix, as a one-hot matmul (index_add is slow on CPU),
+    kept in fp32 under autocast so mixed precision never rounds the embeddings themselves."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.one_hot(rows, size).T.float() @ x.float()
+
+
+class Retriever(nn.Module):
+    def __init__(self, towers: Towers, tokenizer: Any, spec: dict[str, Any], meta: dict[str, Any] | None = None,
+                 init_temperature: float = 0.07):
+        super().__init__()
+        self.towers = towers
+        self.tokenizer = tokenizer
+        self.spec = spec                 # what retriever.json holds: enough to rebuild and preprocess
+        self.meta = dict(meta or {})     # training metadata (variant, text modes, instruction seed, ...)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.new_parameters: set[str] = set()
+        self._fingerprint: str | None = None
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.spec["embed_dim"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale) clamped at 100; the clamp has zero gradient, as in CLIP."""
+        return self.logit_scale.clamp(0.0, MAX_LOGIT_SCALE).exp()
+
+    def collator(self) -> Collator:
+        s = self.spec
+        return Collator(self.tokenizer, s["max_text_len"], s["image_size"], s["image_mean"], s["image_std"])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        dev = self.device
+        size = int(batch["size"])
+        out = torch.zeros(size, self.embed_dim, device=dev, dtype=torch.float32)
+        text_rows = batch["text_rows"].to(dev)
+        if text_rows.numel():
+            t = self.towers.encode_text(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+            out = out + _place(F.normalize(t.float(), dim=-1), text_rows, size)
+        image_rows = batch["image_rows"].to(dev)
+        if image_rows.numel():
+            v = self.towers.encode_image(batch["pixel_values"].to(dev))
+            out = out + _place(F.normalize(v.float(), dim=-1), image_rows, size)
+        return F.normalize(out, dim=-1)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the spec, the tokenizer and every weight: two exports embed alike iff these match."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        h = hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode())
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        h.update(backend.to_str().encode() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items())).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tensor.dtype).encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:32]
+
+    def freeze_fingerprint(self) -> None:
+        """For loaded (read-only) models: compute once instead of re-hashing every access."""
+        self._fingerprint = None
+        self._fingerprint = self.fingerprint
+
+
+def build_retriever(params: ModelParams) -> Retriever:
+    """A fresh retriever to train, from the training params."""
+    from transformers import AutoTokenizer
+
+    towers, new = build_towers(params)
+    tok_source = params.tokenizer or (params.clip.pretrained if params.family == "clip" and params.clip
+                                      else params.text.pretrained)
+    if not tok_source:
+        raise ValueError("train.model.tokenizer must be set when the text tower is built from a config")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(tok_source))
+    if params.family == "clip":
+        image_size = towers.clip.config.vision_config.image_size
+    else:
+        image_size = params.image_size
+    spec = {
+        "format": 1, "family": params.family, "embed_dim": towers.embed_dim,
+        "text_pooling": params.text_pooling, "image_pooling": params.image_pooling,
+        "image_size": image_size, "image_mean": list(params.image_mean), "image_std": list(params.image_std),
+        "max_text_len": params.max_text_len,
+    }
+    retriever = Retriever(towers, tokenizer, spec, init_temperature=params.init_temperature)
+    retriever.new_parameters = {f"towers.{n}" for n in new}
+    return retriever.train()  # from_pretrained hands back eval mode, and Lightning keeps modules' modes

@@ -1,0 +1,164 @@
+"""The two encoder families behind one interface: ``encode_text`` / ``encode_image`` -> [B, D].
+
+``clip``: an HF CLIPModel (its own projections and EOS pooling). ``dual``: any HF text encoder
+plus any HF vision encoder with token outputs, pooled and projected to a shared dimension.
+Towers come from pretrained weights or from a bare HF config (random init); either way the
+config is saved with the export so loading never needs the original source.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from rare.config.train import ModelParams, Source
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_source(spec: str) -> str:
+    """``package:<module>/<subdir>`` -> that folder inside the installed package; paths and hub ids pass through."""
+    if not spec.startswith(PACKAGE_PREFIX):
+        return spec
+    module, _, sub = spec[len(PACKAGE_PREFIX):].partition("/")
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(f"{spec}: package {module!r} is not installed")
+    path = Path(list(found.submodule_search_locations)[0]) / sub
+    if not path.is_dir():
+        raise ValueError(f"{spec}: {path} does not exist inside the installed package")
+    return str(path)
+
+
+def source_config(source: Source) -> PretrainedConfig:
+    if source.pretrained:
+        return AutoConfig.from_pretrained(resolve_source(source.pretrained), **source.config)
+    cfg = dict(source.config)
+    return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+
+
+def hf_model(config: PretrainedConfig, pretrained: str | None = None) -> PreTrainedModel:
+    """The bare encoder for ``config``; an unused pooler is left out (DDP rejects parameters without grads)."""
+    cls = MODEL_MAPPING[type(config)]
+    kwargs: dict[str, Any] = {}
+    if "add_pooling_layer" in inspect.signature(cls.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    if pretrained:
+        return cls.from_pretrained(resolve_source(pretrained), config=config, **kwargs)
+    return cls(config, **kwargs)
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    if how == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        return hidden.mean(dim=1)
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class DualTowers(nn.Module):
+    def __init__(self, text: PreTrainedModel, vision: PreTrainedModel, embed_dim: int,
+                 text_pooling: str = "mean", image_pooling: str = "cls"):
+        super().__init__()
+        self.text, self.vision = text, vision
+        self.text_pooling, self.image_pooling = text_pooling, image_pooling
+        self.text_proj = nn.Linear(text.config.hidden_size, embed_dim, bias=False)
+        self.image_proj = nn.Linear(vision.config.hidden_size, embed_dim, bias=False)
+        self.embed_dim = embed_dim
+
+    def identity_text_projection(self) -> None:
+        """Start from the pretrained sentence embedding itself when the sizes allow."""
+        if self.text_proj.in_features == self.text_proj.out_features:
+            with torch.no_grad():
+                self.text_proj.weight.copy_(torch.eye(self.embed_dim))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.text_proj(_pool(hidden, attention_mask, self.text_pooling))
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.vision(pixel_values=pixel_values).last_hidden_state
+        return self.image_proj(_pool(hidden, None, self.image_pooling))
+
+    def text_tower(self) -> nn.Module:
+        return self.text
+
+    def configs(self) -> dict[str, PretrainedConfig]:
+        return {"text": self.text.config, "vision": self.vision.config}
+
+
+class ClipTowers(nn.Module):
+    def __init__(self, clip: PreTrainedModel):
+        super().__init__()
+        self.clip = clip
+        # Retriever owns the temperature; CLIP's own stays put (a parameter without grads breaks DDP).
+        clip.logit_scale.requires_grad_(False)
+        self.embed_dim = clip.config.projection_dim
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.clip.get_image_features(pixel_values=pixel_values).pooler_output
+
+    def text_tower(self) -> nn.Module:
+        return self.clip.text_model
+
+    def configs(self) -> dict[str, PretrainedConfig]:
+        return {"clip": self.clip.config}
+
+
+Towers = DualTowers | ClipTowers
+
+
+def build_towers(params: ModelParams) -> tuple[Towers, set[str]]:
+    """Towers from the training params, plus the names of parameters that start from scratch."""
+    if params.family == "clip":
+        assert params.clip is not None
+        clip = hf_model(source_config(params.clip), params.clip.pretrained)
+        towers: Towers = ClipTowers(clip)
+        new = set() if params.clip.pretrained else {n for n, _ in towers.named_parameters()}
+    else:
+        text = hf_model(source_config(params.text), params.text.pretrained)
+        vision = hf_model(source_config(params.vision), params.vision.pretrained)
+        towers = DualTowers(text, vision, params.embed_dim, params.text_pooling, params.image_pooling)
+        if params.text.pretrained:
+            towers.identity_text_projection()
+        new = {n for n, _ in towers.named_parameters()
+               if n.startswith(("text_proj.", "image_proj."))
+               or (n.startswith("text.") and not params.text.pretrained)
+               or (n.startswith("vision.") and not params.vision.pretrained)}
+    if params.train_text_layers is not None:
+        freeze_lower_layers(towers.text_tower(), params.train_text_layers)
+    return towers, new
+
+
+def towers_from_configs(family: str, configs: dict[str, PretrainedConfig], spec: dict[str, Any]) -> Towers:
+    """Empty towers with the exported architecture (weights come from the safetensors file)."""
+    if family == "clip":
+        return ClipTowers(hf_model(configs["clip"]))
+    return DualTowers(hf_model(configs["text"]), hf_model(configs["vision"]), spec["embed_dim"],
+                      spec["text_pooling"], spec["image_pooling"])
+
+
+def freeze_lower_layers(tower: nn.Module, trainable: int) -> None:
+    """Freeze the embeddings and all but the top ``trainable`` transformer blocks.
+
+    The frozen part then builds no autograd graph, which is what makes a CPU budget possible.
+    """
+    n_layers = tower.config.num_hidden_layers
+    stack = next((m for m in tower.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers), None)
+    if stack is None:
+        raise ValueError(f"{type(tower).__name__}: cannot find its {n_layers} transformer blocks to freeze")
+    embeddings = getattr(tower, "embeddings", None) or tower.get_input_embeddings()
+    embeddings.requires_grad_(False)
+    for block in stack[: max(n_layers - trainable, 0)]:
+        block.requires_grad_(False)

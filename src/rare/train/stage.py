@@ -1,0 +1,225 @@
+"""Train one ablation variant, export it, track it.
+
+Resumable: checkpoints live in ``train.cache_dir`` (outside the DVC output, which ``dvc repro``
+deletes first), keyed by the params and the identity of every input file, so a killed run
+continues from its last checkpoint and a changed input starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar, ThroughputMonitor
+
+from rare import tracking as rare_tracking
+from rare.config.tracking import TrackingParams
+from rare.config.train import TrainParams
+from rare.data.layout import MBEIRRoot
+from rare.data.views import variant_sides
+from rare.model import build_retriever, save_retriever
+from rare.train.data import Inputs, PairDataModule, TextSettings, resolve_inputs
+from rare.train.module import RetrieverModule
+
+log = logging.getLogger(__name__)
+RUN_ENV = "RARE_TRAIN_RUN_ID"  # rank 0's MLflow run, inherited by the DDP workers Lightning starts
+LAST = "last.ckpt"
+
+
+class ValHistory(Callback):
+    """(step, val loss) after every validation pass; kept in checkpoints so a resumed curve is whole."""
+
+    def __init__(self) -> None:
+        self.history: list[list[float]] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
+            return
+        step = trainer.global_step
+        value = float(trainer.callback_metrics["val/loss"])
+        if not self.history or self.history[-1][0] != step:
+            self.history.append([step, value])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [list(x) for x in state_dict["history"]]
+
+
+def _file_id(path: Path) -> list[Any]:
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def work_dir(params: TrainParams, variant: str, inputs: Inputs) -> Path:
+    key = json.dumps({
+        "params": params.model_dump(mode="json"), "variant": variant,
+        "files": [_file_id(p) for p in [*inputs.train, inputs.train_pool, *(f for pair in inputs.val for f in pair)]],
+    }, sort_keys=True)
+    return Path(params.cache_dir) / "runs" / f"{variant}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _is_rank_zero_process() -> bool:
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(f"{prefix}.{k}" if prefix else k, v))
+        return out
+    return {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else value}
+
+
+def _strategy(params: TrainParams) -> Any:
+    if params.strategy != "ddp":
+        return "auto"
+    from pytorch_lightning.strategies import DDPStrategy
+
+    # A rank's batch can lack images (or texts) on both sides, leaving a tower without gradients
+    # for that step; DDP must then not wait for them.
+    return DDPStrategy(find_unused_parameters=True)
+
+
+def _fit(trainer: pl.Trainer, module: RetrieverModule, datamodule: PairDataModule, resume: Path,
+         history: ValHistory) -> None:
+    """Validate at step 0 (fresh runs), fit (resuming if a checkpoint exists), validate at the last step."""
+    with warnings.catch_warnings():
+        # The sampler resumes mid-epoch from trainer.global_step (Lightning can't see that), and
+        # throughput is reported in samples/s, not FLOPs.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        warnings.filterwarnings("ignore", message="When using the `ThroughputMonitor`, you need to define")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        if not resume.exists():
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume if resume.exists() else None, weights_only=True)
+        if history.history and history.history[-1][0] != trainer.global_step:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+
+
+def train_variant(variant: str, data: Path, out: Path, params: TrainParams, tracking: TrackingParams,
+                  corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
+                  callbacks: Sequence[Callback] = ()) -> Path:
+    """Train ``variant`` (none|corpus|query|both) on the M-BEIR root ``data``; export to ``out``.
+
+    ``callbacks`` are extra Lightning callbacks (profiling, or a test that interrupts a run).
+    """
+    import transformers
+
+    began = time.monotonic()
+    transformers.utils.logging.set_verbosity_error()  # the unused pretrained pooler is expected
+    use_corpus, use_queries = variant_sides(variant)
+    raw = MBEIRRoot.open(data)
+    inputs = resolve_inputs(raw, variant, params, corpus_enhanced, queries_enhanced)
+    pl.seed_everything(params.seed, workers=True, verbose=False)
+    retriever = build_retriever(params.model)
+    text = TextSettings(use_queries, use_corpus, params.text_mode.query, params.text_mode.corpus,
+                        params.instruction_seed, params.seed)
+    datamodule = PairDataModule(raw, inputs, text, params, retriever.collator())
+    work = work_dir(params, variant, inputs)
+    resume = work / LAST
+
+    run_id = os.environ.get(RUN_ENV)
+    if run_id is None and tracking.enabled and _is_rank_zero_process():
+        run_id = rare_tracking.create_child_run(tracking, "train", variant, tags={"rare.variant": variant})
+    logger: Any = False
+    if run_id:
+        from pytorch_lightning.loggers import MLFlowLogger
+
+        logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.tracking_uri, run_id=run_id)
+        logger.log_hyperparams({**_flat("train", params.model_dump(mode="json")), "variant": variant,
+                                "data": str(raw.path), "train_files": json.dumps([str(p) for p in inputs.train]),
+                                "train_pool": str(inputs.train_pool)})
+
+    history = ValHistory()
+    trainer = pl.Trainer(
+        accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
+        strategy=_strategy(params), precision=params.precision,
+        max_epochs=params.epochs, max_steps=params.max_steps or -1,
+        val_check_interval=params.val_every_n_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        gradient_clip_val=params.optim.grad_clip, use_distributed_sampler=False, log_every_n_steps=1,
+        logger=logger, enable_model_summary=False, default_root_dir=work,
+        callbacks=[
+            ModelCheckpoint(dirpath=work, filename="step-{step}", save_last=True, save_top_k=0,
+                            every_n_train_steps=params.checkpoint_every_n_steps),
+            ThroughputMonitor(batch_size_fn=_batch_size, window_size=5),
+            history,
+            RichProgressBar(leave=True),
+            *callbacks,
+        ],
+    )
+    datamodule.setup("fit")
+    assert datamodule.train_set is not None
+    per_epoch = len(datamodule.train_set) // (params.batch_size * trainer.world_size)
+    if per_epoch == 0:
+        raise ValueError(f"{len(datamodule.train_set)} training queries cannot fill one global batch of "
+                         f"{params.batch_size * trainer.world_size}; lower train.batch_size")
+    total = min(params.epochs * per_epoch, params.max_steps or params.epochs * per_epoch)
+    module = RetrieverModule(retriever, params.optim, total, params.symmetric_loss)
+    start = time.monotonic()
+    if run_id:
+        os.environ[RUN_ENV] = run_id
+    try:
+        _fit(trainer, module, datamodule, resume, history)
+    finally:
+        os.environ.pop(RUN_ENV, None)
+    fit_seconds = time.monotonic() - start
+    if not trainer.is_global_zero:
+        return Path(out)
+    samples = trainer.global_step * params.batch_size * trainer.world_size
+
+    meta = {
+        "variant": variant, "text_mode": {"corpus": params.text_mode.corpus, "query": params.text_mode.query},
+        "instruction_seed": params.instruction_seed, "seed": params.seed, "train_file": params.train_file,
+        "global_steps": trainer.global_step, "global_batch": params.batch_size * trainer.world_size,
+        "samples": samples, "fit_seconds": round(fit_seconds, 2),
+        "train_seconds": round(time.monotonic() - began, 2),  # the whole stage: loading, caches, fit, val
+        "samples_per_sec": round(samples / fit_seconds, 2), "val_loss": history.history,
+        "train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "inputs": {"data": str(raw.path), "corpus_enhanced": str(corpus_enhanced) if use_corpus else None,
+                   "queries_enhanced": str(queries_enhanced) if use_queries else None},
+    }
+    save_retriever(retriever, out, meta)
+    if run_id:
+        client = logger.experiment
+        for key in ("train_seconds", "fit_seconds", "samples_per_sec"):
+            client.log_metric(run_id, key, meta[key])
+        client.log_artifacts(run_id, str(out), artifact_path="model")
+    if not params.keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("trained %s: %d steps in %.1f s, val loss %s -> %s", variant, trainer.global_step, meta["train_seconds"],
+             history.history[0][1] if history.history else None, history.history[-1][1] if history.history else None)
+    return Path(out)
+
+
+def write_metrics(model_dir: Path, path: Path) -> Path:
+    """Training figures from an export's meta.json, as a flat JSON that DVC can show and diff."""
+    meta = json.loads((Path(model_dir) / "meta.json").read_text(encoding="utf-8"))
+    curve = meta["val_loss"]
+    figures = {
+        "train_seconds": meta["train_seconds"], "fit_seconds": meta["fit_seconds"],
+        "samples_per_sec": meta["samples_per_sec"], "global_steps": meta["global_steps"], "samples": meta["samples"],
+        "train_loss": meta["train_loss"],
+        "val_loss_start": curve[0][1] if curve else None, "val_loss_final": curve[-1][1] if curve else None,
+        "val_loss": {str(int(step)): value for step, value in curve},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _batch_size(batch: dict[str, dict[str, Any]]) -> int:
+    return int(batch["query"]["size"])
