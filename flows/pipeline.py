@@ -12,6 +12,7 @@ visible in `make ui` afterwards.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 
@@ -89,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         build_flow().serve(name="rare-pipeline", cron=args.cron, parameters={"force": False})
         return 0
     server = _ensure_prefect_server()
-    try:
-        seconds = build_flow()(force=args.force, stages=args.stage)
-    finally:
-        if server:
-            services.stop(server)
+    if server:
+        # Registered before Prefect registers its own exit hooks, so it runs after them: the log and
+        # event workers drain into a live server instead of retrying against a stopped one.
+        atexit.register(services.stop, server)
+    seconds = build_flow()(force=args.force, stages=args.stage)
     total = sum(seconds.values())
     for stage, s in seconds.items():
         print(f"{stage:28s} {s:7.1f} s")
