@@ -27,6 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/enhance_bench.py` from anywhere
 
+from bench.common import print_rows, row  # noqa: E402
 from rare import runtime  # noqa: E402
 
 runtime.configure()
@@ -101,13 +102,6 @@ def timed(params: EnhanceParams, root: Path, out: Path, backend: Any, side: str 
     return time.perf_counter() - start, outcome
 
 
-def row(name: str, value: float, reference: float, unit: str, target: float | None) -> dict[str, Any]:
-    ratio = value / reference if reference else float("inf")
-    verdict = "info" if target is None else ("pass" if ratio < target else "fail")
-    return {"name": name, "value": round(value, 4), "reference": round(reference, 4), "unit": unit,
-            "ratio": round(ratio, 4), "target": target, "verdict": verdict}
-
-
 def run(quick: bool = False) -> list[dict[str, Any]]:
     n, n_big = (2_000, 20_000) if quick else (10_000, 100_000)
     rows = []
@@ -163,13 +157,6 @@ def _standin_rows(base: Path, quick: bool) -> list[dict[str, Any]]:
     bare = bare_seconds(StandinBackend(), standin.requests, params.batch_size)
     name = f"engine vs bare stand-in, embedded corpus ({outcome.summary['items']} items, {len(standin.requests)} generated) (s)"
     return [row(name, engine, bare, "s", None)]
-
-
-def print_rows(rows: list[dict[str, Any]]) -> None:
-    for r in rows:
-        target = f"< {r['target']}" if r["target"] is not None else "-"
-        print(f"{r['name']:<78} {r['value']:>10.3f} {r['unit']:<3} ref {r['reference']:>9.3f}  "
-              f"ratio {r['ratio']:>8.3f} (target {target})  {r['verdict']}")
 
 
 if __name__ == "__main__":

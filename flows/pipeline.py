@@ -77,6 +77,23 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
     return pipeline
 
 
+def deployment(cron: str | None = None):  # noqa: ANN201 - returns a prefect RunnerDeployment
+    """What ``--serve`` registers. The entrypoint is the module path ``flows.pipeline.pipeline`` (see
+    ``__getattr__``): the flow is built inside ``build_flow``, so Prefect's default file entrypoint
+    (``build_flow.<locals>.pipeline``) could never be loaded by the process that runs a flow run."""
+    from prefect.types.entrypoint import EntrypointType
+
+    return build_flow().to_deployment(name="rare-pipeline", cron=cron, parameters={"force": False},
+                                      entrypoint_type=EntrypointType.MODULE_PATH)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the flow is built on first use, after runtime.configure()
+    if name == "pipeline":
+        globals()["pipeline"] = build_flow()
+        return globals()["pipeline"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--force", action="store_true", help="rerun stages even if DVC finds them up to date")
@@ -87,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         if not os.environ.get("PREFECT_API_URL"):
             raise SystemExit("--serve needs a running Prefect server: run `make ui` first")
-        build_flow().serve(name="rare-pipeline", cron=args.cron, parameters={"force": False})
+        from prefect import serve
+
+        serve(deployment(args.cron))
         return 0
     server = _ensure_prefect_server()
     if server:

@@ -1,10 +1,14 @@
 """Offline settings for every test, plus the shared fixtures from tests/fixtures/."""
 
 import os
+import tempfile
 
 from rare import runtime
 
-runtime.configure(os.environ.get("RARE_TEST_PROJECT_DIR"))
+# Tests never report to a user's running `make ui` server, nor write into the project's .prefect/.
+os.environ["RARE_DETECT_PREFECT_SERVER"] = "0"
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rare-test-prefect-")
+runtime.configure()
 
 pytest_plugins = [
     "tests.fixtures.tiny_root",

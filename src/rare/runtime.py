@@ -39,13 +39,15 @@ def configure(project_dir: str | Path | None = None) -> None:
 
     Prefect state lives in the project (``.prefect/``), so ephemeral-mode runs and the
     ``make ui`` server share one database. If that server is up, runs report to it live
-    instead of starting a second (ephemeral) server on the same SQLite file.
+    instead of starting a second (ephemeral) server on the same SQLite file
+    (``RARE_DETECT_PREFECT_SERVER=0`` turns that off, as the tests do).
     """
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     root = Path(project_dir or os.environ.get("RARE_PROJECT_DIR") or Path.cwd())
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
-    if "PREFECT_API_URL" not in os.environ and _server_up(PREFECT_UI_URL):
+    detect = os.environ.get("RARE_DETECT_PREFECT_SERVER", "1") != "0"
+    if detect and "PREFECT_API_URL" not in os.environ and _server_up(PREFECT_UI_URL):
         os.environ["PREFECT_API_URL"] = PREFECT_UI_URL
 
 

@@ -62,12 +62,16 @@ def source_shape(src: Source) -> tuple[int, int]:
 
 
 def iter_chunks(sources: Sequence[Source], rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(global row offset, chunk as float32) over the sources concatenated; one reused read buffer per file."""
+    """(global row offset, chunk in its stored dtype) over the sources concatenated.
+
+    One read buffer is reused per file, so a chunk is valid until the next one is drawn. Chunks stay
+    in their stored dtype (fp16 for cached embeddings) so a GPU receives half the bytes and upcasts there.
+    """
     offset = 0
     for src in sources:
         if isinstance(src, np.ndarray):
             for a in range(0, len(src), rows):
-                yield offset + a, np.ascontiguousarray(src[a:a + rows], dtype=np.float32)
+                yield offset + a, np.ascontiguousarray(src[a:a + rows])
             offset += len(src)
             continue
         (n, d), dtype, start = _npy_header(Path(src))
@@ -79,7 +83,7 @@ def iter_chunks(sources: Sequence[Source], rows: int) -> Iterator[tuple[int, np.
                 got = fh.readinto(view.reshape(-1).view(np.uint8))
                 if got != view.nbytes:
                     raise ValueError(f"{src}: truncated at row {a} (expected {n} rows)")
-                yield offset + a, view.astype(np.float32, copy=dtype != np.float32)
+                yield offset + a, view
         offset += n
 
 
@@ -170,12 +174,12 @@ def _scan(queries: np.ndarray, srcs: list[Source], best: _TopK, order: np.ndarra
     qb = min(query_batch, nq)
 
     for offset, chunk_np in iter_chunks(srcs, cand_chunk):
-        chunk = torch.from_numpy(chunk_np).to(dev)
+        chunk = torch.from_numpy(chunk_np).to(dev, non_blocking=True).float()
         m = len(chunk)
         kk = min(k, m)
         faiss_hits = None
         if backend == "faiss" and m > kk:
-            faiss_d, faiss_i = _faiss_index(chunk_np).search(q_np, kk + 1)
+            faiss_d, faiss_i = _faiss_index(np.ascontiguousarray(chunk_np, dtype=np.float32)).search(q_np, kk + 1)
             faiss_hits = (torch.from_numpy(faiss_d).to(dev), torch.from_numpy(faiss_i).to(dev))
         for a in range(0, nq, qb):
             q = slice(a, min(a + qb, nq))
