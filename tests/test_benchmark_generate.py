@@ -3,6 +3,7 @@
 import json
 import re
 from collections import Counter
+
 import pytest
 from PIL import Image
 

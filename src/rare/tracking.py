@@ -39,7 +39,6 @@ def _config_key(params_file: str | Path) -> str:
 
 
 def parent_run_id(params: TrackingParams, params_file: str | Path = "params.yaml") -> str:
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     if os.environ.get(PARENT_ENV):

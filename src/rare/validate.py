@@ -6,7 +6,6 @@ int64 keys where they have the "<dataset_id>:<n>" form, so the 5.6M-did global p
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, open_image, resolve_image
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
-from rare.data.records import iter_jsonl, parse_candidate, parse_query
+from rare.data.records import loads_line, parse_candidate, parse_query
 from rare.mbeir import TASKS, dataset_id_of
 
 _QRELS = re.compile(r"^mbeir_(?P<stem>.+)_(?P<split>train|val|test)_qrels\.txt$")
@@ -114,12 +113,9 @@ def _records(report: Report, path: Path) -> Iterator[tuple[int, dict]]:
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                report.error(path, lineno, f"malformed JSON ({exc.__class__.__name__}: {exc})")
-                continue
-            if not isinstance(obj, dict):
-                report.error(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+                obj = loads_line(raw, path, lineno)
+            except DataError as exc:
+                report.error(path, lineno, exc.cause)
                 continue
             yield lineno, obj
 

@@ -12,8 +12,17 @@ from dataclasses import dataclass, replace
 from itertools import combinations
 from typing import Any
 
-from rare.benchmark.vocab import (CELLS, EMBLEM_COLORS, EMBLEM_SHAPES, EMBLEM_SYMBOLS, SCENE_COLORS, SCHEMA,
-                                  SHAPES, WORD_LETTERS, WORD_VOWELS)
+from rare.benchmark.vocab import (
+    CELLS,
+    EMBLEM_COLORS,
+    EMBLEM_SHAPES,
+    EMBLEM_SYMBOLS,
+    SCENE_COLORS,
+    SCHEMA,
+    SHAPES,
+    WORD_LETTERS,
+    WORD_VOWELS,
+)
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,22 @@ POOL_SCHEMA = pa.schema([
 _BLOCK = 8 << 20
 
 
-def _cache_file(jsonl: Path, cache_dir: Path) -> Path:
-    st = jsonl.stat()
-    key = f"{jsonl.resolve()}|{st.st_size}|{st.st_mtime_ns}|v1"
-    return cache_dir / f"{jsonl.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.arrow"
+def cache_file(source: Path, cache_dir: Path, version: str) -> Path:
+    """Arrow cache path keyed by the source's path, size and mtime (and the converter's version)."""
+    st = source.stat()
+    key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{version}"
+    return cache_dir / f"{source.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.arrow"
+
+
+def write_arrow(out: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Path:
+    """Write an Arrow IPC file atomically (temp + rename): a killed conversion leaves no half cache."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    os.replace(tmp, out)
+    return out
 
 
 def iter_pool_batches(jsonl: str | Path) -> Iterator[pa.RecordBatch]:
@@ -58,16 +70,8 @@ def iter_pool_batches(jsonl: str | Path) -> Iterator[pa.RecordBatch]:
 
 def build_pool_cache(jsonl: str | Path, cache_dir: str | Path) -> Path:
     jsonl, cache_dir = Path(jsonl), Path(cache_dir)
-    out = _cache_file(jsonl, cache_dir)
-    if out.exists():
-        return out
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, POOL_SCHEMA) as writer:
-        for batch in iter_pool_batches(jsonl):
-            writer.write_batch(batch)
-    os.replace(tmp, out)
-    return out
+    out = cache_file(jsonl, cache_dir, "pool-v1")
+    return out if out.exists() else write_arrow(out, POOL_SCHEMA, iter_pool_batches(jsonl))
 
 
 def _numeric_keys(dids: pa.ChunkedArray | pa.Array) -> np.ndarray | None:

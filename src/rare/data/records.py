@@ -69,20 +69,24 @@ class Candidate:
     enhanced: Enhanced | None = None
 
 
+def loads_line(raw: bytes | str, path: str | Path, lineno: int) -> dict[str, Any]:
+    """One JSONL line as an object, or a DataError naming the file and line."""
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, lineno, f"malformed JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object); blank lines are skipped, anything else malformed is fatal."""
     path = Path(path)
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise DataError(path, lineno, f"malformed JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+            if raw.strip():
+                yield lineno, loads_line(raw, path, lineno)
 
 
 def _ids(value: Any, key: str) -> list[str]:

@@ -30,7 +30,7 @@ from rare.config.enhance import NEEDS_IMAGE, EnhanceParams, RouteRule
 from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, resolve_image
 from rare.data.layout import MBEIRRoot
-from rare.data.records import Enhanced, dumps, parse_candidate, parse_query
+from rare.data.records import Enhanced, dumps, loads_line, parse_candidate, parse_query
 from rare.enhance.backends.base import NONE, Backend, EnhanceRequest, EnhanceResult
 from rare.enhance.cache import Cache
 from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
@@ -295,12 +295,7 @@ class Engine:
             if not line.strip():
                 continue
             lineno = shard.first_line + i
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise DataError(path, lineno, f"malformed JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+            obj = loads_line(line, path, lineno)
             try:
                 rec = parse(obj)
             except ValueError as exc:

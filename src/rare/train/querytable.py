@@ -8,15 +8,13 @@ cache, keyed by path, size and mtime; later runs only map it.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from rare.data.columnar import ENHANCED_TYPE
+from rare.data.columnar import ENHANCED_TYPE, cache_file, write_arrow
 from rare.data.records import Query, iter_queries, parse_enhanced
 
 SCHEMA = pa.schema([
@@ -24,12 +22,6 @@ SCHEMA = pa.schema([
     ("task_id", pa.int16()), ("pos", pa.list_(pa.string())), ("enhanced", ENHANCED_TYPE),
 ])
 _BATCH = 65_536
-
-
-def _cache_file(path: Path, cache_dir: Path) -> Path:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|queries-v1"
-    return cache_dir / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.arrow"
 
 
 def _batches(path: Path) -> Iterator[pa.RecordBatch]:
@@ -61,15 +53,8 @@ class QueryTable:
     @classmethod
     def open(cls, path: str | Path, cache_dir: str | Path) -> QueryTable:
         path, cache_dir = Path(path), Path(cache_dir)
-        out = _cache_file(path, cache_dir)
-        if not out.exists():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, SCHEMA) as writer:
-                for batch in _batches(path):
-                    writer.write_batch(batch)
-            os.replace(tmp, out)
-        return cls(out, path)
+        out = cache_file(path, cache_dir, "queries-v1")
+        return cls(out if out.exists() else write_arrow(out, SCHEMA, _batches(path)), path)
 
     def __len__(self) -> int:
         return self.table.num_rows
