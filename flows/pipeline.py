@@ -33,6 +33,9 @@ def _ensure_prefect_server() -> services.Service | None:
     return svc
 
 
+ENTRYPOINT = "flows.pipeline.pipeline"  # the deployment's flow, resolved by __getattr__ below
+
+
 def build_flow():  # noqa: ANN201 - returns a prefect Flow
     from prefect import flow, get_run_logger, task
 
@@ -78,13 +81,12 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
 
 
 def deployment(cron: str | None = None):  # noqa: ANN201 - returns a prefect RunnerDeployment
-    """What ``--serve`` registers. The entrypoint is the module path ``flows.pipeline.pipeline`` (see
-    ``__getattr__``): the flow is built inside ``build_flow``, so Prefect's default file entrypoint
-    (``build_flow.<locals>.pipeline``) could never be loaded by the process that runs a flow run."""
-    from prefect.types.entrypoint import EntrypointType
+    """What ``--serve`` registers, built from the entrypoint it records so that the process running a
+    flow run can load the flow. The flow is made inside ``build_flow`` (and under ``python -m`` its
+    module is ``__main__``), so Prefect's own entrypoint for it would never load."""
+    from prefect.deployments.runner import RunnerDeployment
 
-    return build_flow().to_deployment(name="rare-pipeline", cron=cron, parameters={"force": False},
-                                      entrypoint_type=EntrypointType.MODULE_PATH)
+    return RunnerDeployment.from_entrypoint(ENTRYPOINT, name="rare-pipeline", cron=cron, parameters={"force": False})
 
 
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the flow is built on first use, after runtime.configure()
