@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import faulthandler
 import math
-import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -78,13 +76,15 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-def _rank_main(rank: int, world: int, port: int, tokenizer_dir: str, out: str) -> None:
+def _rank_main(rank: int, world: int, store: str, tokenizer_dir: str, out: str) -> None:
     # A stuck rank fails the test with its stack (read by the test), instead of hanging the suite.
     stack = open(f"{out}.rank{rank}.stack", "w")  # noqa: SIM115 - must outlive this frame
     faulthandler.dump_traceback_later(120, exit=True, file=stack)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    # Rendezvous through a file, not a TCP port picked in advance: on a busy machine another process
+    # can take that port before rank 0 binds it, leaving rank 1 waiting for a store that never comes.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
     items = _batch(8)
     per = len(items) // world
     r, qb, cb = _model_and_batches(tokenizer_dir, items[rank * per:(rank + 1) * per])
@@ -97,17 +97,11 @@ def _rank_main(rank: int, world: int, port: int, tokenizer_dir: str, out: str) -
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_rank_gather_equals_one_process_on_the_concatenated_batch(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
     out = tmp_path / "rank0.pt"
     try:
-        mp.start_processes(_rank_main, args=(2, _free_port(), str(tiny_tokenizer_dir), str(out)), nprocs=2,
+        mp.start_processes(_rank_main, args=(2, str(tmp_path / "store"), str(tiny_tokenizer_dir), str(out)), nprocs=2,
                            start_method="spawn")
     except mp.ProcessExitedException:
         stacks = "\n".join(f"{p.name}:\n{p.read_text()}" for p in sorted(tmp_path.glob("*.stack")))
