@@ -20,6 +20,7 @@ from typing import Any  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from flows import transient  # noqa: E402
 from rare.benchmark import generate  # noqa: E402
 from rare.config import ConfigError, load_section  # noqa: E402
 from rare.config.data import DataParams  # noqa: E402
@@ -27,7 +28,7 @@ from rare.data.layout import POINTER_FILE  # noqa: E402
 from rare.validate import print_report, validate_root  # noqa: E402
 
 
-@task(name="generate-benchmark", cache_policy=NO_CACHE)
+@task(name="generate-benchmark", cache_policy=NO_CACHE, retries=1, retry_condition_fn=transient)
 def generate_task(tmp: Path, params: DataParams) -> dict[str, Any]:
     return generate(tmp, params)
 
@@ -40,7 +41,7 @@ def validate_task(tmp: Path) -> None:
         raise ValueError(f"generated benchmark is invalid ({len(report.errors)} errors), first: {report.errors[0]}")
 
 
-@task(name="point-at-mbeir", cache_policy=NO_CACHE)
+@task(name="point-at-mbeir", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
 def point_task(tmp: Path, root: Path) -> dict[str, Any]:
     """Real M-BEIR (169 GB) is never copied: validate its records and leave a pointer to it.
 

@@ -19,20 +19,10 @@ from prefect import flow, task, unmapped  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from flows import transient  # noqa: E402
 from rare.config import load_section  # noqa: E402
 from rare.enhance.engine import Engine, Shard, ShardStats, atomic_write  # noqa: E402
 from rare.enhance.run import WORKERS, Mapper, Outcome, check_failures, enhance_side, print_outcome  # noqa: E402
-
-
-def transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Bad input (DataError) and bad settings (ValueError) fail the same way every time: retrying only delays."""
-    try:
-        state.result()
-    except ValueError:
-        return False
-    except Exception:  # a backend crash (CUDA OOM, a dead worker, ...) may well pass on a retry
-        return True
-    return True
 
 
 @task(name="enhance-shard", task_run_name="enhance {shard.rel}#{shard.index}", cache_policy=NO_CACHE,

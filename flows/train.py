@@ -16,6 +16,7 @@ from pathlib import Path  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from flows import transient  # noqa: E402
 from rare.config import load_section  # noqa: E402
 from rare.train.stage import train_variant, write_metrics  # noqa: E402
 
@@ -32,8 +33,9 @@ def _train(variant: str, data: Path, out: Path, corpus_enhanced: Path | None, qu
     return out
 
 
-# No automatic retry: bad input fails the same way twice; a rerun after a kill resumes from the checkpoint.
-train_task = task(_train, name="fit-and-export", task_run_name="fit-{variant}", cache_policy=NO_CACHE)
+# A retry resumes from the last checkpoint; bad input (ValueError) is not retried (it fails the same way).
+train_task = task(_train, name="fit-and-export", task_run_name="fit-{variant}", cache_policy=NO_CACHE,
+                  retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
 
 
 @flow(name="train", flow_run_name="train-{variant}", log_prints=False)
@@ -41,7 +43,11 @@ def train_flow(variant: str, data: Path, out: Path, corpus_enhanced: Path | None
                queries_enhanced: Path | None = None, params_file: Path = Path("params.yaml"),
                metrics: Path | None = None) -> Path:
     """Train ``variant`` (none|corpus|query|both) on ``data`` and export the retriever to ``out``."""
-    out = train_task(variant, data, out, corpus_enhanced, queries_enhanced, params_file, metrics)
+    # Under DDP the other ranks are separate processes started by Lightning: an in-process retry on
+    # rank 0 alone would wait for peers that are gone, so a failed DDP run fails (and resumes on rerun).
+    retries = 0 if load_section("train", params_file).strategy == "ddp" else 1
+    out = train_task.with_options(retries=retries)(variant, data, out, corpus_enhanced, queries_enhanced,
+                                                   params_file, metrics)
     get_run_logger().info(f"retriever for variant {variant!r} exported to {out}")
     return out
 

@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rare.pipeline import dvc_command, stage_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def sh(*cmd: str, cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if cmd[0] == "dvc":
+        cmd = tuple(dvc_command(*cmd[1:]))
+    proc = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 

@@ -1,5 +1,6 @@
 """The optional Ray path on a local cluster with 2 CPU workers gives the single-process output."""
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def test_ray_workers_match_single_process(tiny_root_session, tmp_path):
                           make_backend=FakeBackend, identity=FAKE_IDENTITY, progress=False)
     assert tree(tmp_path / "ray") == tree(tmp_path / "single")
     assert distributed.summary == single.summary
-    workers = {line.split()[1] for line in log.read_text().splitlines()}
-    assert len(workers) == 2  # both actors generated
+    # Both actors took shards (an actor that starts late may find its shard's items already cached by
+    # the other, so who *generated* is timing-dependent; who *processed* is not: the pool hands out two).
+    assert distributed.runtime["workers"] == 2 and single.runtime["workers"] == 1
+    generators = {line.split()[1] for line in log.read_text().splitlines()}
+    assert generators and str(os.getpid()) not in generators  # generation ran in the actors, not the driver
     assert distributed.runtime["shards"] == single.runtime["shards"] > 2

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from rare.pipeline import StageFailed, run_stage, stage_order
+from rare.pipeline import StageFailed, dvc_command, run_stage, stage_order
 
 
 @pytest.fixture
 def dvc_repo(tmp_path: Path) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(dvc_command("init", "-q"), cwd=tmp_path, check=True)
     (tmp_path / "src.txt").write_text("hello\n")
     (tmp_path / "dvc.yaml").write_text(textwrap.dedent("""
         stages:
@@ -54,3 +54,12 @@ def test_failure_carries_exit_code_and_output(dvc_repo):
         run_stage("broken", repo_dir=dvc_repo, echo=lambda _: None)
     assert "stage 'broken' failed" in str(exc.value)
     assert "cause of the failure" in str(exc.value)
+    assert exc.value.command_exit == 3 and exc.value.retryable  # not rare's "bad input" exit code
+
+
+def test_bad_input_exit_is_not_retried(dvc_repo):
+    (dvc_repo / "dvc.yaml").write_text('stages:\n  bad:\n    cmd: "echo data.jsonl:3: malformed JSON && exit 1"\n')
+    with pytest.raises(StageFailed) as exc:
+        run_stage("bad", repo_dir=dvc_repo, echo=lambda _: None)
+    assert exc.value.command_exit == 1 and not exc.value.retryable
+    assert "data.jsonl:3: malformed JSON" in str(exc.value)

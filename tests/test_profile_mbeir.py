@@ -32,6 +32,7 @@ from rare.config import load_all, load_section, raw_params
 from rare.data.layout import POINTER_FILE, MBEIRRoot
 from rare.enhance.prompts import PromptSet
 from rare.model import load_retriever
+from rare.pipeline import dvc_command
 from tests.fixtures.enhance import make_tiny_vlm
 from tests.fixtures.profile import FAKE_ANSWER_PREFIX, FAKE_VLLM_LOG, make_tiny_clip, write_fake_vllm
 from tests.fixtures.tiny_root import make_tiny_root
@@ -280,7 +281,7 @@ def test_served_deployment_reruns_the_dvc_stages_when_triggered(prefect_api: str
 
     project = tmp_path / "project"
     project.mkdir()
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
+    subprocess.run(dvc_command("init", "--no-scm", "-q"), cwd=project, check=True)
     (project / "dvc.yaml").write_text("stages:\n  hello:\n    cmd: echo rerun > out.txt\n    outs: [out.txt]\n")
     (project / "params.yaml").write_text("tracking: {enabled: false}\n")
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}

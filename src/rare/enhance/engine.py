@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -121,6 +122,7 @@ class ShardStats:
     cache_hits: int = 0     # distinct inputs served by the item cache
     gen_tokens_in: int = 0
     gen_tokens_out: int = 0
+    worker: str = ""        # host:pid that processed the shard (spread over actors and nodes)
 
     STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures")
 
@@ -267,13 +269,14 @@ class Engine:
     def process(self, shard: Shard, progress: Progress | None = None) -> ShardStats:
         """Enhance one shard and store it; a shard already stored is only read back."""
         out_path, stats_path = self.shard_paths(shard)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
         if out_path.exists():
-            stats = ShardStats(**json.loads(stats_path.read_text()), shard=shard.name, reused=True)
+            stats = ShardStats(**json.loads(stats_path.read_text()), shard=shard.name, reused=True, worker=worker)
             if progress:
                 progress(stats.items)
         else:
             items = self._read(shard)
-            stats = ShardStats(shard=shard.name)
+            stats = ShardStats(shard=shard.name, worker=worker)
             results = self._results(items, stats, progress)
             lines = [self._finish(item, results, stats) for item in items]
             remove_stale_temps(stats_path)
@@ -477,4 +480,5 @@ def merge_stats(all_stats: list[ShardStats]) -> dict[str, Any]:
         "generated": sum(s.generated for s in all_stats), "cache_hits": sum(s.cache_hits for s in all_stats),
         "gen_tokens_in": sum(s.gen_tokens_in for s in all_stats),
         "gen_tokens_out": sum(s.gen_tokens_out for s in all_stats),
+        "workers": len({s.worker for s in all_stats}),
     }
