@@ -15,6 +15,7 @@ concatenations of stored shards in input order. Consequences:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -234,6 +235,9 @@ class Engine:
         self._turn = threading.Lock()  # held by the shard that is generating
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="enhance-commit")
         self._root_str = str(config.root)
+        # Pools repeat images; one Path per image, not per request, also spares CPython's interned-string
+        # table the churn of re-interning the same path parts (its rebuilds showed up as memory spikes).
+        self._as_path = functools.lru_cache(maxsize=65536)(Path)
         self._real_root = os.path.join(os.path.realpath(config.root), "")
         self._real_dirs: dict[str, str] = {}
 
@@ -350,7 +354,7 @@ class Engine:
         template = self.prompts.template(item.op, self.config.side)
         return EnhanceRequest(
             key=item.key or "", op=item.op, side=self.config.side, text=item.text,
-            image=Path(item.image) if item.image is not None else None,
+            image=self._as_path(item.image) if item.image is not None else None,
             system=template.system, instruction=template.render(item.text),
             max_new_tokens=self.config.max_new_tokens,
             src_content=item.src if self.config.reads_src_content else None,
