@@ -204,9 +204,12 @@ def iter_candidates(path: str | Path) -> Iterator[Candidate]:
             raise DataError(path, lineno, str(exc)) from None
 
 
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # built once: this runs per record
+
+
 def dumps(obj: dict[str, Any]) -> str:
     """One canonical serialisation (key order kept, UTF-8, no spaces) so reruns are byte-identical."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _CANONICAL.encode(obj)
 
 
 def write_jsonl(path: str | Path, objs: Iterable[dict[str, Any]]) -> int:

@@ -78,7 +78,7 @@ class Cache:
         """Digest of each readable file; missing or unreadable files are left out (the caller records why)."""
         conn = self._conn()
         stats: dict[str, tuple[int, int]] = {}
-        for p in paths:
+        for p in dict.fromkeys(paths):  # a shard may name one image many times: stat it once
             try:
                 st = os.stat(p)
             except OSError:

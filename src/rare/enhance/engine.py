@@ -58,8 +58,11 @@ def side_of(side: str) -> str:
         raise ValueError(f"unknown side {side!r}; allowed: ['corpus', 'queries']") from None
 
 
+_KEY_JSON = json.JSONEncoder(sort_keys=True).encode  # the same text as json.dumps(.., sort_keys=True), built once
+
+
 def _digest(*parts: Any) -> str:
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(_KEY_JSON(parts).encode(), digest_size=16).hexdigest()
 
 
 def input_files(root: MBEIRRoot, side: str) -> list[str]:
