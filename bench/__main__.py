@@ -3,6 +3,7 @@
     python -m bench                     # every benchmark, full sizes (the figures in the README)
     python -m bench --quick             # smaller sizes, a smoke run
     python -m bench search train        # only these
+    python -m bench --table             # print bench/results.json as the README's Markdown table
 
 Each benchmark measures its figure and its reference side by side in the same run, so ratios hold
 on a loaded machine where absolute numbers don't.
@@ -40,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("only", nargs="*", help=f"benchmarks to run, of {list(SUITE)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
+    ap.add_argument("--table", action="store_true", help="print the last results as Markdown, run nothing")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(RESULTS.read_text())))
+        return 0
     names = args.only or list(SUITE)
     unknown = sorted(set(names) - set(SUITE))
     if unknown:
@@ -61,6 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {RESULTS}; {failed} figure(s) missed their target")
     return 0
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| benchmark | figure | value | reference | ratio | target | verdict |", "|---|---|---:|---:|---:|---:|---|"]
+    for name, bench in results["benchmarks"].items():
+        for r in bench["rows"]:
+            sign = "<=" if r.get("better", "lower") == "lower" else ">="
+            target = f"{sign} {r['target']:g}" if r["target"] is not None else ""
+            lines.append(f"| {name}{' (quick)' if bench['quick'] else ''} | {r['name']} | {r['value']:.4g} {r['unit']} "
+                         f"| {r['reference']:.4g} | {r['ratio']:.3g} | {target} | {r['verdict']} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
