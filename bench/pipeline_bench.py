@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/pipeline_bench.py` from anywhere
 
 from bench.common import print_rows, row  # noqa: E402
 from rare import services  # noqa: E402
+from rare.pipeline import stage_env  # noqa: E402
 
 BUDGET_S = 600.0
 NOOPS = ("noop_1", "noop_2", "noop_3")
@@ -89,11 +90,10 @@ def make_copy(dst: Path, quick: bool) -> None:
 
 
 def copy_env(copy: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    env = stage_env()
     env.pop("PREFECT_API_URL", None)  # set by this process's runtime.configure when `make ui` is up
     env.update(PREFECT_HOME=str(copy / ".prefect"), RARE_PROJECT_DIR=str(copy),
-               PYTHONPATH=os.pathsep.join([str(copy / "src"), str(copy)]),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(copy / "src"), str(copy)]))
     return env
 
 
