@@ -39,20 +39,12 @@ ENTRYPOINT = "flows.pipeline.pipeline"  # the deployment's flow, resolved by __g
 def build_flow():  # noqa: ANN201 - returns a prefect Flow
     from prefect import flow, get_run_logger, task
 
+    from flows import transient
     from rare import pipeline as dvc_pipeline
     from rare import tracking
     from rare.config import load_section
 
-    def retryable(task, task_run, state) -> bool:  # noqa: ANN001
-        try:
-            state.result()
-        except dvc_pipeline.StageFailed as exc:
-            return exc.retryable
-        except Exception:
-            return True
-        return True
-
-    @task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5, retry_condition_fn=retryable)
+    @task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
     def run_stage(stage: str, force: bool) -> float:
         logger = get_run_logger()
         return dvc_pipeline.run_stage(stage, force=force, echo=lambda line: logger.info(line))

@@ -63,3 +63,24 @@ def test_bad_input_exit_is_not_retried(dvc_repo):
         run_stage("bad", repo_dir=dvc_repo, echo=lambda _: None)
     assert exc.value.command_exit == 1 and not exc.value.retryable
     assert "data.jsonl:3: malformed JSON" in str(exc.value)
+
+
+class Raised:
+    """A finished task state whose result() raises, as Prefect hands it to a retry condition."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc
+
+
+def test_retry_condition_follows_the_cause():
+    from flows import transient
+
+    bad_input = StageFailed("data", 1, "ERROR: failed to run: rare data data/raw, exited with 1")
+    killed = StageFailed("train_none", 1, "ERROR: failed to run: rare train none, exited with -9")
+    assert not transient(None, None, Raised(bad_input))
+    assert transient(None, None, Raised(killed))
+    assert not transient(None, None, Raised(ValueError("params.yaml: train.lr: must be > 0")))
+    assert transient(None, None, Raised(OSError("database is locked")))
