@@ -119,9 +119,3 @@ def dataset_id_of(record_id: str) -> int:
     if not sep or not head.isdigit():
         raise ValueError(f"id {record_id!r} is not of the form '<dataset_id>:<n>'")
     return int(head)
-
-
-def task_modalities(task_id: int) -> tuple[str, str]:
-    if task_id not in TASKS:
-        raise ValueError(f"unknown task id {task_id}; allowed: {sorted(TASKS)}")
-    return TASKS[task_id]
