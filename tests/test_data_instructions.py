@@ -23,7 +23,7 @@ def test_lookup_and_deterministic_choice(tmp_path):
     counts = Counter(picks)
     assert set(counts) == set(table.options(9, "text", "image")) and min(counts.values()) > 60
     assert picks != [table.choose(f"9:{i}", 9, "text", "image", seed=1) for i in range(400)]
-    with pytest.raises(KeyError, match="no instruction for dataset 9, text -> text"):
+    with pytest.raises(DataError, match=r"i.tsv: no instruction for dataset 9, text -> text"):
         table.choose("9:1", 9, "text", "text")
 
 

@@ -116,6 +116,6 @@ def dataset(name_or_id: str | int) -> Dataset:
 def dataset_id_of(record_id: str) -> int:
     """The dataset id is the prefix of a qid/did ("9:123" -> 9)."""
     head, sep, _ = record_id.partition(":")
-    if not sep or not head.isdigit():
+    if not sep or not (head.isascii() and head.isdigit()):
         raise ValueError(f"id {record_id!r} is not of the form '<dataset_id>:<n>'")
     return int(head)

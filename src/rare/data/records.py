@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rare.data.errors import DataError
-from rare.mbeir import MODALITIES, TASKS
+from rare.data.lines import OnError, decode_line, iter_lines, strict_int
+from rare.mbeir import MODALITIES, TASKS, dataset_id_of
 
 QUERY_FIELDS = frozenset(
     {"qid", "query_txt", "query_img_path", "query_modality", "query_src_content",
@@ -23,6 +24,7 @@ QUERY_FIELDS = frozenset(
 CANDIDATE_FIELDS = frozenset({"did", "txt", "img_path", "modality", "src_content"})
 EXTENSION_FIELDS = frozenset({"enhanced"})  # rare's one addition to the format
 ENHANCED_STATUSES = ("ok", "failed", "skipped")
+ENHANCED_FIELDS = frozenset({"op", "status", "txt", "cause", "backend", "model", "prompt_version"})
 
 
 @dataclass(slots=True)
@@ -70,23 +72,30 @@ class Candidate:
 
 
 def loads_line(raw: bytes | str, path: str | Path, lineno: int) -> dict[str, Any]:
-    """One JSONL line as an object, or a DataError naming the file and line."""
+    """One JSONL line as an object, or a DataError naming the file and line (bytes are decoded by the
+    one line rule of ``rare.data.lines``)."""
+    text = decode_line(raw, path, lineno) if isinstance(raw, bytes) else raw
     try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise DataError(path, lineno, f"malformed JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object); blank lines are skipped, anything else malformed is fatal."""
-    path = Path(path)
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if raw.strip():
-                yield lineno, loads_line(raw, path, lineno)
+def iter_jsonl(path: str | Path, on_error: OnError | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object); blank lines are skipped. A malformed line raises, or with
+    ``on_error`` is reported there and skipped."""
+    for lineno, text in iter_lines(path, on_error):
+        try:
+            obj = loads_line(text, path, lineno)
+        except DataError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
+        yield lineno, obj
 
 
 def _ids(value: Any, key: str) -> list[str]:
@@ -97,13 +106,22 @@ def _ids(value: Any, key: str) -> list[str]:
         raise ValueError(f"'{key}' must be a list, got {type(value).__name__}")
     out = []
     for item in value:
-        if isinstance(item, dict) and isinstance(item.get("did"), str):
-            out.append(item["did"])
-        elif isinstance(item, str):
-            out.append(item)
-        else:
+        did = item.get("did") if isinstance(item, dict) else item
+        if not isinstance(did, str):
             raise ValueError(f"'{key}' entries must be did strings or {{\"did\": ..}}, got {item!r}")
+        out.append(_record_id(did, f"{key} entry"))
     return out
+
+
+def _record_id(value: Any, key: str) -> str:
+    """qids and dids are '<dataset_id>:<n>' with no whitespace: they become columns of qrels and run files."""
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"'{key}' must be a string '<dataset_id>:<n>' without spaces, got {value!r}")
+    try:
+        dataset_id_of(value)
+    except ValueError:
+        raise ValueError(f"'{key}' must be a string '<dataset_id>:<n>', got {value!r}") from None
+    return value
 
 
 def _text(value: Any, key: str) -> str:
@@ -142,24 +160,26 @@ def parse_enhanced(value: Any) -> Enhanced | None:
         return None
     if not isinstance(value, dict):
         raise ValueError(f"'enhanced' must be an object, got {type(value).__name__}")
+    extra = sorted(value.keys() - ENHANCED_FIELDS)
+    if extra:
+        raise ValueError(f"unexpected field(s) {extra} in 'enhanced'; allowed: {sorted(ENHANCED_FIELDS)}")
     status = value.get("status")
     if status not in ENHANCED_STATUSES:
         raise ValueError(f"'enhanced.status' is {status!r}; allowed: {list(ENHANCED_STATUSES)}")
     return Enhanced(
-        op=str(value.get("op", "")), status=status, txt=_opt_str(value.get("txt"), "enhanced.txt"),
-        cause=_opt_str(value.get("cause"), "enhanced.cause"), backend=str(value.get("backend", "")),
-        model=str(value.get("model", "")), prompt_version=str(value.get("prompt_version", "")),
+        op=_text(value.get("op"), "enhanced.op"), status=status, txt=_opt_str(value.get("txt"), "enhanced.txt"),
+        cause=_opt_str(value.get("cause"), "enhanced.cause"), backend=_text(value.get("backend"), "enhanced.backend"),
+        model=_text(value.get("model"), "enhanced.model"),
+        prompt_version=_text(value.get("prompt_version"), "enhanced.prompt_version"),
     )
 
 
 def parse_query(obj: dict[str, Any]) -> Query:
     """Raise ValueError naming the offending field; callers add file and line."""
     _check_fields(obj, QUERY_FIELDS)
-    qid = obj["qid"]
-    if not isinstance(qid, str) or ":" not in qid:
-        raise ValueError(f"'qid' must be a string '<dataset_id>:<n>', got {qid!r}")
+    qid = _record_id(obj["qid"], "qid")
     task_id = obj["task_id"]
-    if not isinstance(task_id, int) or task_id not in TASKS:
+    if not strict_int(task_id) or task_id not in TASKS:
         raise ValueError(f"'task_id' is {task_id!r}; allowed: {sorted(TASKS)}")
     txt = _text(obj["query_txt"], "query_txt")
     img = _opt_str(obj["query_img_path"], "query_img_path")
@@ -177,9 +197,7 @@ def parse_query(obj: dict[str, Any]) -> Query:
 
 def parse_candidate(obj: dict[str, Any]) -> Candidate:
     _check_fields(obj, CANDIDATE_FIELDS)
-    did = obj["did"]
-    if not isinstance(did, str) or ":" not in did:
-        raise ValueError(f"'did' must be a string '<dataset_id>:<n>', got {did!r}")
+    did = _record_id(obj["did"], "did")
     txt = _text(obj["txt"], "txt")
     img = _opt_str(obj["img_path"], "img_path")
     return Candidate(

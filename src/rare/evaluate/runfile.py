@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.data.errors import DataError
+from rare.data.lines import int_field, iter_lines
 
 
 def write_run(path: str | Path, qids: Sequence[str], dids: np.ndarray, scores: np.ndarray, run_id: str) -> int:
@@ -38,28 +39,26 @@ def read_run(path: str | Path) -> dict[str, list[str]]:
     path = Path(path)
     ranked: dict[str, dict[int, str]] = {}
     seen: dict[str, set[str]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) not in (6, 7):
-                raise DataError(path, lineno,
-                                f"expected 'qid Q0 did rank score run_id [task_id]', got {len(parts)} columns")
-            qid, _, did, rank_s, score_s = parts[:5]
-            try:
-                rank, score = int(rank_s), float(score_s)
-            except ValueError:
-                raise DataError(path, lineno,
-                                f"rank {rank_s!r} must be an integer and score {score_s!r} a number") from None
-            if rank < 1 or math.isnan(score):
-                raise DataError(path, lineno, f"rank must be >= 1 and score a number, got rank {rank}, score {score_s}")
-            by_rank = ranked.setdefault(qid, {})
-            if rank in by_rank:
-                raise DataError(path, lineno, f"query {qid} has rank {rank} twice")
-            dids = seen.setdefault(qid, set())
-            if did in dids:
-                raise DataError(path, lineno, f"query {qid} retrieves {did} twice")
-            by_rank[rank] = did
-            dids.add(did)
+    for lineno, text in iter_lines(path):
+        parts = text.split()
+        if len(parts) not in (6, 7):
+            raise DataError(path, lineno, f"expected 'qid Q0 did rank score run_id [task_id]', got {len(parts)} columns")
+        qid, _, did, rank_s, score_s = parts[:5]
+        rank = int_field(rank_s)
+        if rank is None or rank < 1:
+            raise DataError(path, lineno, f"rank {rank_s!r} must be an integer >= 1")
+        try:
+            score = float(score_s)
+        except ValueError:
+            raise DataError(path, lineno, f"score {score_s!r} is not a number") from None
+        if math.isnan(score):
+            raise DataError(path, lineno, "score is NaN")
+        by_rank = ranked.setdefault(qid, {})
+        if rank in by_rank:
+            raise DataError(path, lineno, f"query {qid} has rank {rank} twice")
+        dids = seen.setdefault(qid, set())
+        if did in dids:
+            raise DataError(path, lineno, f"query {qid} retrieves {did} twice")
+        by_rank[rank] = did
+        dids.add(did)
     return {qid: [by_rank[r] for r in sorted(by_rank)] for qid, by_rank in ranked.items()}
