@@ -78,8 +78,11 @@ def test_score_matches_ranx_hit_rate(tmp_path: Path, seed: int):
     from ranx import Qrels, Run, evaluate
 
     run_path, qrels_path, qrels = _random_case(tmp_path, seed)
-    ours, n = score_run(run_path, qrels_path, [1, 5, 10, 20])
-    assert n == 60
+    scored = score_run(run_path, qrels_path, [1, 5, 10, 20])
+    ours = scored.rates
+    assert scored.queries == 60
+    assert [w.split(": ", 1)[1] for w in scored.warnings] == [
+        "5 of 60 qrels queries are missing from the run (counted as misses), e.g. '7:16'"]
     ranx_qrels = Qrels.from_dict({q: {d: 1 for d in ds} for q, ds in qrels.items()})
     ranx_run = Run.from_file(str(run_path), kind="trec")
     theirs = evaluate(ranx_qrels, ranx_run, [f"hit_rate@{k}" for k in (1, 5, 10, 20)], make_comparable=True)
@@ -90,13 +93,13 @@ def test_score_matches_ranx_hit_rate(tmp_path: Path, seed: int):
 
 def test_score_cli(tmp_path: Path):
     run_path, qrels_path, _ = _random_case(tmp_path, 0)
-    expected, _ = score_run(run_path, qrels_path, [3, 7])
+    expected = score_run(run_path, qrels_path, [3, 7]).rates
     result = CliRunner().invoke(app, ["score", "--run", str(run_path), "--qrels", str(qrels_path),
                                       "--k", "3", "--k", "7", "--json"])
     assert result.exit_code == 0, result.output
     import json
 
-    out = json.loads(result.output)
+    out = json.loads(result.stdout)
     assert out == {"queries": 60, "R@3": round(expected[3], 4), "R@7": round(expected[7], 4)}
     bad = tmp_path / "bad.trec"
     bad.write_text("q Q0 a\n")

@@ -39,9 +39,10 @@ def test_metrics_agree_with_rare_score_on_the_run_files(tiny_evals: Path, tiny_r
             assert set(metrics[pool]) == {dt.name for dt in root.eval_tasks("test")}
             for dt in root.eval_tasks("test"):
                 m = metrics[pool][dt.name]
-                rates, n = score_run(tiny_evals / name / "runs" / pool / f"{dt.name}.trec",
-                                     root.qrels_file("test", dt), dt.ks)
-                assert n == m["queries"] == 3
+                scored = score_run(tiny_evals / name / "runs" / pool / f"{dt.name}.trec",
+                                   root.qrels_file("test", dt), dt.ks)
+                rates = scored.rates
+                assert scored.queries == m["queries"] == 3
                 assert [round(rates[k], 4) for k in dt.ks] == [m[f"R@{k}"] for k in dt.ks]
                 assert m["headline"] == m["R@5"]
             headlines = [metrics[pool][dt]["headline"] for dt in metrics[pool]]

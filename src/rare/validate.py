@@ -7,7 +7,7 @@ int64 keys where they have the "<dataset_id>:<n>" form, so the 5.6M-did global p
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,8 @@ from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, open_image, resolve_image
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
-from rare.data.records import loads_line, parse_candidate, parse_query
+from rare.data.qrels import iter_qrels
+from rare.data.records import iter_jsonl, parse_candidate, parse_query
 from rare.mbeir import TASKS, dataset_id_of
 
 _QRELS = re.compile(r"^mbeir_(?P<stem>.+)_(?P<split>train|val|test)_qrels\.txt$")
@@ -108,16 +109,7 @@ class _QueryFile:
 
 def _records(report: Report, path: Path) -> Iterator[tuple[int, dict]]:
     """iter_jsonl that records malformed lines and carries on."""
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = loads_line(raw, path, lineno)
-            except DataError as exc:
-                report.error(path, lineno, exc.cause)
-                continue
-            yield lineno, obj
+    return iter_jsonl(path, on_error=lambda exc: report.error(exc.path, exc.line, exc.cause))
 
 
 class _Validator:
@@ -141,20 +133,25 @@ class _Validator:
             if not (root / sub).is_dir():
                 r.error(root / sub, None, "required directory is missing")
         self._instructions()
-        for pool in sorted((root / "cand_pool").glob("*/*.jsonl")):
-            self._pool(pool)
+        self._each(sorted((root / "cand_pool").glob("*/*.jsonl")), self._pool)
         self.pool_dids.freeze()
         for ids in self.local_pools.values():
             ids.freeze()
-        for qfile in sorted((root / "query").glob("*/*.jsonl")):
-            self._queries(qfile)
-        for qrels in sorted((root / "qrels").glob("*/*.txt")):
-            self._qrels(qrels)
+        self._each(sorted((root / "query").glob("*/*.jsonl")), self._queries)
+        self._each(sorted((root / "qrels").glob("*/*.txt")), self._qrels)
         self._missing_qrels()
         if self.check_images:
             self._images()
         r.counts["images"] = len(self.images)
         return r
+
+    def _each(self, files: list[Path], check: Callable[[Path], None]) -> None:
+        """A file that cannot be opened at all is one error, and the other files are still checked."""
+        for path in files:
+            try:
+                check(path)
+            except DataError as exc:
+                self.report.error(exc.path, exc.line, exc.cause)
 
     # ---------------------------------------------------------- instructions
     def _instructions(self) -> None:
@@ -262,7 +259,8 @@ class _Validator:
                 group = (q_ds, q.modality, TASKS[q.task_id][1])
                 if group not in self.instructions.prompts and group not in groups_missing:
                     groups_missing.add(group)
-                    r.error(path, line, f"no instruction for (dataset {group[0]}, {group[1]} -> {group[2]}) in the instructions TSV")
+                    r.error(path, line, f"no instruction for (dataset {group[0]}, {group[1]} -> {group[2]}) "
+                                          f"in {self.root.instructions_file}")
         if n == 0:
             r.warn(path, None, "query file is empty")
         r.counts["queries"] = r.counts.get("queries", 0) + n
@@ -285,20 +283,16 @@ class _Validator:
             return
         got: dict[str, set[str]] = {}
         first_line: dict[str, int] = {}
-        for line, parts in _qrels_lines(path):
-            if len(parts) != 5:
-                r.error(path, line, f"expected 5 space-separated columns 'qid 0 did 1 task_id', got {len(parts)}")
-                continue
-            qid, _, did, rel, task = parts
-            if not task.isdigit() or int(task) not in TASKS:
+        for line, qid, did, relevant, task in iter_qrels(path, lambda exc: r.error(exc.path, exc.line, exc.cause)):
+            if task not in TASKS:
                 r.error(path, line, f"task_id {task!r} is not one of {sorted(TASKS)}")
                 continue
             if qid not in qf.positives:
                 r.error(path, line, f"qid {qid!r} is not in {qpath.name}")
                 continue
-            if int(task) != qf.positives[qid][2]:
+            if task != qf.positives[qid][2]:
                 r.error(path, line, f"task_id {task} disagrees with the query's task_id {qf.positives[qid][2]}")
-            if rel != "0":
+            if relevant:
                 got.setdefault(qid, set()).add(did)
                 first_line.setdefault(qid, line)
         for qid, (qline, pos, _task) in qf.positives.items():
@@ -322,14 +316,6 @@ def _safe_ds(did: str) -> int | None:
         return None
 
 
-def _qrels_lines(path: Path) -> Iterable[tuple[int, list[str]]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split()
-            if parts:
-                yield lineno, parts
-
-
 def validate_root(root: str | Path, check_images: bool = True) -> Report:
     return _Validator(Path(root), check_images).run()
 
@@ -346,4 +332,5 @@ def print_report(report: Report, max_report: int = 200) -> None:
         console.print(f"... and {hidden} more")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(report.counts.items()))
     verdict = "[red]FAILED[/]" if report.errors else "[green]OK[/]"
-    console.print(f"{verdict}: {len(report.errors)} error(s), {len(report.warnings)} warning(s); checked {counts}")
+    checked = f"; checked {counts}" if counts else ""
+    console.print(f"{verdict}: {len(report.errors)} error(s), {len(report.warnings)} warning(s){checked}")

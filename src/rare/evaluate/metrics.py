@@ -7,10 +7,12 @@ a positive that cannot be reached (a cross-dataset did in a local pool) is simpl
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rare.data.errors import DataError
 from rare.data.qrels import read_qrels
 from rare.evaluate.runfile import read_run
 from rare.mbeir import DatasetTask
@@ -56,7 +58,40 @@ def mbeir_score(per_task: Mapping[str, Mapping[str, float]]) -> float:
     return float(np.mean([m["headline"] for m in per_task.values()]))
 
 
-def score_run(run_file: str | Path, qrels_file: str | Path, ks: Iterable[int]) -> tuple[dict[int, float], int]:
-    """What ``rare score`` prints: hit rate x100 at each k over the qrels' queries, and their count."""
-    qrels = read_qrels(qrels_file)
-    return hit_rates(read_run(run_file), qrels, ks), len(qrels)
+@dataclass(frozen=True)
+class Scored:
+    """What ``rare score`` prints: hit rate x100 at each k over the qrels' queries, their count, and
+    the signs that the run and the qrels may not belong together."""
+
+    rates: dict[int, float]
+    queries: int
+    warnings: list[str]
+
+
+def score_run(run_file: str | Path, qrels_file: str | Path, ks: Iterable[int]) -> Scored:
+    """An empty run or a cutoff below 1 is an error; a suspicious but valid pair is a warning."""
+    ks = list(ks)
+    bad = [k for k in ks if k < 1]
+    if bad:
+        raise ValueError(f"cutoff k must be >= 1, got {bad[0]}")
+    run, qrels = read_run(run_file), read_qrels(qrels_file)
+    if not run:
+        raise DataError(run_file, None, "run file is empty: nothing to score")
+    if not qrels:
+        raise DataError(qrels_file, None, "qrels file lists no positives: nothing to score")
+    warnings = []
+    shared = run.keys() & qrels.keys()
+    if not shared:
+        warnings.append(f"{run_file}: no qid of the run is in {qrels_file}; is it the qrels of another split "
+                        f"or dataset? (run e.g. {min(run)!r}, qrels e.g. {min(qrels)!r})")
+    else:
+        missing = sorted(qrels.keys() - run.keys())
+        if missing:
+            warnings.append(f"{run_file}: {len(missing)} of {len(qrels)} qrels queries are missing from the run "
+                            f"(counted as misses), e.g. {missing[0]!r}")
+        positives = set().union(*qrels.values())
+        retrieved = {did for qid in shared for did in run[qid]}
+        if not retrieved & positives:
+            warnings.append(f"{run_file}: no retrieved did is a positive of any query in {qrels_file}; "
+                            f"are the dids from another pool? (e.g. {min(retrieved)!r})")
+    return Scored(hit_rates(run, qrels, ks), len(qrels), warnings)
