@@ -78,7 +78,7 @@ def test_cli_reports_bad_input_and_bad_params_in_one_line(prefect_harness, tmp_p
     missing = CliRunner().invoke(app, ["enhance", "corpus", "--data", str(tmp_path / "nowhere"), "--out",
                                        str(tmp_path / "out"), "--params", str(write_params(tmp_path / "p.yaml",
                                                                                          tmp_path / "cache"))])
-    assert missing.exit_code == 1 and "no corpus files" in missing.output
+    assert missing.exit_code == 1 and "nowhere' does not exist" in missing.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("enhance:\n  backend: gpt\n")
     result = CliRunner().invoke(app, ["enhance", "queries", "--data", str(tmp_path), "--out", str(tmp_path / "o"),

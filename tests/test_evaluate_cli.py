@@ -83,7 +83,7 @@ def test_cli_errors_are_one_clear_line(prefect_harness, tiny_root: Path, tmp_pat
     assert "error:" in result.output and "needs enhanced data" in result.output
     result = CliRunner().invoke(app, ["evaluate", "none", "--model", str(tmp_path / "nope"), "--inputs", "none",
                                       "--data", str(tiny_root), "--out", str(tmp_path / "o"), "--params", str(params)])
-    assert result.exit_code == 1 and "not a retriever export" in result.output
+    assert result.exit_code == 1 and "nope' does not exist" in result.output
     result = CliRunner().invoke(app, ["report", "--evals", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
                                       "--data", str(tiny_root), "--params", str(params)])
     assert result.exit_code == 1 and "no evaluations found" in result.output

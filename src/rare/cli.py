@@ -1,40 +1,107 @@
 """The ``rare`` command. Each stage command runs its Prefect flow from ``flows/``.
 
-Heavy imports (torch, prefect, mlflow) happen inside the commands so ``rare --help`` is instant.
-Paths come in as arguments; parameters come from the stage's own section of params.yaml.
+Heavy imports (torch, prefect, mlflow) happen inside the commands, after the arguments and the
+stage's params section are checked, so a mistake costs a second, not a Prefect run. Every
+expected failure ends as one ``error: <what>: <cause>`` line on stderr and exit code 1 (see
+``rare.errors``); ``--debug`` or ``RARE_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from rare import runtime
+from rare import errors, runtime
+from rare.data.views import VARIANTS
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+HELP = ("rare: reasoning-augmented multimodal retrieval on M-BEIR-format data. Generate or validate the data, "
+        "enhance it with a VLM, train the retriever per ablation variant, evaluate by the M-BEIR protocol, report.")
+Variant = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]  # choices checked at parse time
+
+
+class _Rare(TyperGroup):
+    """Usage mistakes and expected failures (bad data, bad params, missing files) become one line."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except typer.Abort:
+            sys.exit(130)
+        except typer.TyperException as exc:  # usage: unknown variant, missing file, bad option value
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # type: ignore[attr-defined]
+                sys.exit(0)
+            ctx = getattr(exc, "ctx", None)
+            message = exc.format_message().replace("Value error, ", "")  # typer's wording of a bad choice
+            errors.print_error(f"{ctx.command_path if ctx else 'rare'}: {message}")
+            sys.exit(1)
+        except Exception as exc:
+            line = errors.expected(exc)
+            if line is None or errors.debug():
+                errors.print_traceback(exc)
+            if line is None:
+                sys.exit(1)
+            errors.print_error(line)
+            sys.exit(1)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_Rare, add_completion=False, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
 enhance_app = typer.Typer(no_args_is_help=True, help="VLM enhancement of the corpus or the queries.")
 app.add_typer(enhance_app, name="enhance")
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read this stage's section from.")]
-DataOpt = Annotated[Path, typer.Option("--data", help="M-BEIR-layout root (raw data).")]
-CorpusEnhOpt = Annotated[Optional[Path], typer.Option("--corpus-enhanced", help="Output of `rare enhance corpus`.")]
-QueriesEnhOpt = Annotated[Optional[Path], typer.Option("--queries-enhanced", help="Output of `rare enhance queries`.")]
+InFile = {"exists": True, "dir_okay": False, "readable": True}  # checked at parse time
+InDir = {"exists": True, "file_okay": False}
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read this stage's section from.", **InFile)]
+DataOpt = Annotated[Path, typer.Option("--data", help="M-BEIR-layout root (raw data).", **InDir)]
+CorpusEnhOpt = Annotated[Optional[Path], typer.Option("--corpus-enhanced", help="Output of `rare enhance corpus`.",
+                                                      **InDir)]
+QueriesEnhOpt = Annotated[Optional[Path], typer.Option("--queries-enhanced", help="Output of `rare enhance queries`.",
+                                                       **InDir)]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"rare {version('rare')}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Print the traceback behind an error.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    if debug:
+        os.environ[errors.DEBUG_ENV] = "1"
     runtime.configure()
     runtime.setup_logging(verbose)
 
 
-def _fail(exc: Exception) -> None:
-    from rich.console import Console
+def _check(section: str, params_file: Path) -> None:
+    """The stage's params section, validated before the flow (and its heavy imports) starts."""
+    from rare.config import load_section
 
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=1)
+    load_section(section, params_file)
+
+
+def _enhanced_given(variant: str, corpus_enhanced: Path | None, queries_enhanced: Path | None) -> None:
+    use_corpus, use_queries = VARIANTS[variant]
+    for needed, given, option in ((use_corpus, corpus_enhanced, "--corpus-enhanced"),
+                                  (use_queries, queries_enhanced, "--queries-enhanced")):
+        if needed and given is None:
+            raise typer.BadParameter(f"variant {variant!r} needs enhanced data: pass {option}")
 
 
 @app.command()
@@ -53,16 +120,13 @@ def validate(
 
 
 @app.command()
-def params(path: Annotated[Path, typer.Argument(help="params file")] = Path("params.yaml")) -> None:
+def params(path: Annotated[Path, typer.Argument(help="params file", **InFile)] = Path("params.yaml")) -> None:
     """Validate every section of params.yaml (with the active profile applied) and print it."""
     from rich import print_json
 
-    from rare.config import ConfigError, load_all
+    from rare.config import load_all
 
-    try:
-        sections = load_all(path)
-    except ConfigError as exc:
-        _fail(exc)
+    sections = load_all(path)
     print_json(data={k: v.model_dump(mode="json") for k, v in sections.items()})
 
 
@@ -73,15 +137,10 @@ def data(
     params_file: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Generate the embedded benchmark (params `data:` section: preset, seed, sizes) into OUT."""
-    from rare.config import ConfigError
-    from rare.data.errors import DataError
+    _check("data", params_file)
+    from flows.data import data_flow
 
-    try:
-        from flows.data import data_flow
-
-        data_flow(out, params_file)
-    except (DataError, ConfigError, ValueError, OSError) as exc:
-        _fail(exc)
+    data_flow(out, params_file)
 
 
 # -- enhance ----------------------------------------------------------------------------------
@@ -92,15 +151,10 @@ MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics", help="Also writ
 
 
 def _enhance(side: str, data: Path, out: Path, params_file: Path, metrics: Optional[Path]) -> None:
-    from rare.config import ConfigError
-    from rare.data.errors import DataError
+    _check("enhance", params_file)
+    from flows.enhance import enhance_flow
 
-    try:
-        from flows.enhance import enhance_flow
-
-        enhance_flow(side, data, out, params_file, metrics)
-    except (DataError, ConfigError, ValueError) as exc:
-        _fail(exc)
+    enhance_flow(side, data, out, params_file, metrics)
 
 
 @enhance_app.command("corpus")
@@ -120,7 +174,7 @@ def enhance_queries(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = 
 # -- train ----------------------------------------------------------------------------------------
 @app.command()
 def train(
-    variant: Annotated[str, typer.Argument(help="Ablation variant: none | corpus | query | both.")],
+    variant: Annotated[Variant, typer.Argument(help="Ablation variant.")],
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Export directory: safetensors weights, configs, tokenizer, "
                                       "meta.json (replaced atomically).")],
@@ -131,23 +185,19 @@ def train(
                                                     "steps, val loss) here, for DVC.")] = None,
 ) -> None:
     """Train the retriever for one variant (params `train:`); resumes from its last checkpoint after a kill."""
-    from rare.config import ConfigError
-    from rare.data.errors import DataError
+    _enhanced_given(variant, corpus_enhanced, queries_enhanced)
+    _check("train", params_file)
+    from flows.train import train_entry
 
-    try:
-        from flows.train import train_entry
-
-        train_entry(variant, data, out, corpus_enhanced, queries_enhanced, params_file, metrics)
-    except (DataError, ConfigError, ValueError, OSError) as exc:
-        _fail(exc)
+    train_entry(variant, data, out, corpus_enhanced, queries_enhanced, params_file, metrics)
 
 
 # --- evaluate, score, report (evaluation and report stages) ---------------------------------------
 @app.command()
 def evaluate(
     name: Annotated[str, typer.Argument(help="Evaluation name, e.g. none, corpus, infer-corpus.")],
-    model: Annotated[Path, typer.Option("--model", help="Retriever directory exported by `rare train`.")],
-    inputs: Annotated[str, typer.Option("--inputs", help="Input variant: none|corpus|query|both.")],
+    model: Annotated[Path, typer.Option("--model", help="Retriever directory exported by `rare train`.", **InDir)],
+    inputs: Annotated[Variant, typer.Option("--inputs", help="Input variant: which sides read enhanced text.")],
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Output directory (metrics.json, info.json, runs/).")],
     corpus_enhanced: CorpusEnhOpt = None,
@@ -155,21 +205,22 @@ def evaluate(
     params_file: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Evaluate one model on one input variant by the M-BEIR protocol (local and global pools)."""
-    try:
-        from flows.evaluate import evaluate_flow
+    _enhanced_given(inputs, corpus_enhanced, queries_enhanced)
+    _check("evaluate", params_file)
+    from flows.evaluate import evaluate_flow
 
-        metrics = evaluate_flow(name, model, inputs, data, out, corpus_enhanced, queries_enhanced, params_file)
-    except (ValueError, OSError) as exc:
-        _fail(exc)
+    metrics = evaluate_flow(name, model, inputs, data, out, corpus_enhanced, queries_enhanced, params_file)
     typer.echo(f"{name}: M-BEIR score " + ", ".join(f"{p} {v:.2f}" for p, v in metrics["score"].items()))
 
 
 @app.command()
 def score(
-    run: Annotated[Path, typer.Option("--run", help="TREC run file: qid Q0 did rank score run_id.")],
-    qrels: Annotated[Path, typer.Option("--qrels", help="M-BEIR qrels: qid 0 did 1 task_id.")],
-    k: Annotated[list[int], typer.Option("--k", help="Cutoffs (repeat the option).")] = [1, 5, 10],  # noqa: B006
+    run: Annotated[Path, typer.Option("--run", help="TREC run file: qid Q0 did rank score run_id.", **InFile)],
+    qrels: Annotated[Path, typer.Option("--qrels", help="M-BEIR qrels: qid 0 did 1 task_id.", **InFile)],
+    k: Annotated[list[int], typer.Option("--k", help="Cutoffs (repeat the option).", min=1)] = [1, 5, 10],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there are warnings (no qid overlap, "
+                                         "queries missing from the run, unknown dids).")] = False,
 ) -> None:
     """Score any run file by the M-BEIR rule: hit if ANY positive is in the top k, over the qrels' queries."""
     import json
@@ -179,23 +230,26 @@ def score(
 
     from rare.evaluate.metrics import score_run
 
-    try:
-        rates, n = score_run(run, qrels, k)
-    except (ValueError, OSError) as exc:
-        _fail(exc)
+    result = score_run(run, qrels, k)
+    for warning in result.warnings:
+        errors.print_warning(warning)
     if as_json:
-        typer.echo(json.dumps({"queries": n, **{f"R@{c}": round(v, 4) for c, v in rates.items()}}))
-        return
-    table = Table(title=f"{run.name} ({n} queries)")
-    for c in rates:
-        table.add_column(f"R@{c}", justify="right")
-    table.add_row(*(f"{v:.2f}" for v in rates.values()))
-    Console().print(table)
+        typer.echo(json.dumps({"queries": result.queries, **{f"R@{c}": round(v, 4) for c, v in result.rates.items()}}))
+    else:
+        table = Table(title=f"{run.name} ({result.queries} queries)")
+        for c in result.rates:
+            table.add_column(f"R@{c}", justify="right")
+        table.add_row(*(f"{v:.2f}" for v in result.rates.values()))
+        Console().print(table)
+    if strict and result.warnings:
+        errors.print_error(f"{run}: {len(result.warnings)} warning(s) under --strict")
+        raise typer.Exit(code=1)
 
 
 @app.command()
 def report(
-    evals: Annotated[Path, typer.Option("--evals", help="Directory of evaluations (<evals>/<name>/metrics.json).")],
+    evals: Annotated[Path, typer.Option("--evals", help="Directory of evaluations (<evals>/<name>/metrics.json).",
+                                        **InDir)],
     out: Annotated[Path, typer.Option("--out", help="Report directory.")],
     data: DataOpt,
     corpus_enhanced: CorpusEnhOpt = None,
@@ -203,21 +257,16 @@ def report(
     params_file: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Ablation table, bar chart, qualitative gallery and the paper's findings, logged to the parent MLflow run."""
-    try:
-        from flows.report import report_flow
+    _check("report", params_file)
+    from flows.report import report_flow
 
-        path = report_flow(evals, out, data, corpus_enhanced, queries_enhanced, params_file)
-    except (ValueError, OSError) as exc:
-        _fail(exc)
+    path = report_flow(evals, out, data, corpus_enhanced, queries_enhanced, params_file)
     typer.echo(f"report: {path}")
 
 
 def run_cli() -> None:
-    """Entry point that turns library errors into one clear line instead of a traceback."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    """The ``rare`` entry point."""
+    app()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ class StageFailed(RuntimeError):
         self.stage, self.returncode = stage, returncode
         found = _CMD_EXIT.findall(tail)
         self.command_exit = int(found[-1]) if found else None  # the stage command's own code, as DVC reports it
-        super().__init__(f"stage {stage!r} failed (exit {returncode}):\n{tail}")
+        # The stage's own `error:` lines head the message, so the cause is what the Prefect UI shows first.
+        headline = [line for line in tail.splitlines() if line.startswith("error: ")]
+        first = "; ".join(line.removeprefix("error: ") for line in headline) or f"exit {returncode}"
+        super().__init__(f"stage {stage!r} failed: {first}\n--- last lines of its output ---\n{tail}")
 
     @property
     def retryable(self) -> bool:
