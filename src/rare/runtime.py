@@ -24,6 +24,15 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 PREFECT_UI_URL = "http://127.0.0.1:4200/api"
+# Caches and config folders libraries would otherwise create in the home folder: kept in the project.
+CACHE_ENV = {
+    "MPLCONFIGDIR": "matplotlib",
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+    "TRITON_CACHE_DIR": "triton",
+    "NUMBA_CACHE_DIR": "numba",
+    "DVC_SITE_CACHE_DIR": "dvc-site",
+}
+TOOL_TIPS = ("💡 Tip:",)  # Lightning's advertisements for its cloud services, printed on every run
 
 
 def _server_up(url: str) -> bool:
@@ -46,6 +55,8 @@ def configure(project_dir: str | Path | None = None) -> None:
         os.environ.setdefault(key, value)
     root = Path(project_dir or os.environ.get("RARE_PROJECT_DIR") or Path.cwd())
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    for key, sub in CACHE_ENV.items():
+        os.environ.setdefault(key, str(root / ".cache" / sub))
     detect = os.environ.get("RARE_DETECT_PREFECT_SERVER", "1") != "0"
     if detect and "PREFECT_API_URL" not in os.environ and _server_up(PREFECT_UI_URL):
         os.environ["PREFECT_API_URL"] = PREFECT_UI_URL
@@ -63,3 +74,12 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "urllib3", "alembic", "filelock", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TOOL_TIPS)
