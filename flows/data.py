@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows import transient  # noqa: E402
+from rare.atomic import swap_in  # noqa: E402
 from rare.benchmark import generate  # noqa: E402
 from rare.config import ConfigError, load_section  # noqa: E402
 from rare.config.data import DataParams  # noqa: E402
@@ -61,15 +62,6 @@ def point_task(tmp: Path, root: Path) -> dict[str, Any]:
     return {"counts": report.counts, "files": len(files)}
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Put the finished ``tmp`` at ``out``; a previous ``out`` is removed only after the swap."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _log(params_file: Path, params: DataParams, manifest: dict[str, Any], seconds: float) -> None:
     import mlflow
 
@@ -105,12 +97,12 @@ def data_flow(out: Path, params_file: Path = Path("params.yaml")) -> Path:
             if not root.is_dir():
                 raise ConfigError(f"{params_file}: data.mbeir_root: {root} is not a directory")
             summary = point_task(tmp, root)
-            _replace_dir(tmp, out)
+            swap_in(tmp, out)
             logger.info(f"M-BEIR root {root}: {summary['counts']} in {summary['files']} files; pointer at {out}")
             return out
         manifest = generate_task(tmp, params)
         validate_task(tmp)
-        _replace_dir(tmp, out)
+        swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - start

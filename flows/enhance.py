@@ -20,8 +20,9 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from flows import transient  # noqa: E402
+from rare.atomic import atomic_write  # noqa: E402
 from rare.config import load_section  # noqa: E402
-from rare.enhance.engine import Engine, Shard, ShardStats, atomic_write  # noqa: E402
+from rare.enhance.engine import Engine, Shard, ShardStats  # noqa: E402
 from rare.enhance.run import WORKERS, Mapper, Outcome, check_failures, enhance_side, print_outcome  # noqa: E402
 
 
@@ -69,12 +70,12 @@ def enhance_flow(side: str, data: Path, out: Path, params_file: Path = Path("par
     params = load_section("enhance", params_file)
     mapper = None if params.ray.enabled else prefect_mapper(params.retries)
     outcome = enhance_side(params, Path(data), Path(out), side, mapper=mapper)
-    if metrics is not None:
-        atomic_write(Path(metrics), [(json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n").encode()])
     print_outcome(outcome)
     logged = {"backend": params.backend, "model": params.model, "prompt_version": params.prompt_version,
               "shard_size": params.shard_size, "batch_size": params.batch_size, "seed": params.seed,
               "ray": params.ray.enabled, **{f"noise_{k}": v for k, v in params.noise.model_dump().items()}}
     log_to_mlflow(outcome, Path(params_file), logged)
-    check_failures(outcome)
+    check_failures(outcome)  # before the metrics: a failed run replaces no output
+    if metrics is not None:
+        atomic_write(Path(metrics), [(json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n").encode()])
     return outcome.summary

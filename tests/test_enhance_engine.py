@@ -186,15 +186,29 @@ def test_failures_are_recorded_with_cause_and_fall_back_to_the_original(tiny_roo
 
 
 def test_failure_rate_over_the_threshold_fails_loudly_after_the_report(tiny_root, tmp_path):
+    out = tmp_path / "out"
+    good, _ = run(tiny_root, out, tmp_path / "cache", max_failure_rate=0.005)
+    check_failures(good)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
     pool = tiny_root / "cand_pool/local/mbeir_webqa_task2_cand_pool.jsonl"
     _set_field(pool, 0, "REFUSE this")
-    outcome, _ = run(tiny_root, tmp_path / "out", tmp_path / "cache", max_failure_rate=0.005)
+    outcome, _ = run(tiny_root, out, tmp_path / "cache", max_failure_rate=0.005)
     with pytest.raises(EnhanceFailure) as exc:
         check_failures(outcome)
     msg = str(exc.value)
     assert "1 of 96 items failed (1.0% > max_failure_rate 0.5%)" in msg and "refusal: 1" in msg
-    assert str(tmp_path / "out" / FAILURES_FILE) in msg
-    assert len((tmp_path / "out" / FAILURES_FILE).read_text().splitlines()) == 1
+    # The previous good output is untouched; the failure report is beside it, and the message says where.
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    failed = tmp_path / "out.failed"
+    assert str(failed / FAILURES_FILE) in msg
+    assert sorted(p.name for p in failed.iterdir()) == [FAILURES_FILE, SUMMARY_FILE]
+    assert len((failed / FAILURES_FILE).read_text().splitlines()) == 1
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+    _set_field(pool, 0, "a fine text again")
+    check_failures(run(tiny_root, out, tmp_path / "cache", max_failure_rate=0.005)[0])
+    assert not failed.exists()  # a stale failure report would mislead
 
 
 def test_bad_input_names_file_and_line(tiny_root, tmp_path):

@@ -55,11 +55,13 @@ def test_cli_fails_loudly_with_the_failure_report_written(prefect_harness, tiny_
     result = CliRunner().invoke(app, ["enhance", "queries", "--data", str(tiny_root), "--out", str(tmp_path / "out"),
                                       "--params", str(params)])
     assert result.exit_code == 1, result.output
-    assert "error:" in result.output and "items failed" in result.output and FAILURES_FILE in result.output
-    report = [json.loads(line) for line in (tmp_path / "out" / FAILURES_FILE).read_text().splitlines()]
+    failed = tmp_path / "out.failed"  # the report sits beside the output, which a failed run does not write
+    assert "error:" in result.output and "items failed" in result.output and str(failed / FAILURES_FILE) in result.output
+    assert not (tmp_path / "out").exists()
+    report = [json.loads(line) for line in (failed / FAILURES_FILE).read_text().splitlines()]
     unreadable = [r for r in report if r["cause"].startswith("image_unreadable")]
     assert [(r["file"], r["id"], r["op"]) for r in unreadable] == [("query/test/mbeir_oven_task6_test.jsonl", "5:52", "resolve")]
-    assert json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())["failed"] == len(report)
+    assert json.loads((failed / SUMMARY_FILE).read_text())["failed"] == len(report)
 
 
 def test_only_transient_shard_failures_are_retried():

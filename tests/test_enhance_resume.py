@@ -93,7 +93,7 @@ def reference(tiny_root_session, tmp_path_factory):
     {"die_on_call": 7},                 # mid-generation
     {"die_on_write": "shards:1"},       # halfway through the first stored shard's stats file
     {"die_on_write": "shards:6"},       # halfway through a stored shard's output
-    {"die_on_write": "/out/:4"},        # halfway through assembling an output file
+    {"die_on_write": "/.out.tmp-:4"},   # halfway through assembling an output file (staged beside out)
     {"die_on_write": "enhance_summary"},  # while writing the last report
     {"after": 0.4, "delay": 0.03},      # from outside, wherever it happens to be
     {"after": 0.9, "delay": 0.03},

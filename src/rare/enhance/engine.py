@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rare.atomic import atomic_write, remove_stale_temps
 from rare.config.enhance import NEEDS_IMAGE, EnhanceParams, RouteRule
 from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, resolve_image
@@ -140,39 +141,6 @@ class ShardStats:
         if cause is not None:
             category = cause_category(cause)
             self.causes[category] = self.causes.get(category, 0) + 1
-
-
-def atomic_write(path: Path, chunks: Iterator[bytes] | list[bytes]) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temps(path: Path) -> None:
-    """Delete temp files that a killed writer of ``path`` left behind (only ours, only dead writers)."""
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ task per shard, with retries) and on Ray (actors); planning and assembly are alw
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +21,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from rare.atomic import remove_stale_temps, swap_in_files, temp_sibling
 from rare.config.enhance import EnhanceParams
 from rare.data.layout import MBEIRRoot
 from rare.enhance.backends import make_backend as backend_from_params
 from rare.enhance.backends.base import Backend
-from rare.enhance.engine import FAILURES_FILE, Engine, EngineConfig, Shard, ShardStats, input_files, merge_stats
+from rare.enhance.engine import (
+    FAILURES_FILE,
+    SUMMARY_FILE,
+    Engine,
+    EngineConfig,
+    Shard,
+    ShardStats,
+    input_files,
+    merge_stats,
+)
 
 Mapper = Callable[[Engine, list[Shard], Callable[[int], None]], list[ShardStats]]
 WORKERS = 2  # shards in flight per process: one generating while the other is read, hashed and written
@@ -89,23 +101,53 @@ def enhance_side(params: EnhanceParams, data: Path, out: Path, side: str, *,
         with progress_bar(f"enhance {config.side}", sum(s.lines for s in unique), progress) as advance:
             stats = mapper(engine, unique, advance)
         note = {"shard_size": params.shard_size, "max_failure_rate": params.max_failure_rate}
-        summary = engine.assemble(files, shards, Path(out), note)
+        out = Path(out)
+        remove_stale_temps(out)
+        staged = temp_sibling(out)
+        try:
+            summary = engine.assemble(files, shards, staged, note)
+            out = _publish(staged, out, summary)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     finally:
         engine.close()
     seconds = time.perf_counter() - start
     runtime = {**merge_stats(stats), "seconds": round(seconds, 3),
                "items_per_s": round(summary["items"] / seconds, 1) if seconds else 0.0}
-    return Outcome(config.side, Path(out), summary, runtime)
+    return Outcome(config.side, out, summary, runtime)
+
+
+def failed_dir(out: Path) -> Path:
+    """Where a run that failed ``max_failure_rate`` leaves its reports: beside ``out``, which it leaves alone."""
+    return out.with_name(f"{out.name}.failed")
+
+
+def _too_many_failures(summary: dict[str, Any]) -> bool:
+    return summary["failure_rate"] > summary["max_failure_rate"]
+
+
+def _publish(staged: Path, out: Path, summary: dict[str, Any]) -> Path:
+    """Swap the assembled files in, or, when too many items failed, keep only its two reports in
+    ``failed_dir(out)`` so a previous good ``out`` survives. Returns where the reports now are."""
+    failed = failed_dir(out)
+    shutil.rmtree(failed, ignore_errors=True)
+    if not _too_many_failures(summary):
+        return swap_in_files(staged, out)
+    failed.mkdir(parents=True)
+    for name in (FAILURES_FILE, SUMMARY_FILE):
+        os.replace(staged / name, failed / name)
+    return failed
 
 
 def check_failures(outcome: Outcome) -> None:
+    """Raised after the reports are written; ``outcome.out`` is then the failure folder, not the output."""
     s = outcome.summary
-    if s["failure_rate"] > s["max_failure_rate"]:
+    if _too_many_failures(s):
         causes = ", ".join(f"{k}: {v}" for k, v in sorted(s["failures_by_cause"].items()))
         raise EnhanceFailure(
             f"enhance {outcome.side}: {s['failed']} of {s['enhanceable']} items failed "
             f"({s['failure_rate']:.1%} > max_failure_rate {s['max_failure_rate']:.1%}); by cause: {causes}; "
-            f"every failure is listed in {outcome.out / FAILURES_FILE}"
+            f"the output was not replaced; every failure is listed in {outcome.out / FAILURES_FILE}"
         )
 
 
