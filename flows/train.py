@@ -18,19 +18,17 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows import transient  # noqa: E402
 from rare.config import load_section  # noqa: E402
-from rare.train.stage import train_variant, write_metrics  # noqa: E402
+from rare.train.stage import train_variant  # noqa: E402
 
 
 def _train(variant: str, data: Path, out: Path, corpus_enhanced: Path | None, queries_enhanced: Path | None,
            params_file: Path, metrics: Path | None) -> Path:
     params = load_section("train", params_file)
     tracking = load_section("tracking", params_file)
-    out = train_variant(variant, Path(data), Path(out), params, tracking,
-                        Path(corpus_enhanced) if corpus_enhanced else None,
-                        Path(queries_enhanced) if queries_enhanced else None)
-    if metrics is not None and not is_ddp_worker():
-        write_metrics(out, Path(metrics))
-    return out
+    return train_variant(variant, Path(data), Path(out), params, tracking,
+                         Path(corpus_enhanced) if corpus_enhanced else None,
+                         Path(queries_enhanced) if queries_enhanced else None,
+                         metrics=Path(metrics) if metrics is not None else None)
 
 
 # A retry resumes from the last checkpoint; bad input (ValueError) is not retried (it fails the same way).

@@ -14,43 +14,58 @@ Writes go to a temp sibling and are renamed into place, so a killed export leave
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from rare.atomic import atomic_write, remove_stale_temps, swap_in, temp_sibling
 from rare.model.retriever import Retriever
 from rare.model.towers import towers_from_configs
 
 SPEC_FILE, WEIGHTS_FILE, META_FILE = "retriever.json", "model.safetensors", "meta.json"
 FORMAT = 1
+WEIGHTS_METADATA = {"format": "pt", "rare_format": str(FORMAT)}
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors with its header in one fixed order: the library writes its metadata map in an order
+    that changes from process to process, and identical weights must give identical bytes (DVC hashes)."""
+    blob = save(state, metadata=WEIGHTS_METADATA)
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    fixed = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    fixed += b" " * (-len(fixed) % 8)  # the data section stays 8-byte aligned
+    atomic_write(path, [len(fixed).to_bytes(8, "little"), fixed, memoryview(blob)[8 + size:]])
 
 
 def save_retriever(retriever: Retriever, out: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write the export beside ``out`` and swap it in whole. ``meta`` holds what shapes the model, never
+    timings, so identical weights give an identical folder."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    remove_stale_temps(out)
+    tmp = temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_export(retriever, tmp, meta)
+        return swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_export(retriever: Retriever, tmp: Path, meta: dict[str, Any] | None) -> None:
     (tmp / SPEC_FILE).write_text(json.dumps(retriever.spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     state = {k: v.detach().cpu().contiguous() for k, v in retriever.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "rare_format": str(FORMAT)})
+    save_weights(state, tmp / WEIGHTS_FILE)
     for name, config in retriever.towers.configs().items():
         config.save_pretrained(tmp / "towers" / name)
     retriever.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     full_meta = {**retriever.meta, **(meta or {})}
     (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
-    return out
 
 
 def load_retriever(model_dir: str | Path, device: str | torch.device = "cpu") -> Retriever:

@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar, ThroughputMonitor
 
 from rare import tracking as rare_tracking
+from rare.atomic import atomic_write
 from rare.config.tracking import TrackingParams
 from rare.config.train import TrainParams
 from rare.data.layout import MBEIRRoot
@@ -36,24 +37,34 @@ LAST = "last.ckpt"
 
 
 class ValHistory(Callback):
-    """(step, val loss) after every validation pass; kept in checkpoints so a resumed curve is whole."""
+    """(step, val loss) after every validation pass; kept in checkpoints so a resumed curve is whole.
+
+    A step checkpoint is written before that step's validation pass, so a run killed after it
+    would lose the pass: ``catch_up`` names the step a resumed run re-validates (same weights, same
+    queries, same value), and restoring the checkpoint's history keeps that entry.
+    """
 
     def __init__(self) -> None:
         self.history: list[list[float]] = []
+        self.catch_up: int | None = None
+
+    def steps(self) -> set[int]:
+        return {int(step) for step, _ in self.history}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
-        step = trainer.global_step
-        value = float(trainer.callback_metrics["val/loss"])
-        if not self.history or self.history[-1][0] != step:
-            self.history.append([step, value])
+        step = trainer.global_step if self.catch_up is None else self.catch_up
+        if step not in self.steps():
+            self.history = sorted([*self.history, [step, float(trainer.callback_metrics["val/loss"])]])
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [list(x) for x in state_dict["history"]]
+        restored = [list(x) for x in state_dict["history"]]
+        done = {int(step) for step, _ in restored}
+        self.history = sorted(restored + [x for x in self.history if int(x[0]) not in done])
 
 
 def _file_id(path: Path) -> list[Any]:
@@ -93,8 +104,8 @@ def _strategy(params: TrainParams) -> Any:
 
 
 def _fit(trainer: pl.Trainer, module: RetrieverModule, datamodule: PairDataModule, resume: Path,
-         history: ValHistory) -> None:
-    """Validate at step 0 (fresh runs), fit (resuming if a checkpoint exists), validate at the last step."""
+         history: ValHistory, val_every: int) -> None:
+    """Validate at step 0 (fresh runs) or catch up the resumed step's pass, fit, validate at the last step."""
     with warnings.catch_warnings():
         # The sampler resumes mid-epoch from trainer.global_step (Lightning can't see that), and
         # throughput is reported in samples/s, not FLOPs.
@@ -103,17 +114,35 @@ def _fit(trainer: pl.Trainer, module: RetrieverModule, datamodule: PairDataModul
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         if not resume.exists():
             trainer.validate(module, datamodule=datamodule, verbose=False)
+        else:
+            step, done = _checkpointed(resume, history)
+            if step > 0 and step % val_every == 0 and step not in done:
+                history.catch_up = step
+                try:
+                    trainer.validate(module, datamodule=datamodule, ckpt_path=resume, verbose=False, weights_only=True)
+                finally:
+                    history.catch_up = None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume if resume.exists() else None, weights_only=True)
         if history.history and history.history[-1][0] != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
 
 
+def _checkpointed(ckpt: Path, history: ValHistory) -> tuple[int, set[int]]:
+    """The step a checkpoint was taken at and the validation steps it has recorded."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    recorded = state.get("callbacks", {}).get(history.state_key, {}).get("history", [])
+    return int(state["global_step"]), {int(step) for step, _ in recorded}
+
+
 def train_variant(variant: str, data: Path, out: Path, params: TrainParams, tracking: TrackingParams,
                   corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
-                  callbacks: Sequence[Callback] = ()) -> Path:
+                  callbacks: Sequence[Callback] = (), metrics: Path | None = None) -> Path:
     """Train ``variant`` (none|corpus|query|both) on the M-BEIR root ``data``; export to ``out``.
 
-    ``callbacks`` are extra Lightning callbacks (profiling, or a test that interrupts a run).
+    ``callbacks`` are extra Lightning callbacks (profiling, or a test that interrupts a run);
+    ``metrics`` gets the training figures, timings included (see ``write_metrics``).
     """
     import transformers
 
@@ -171,7 +200,7 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
     if run_id:
         os.environ[RUN_ENV] = run_id
     try:
-        _fit(trainer, module, datamodule, resume, history)
+        _fit(trainer, module, datamodule, resume, history, params.val_every_n_steps)
     finally:
         os.environ.pop(RUN_ENV, None)
     fit_seconds = time.monotonic() - start
@@ -183,42 +212,40 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
         "variant": variant, "text_mode": {"corpus": params.text_mode.corpus, "query": params.text_mode.query},
         "instruction_seed": params.instruction_seed, "seed": params.seed, "train_file": params.train_file,
         "global_steps": trainer.global_step, "global_batch": params.batch_size * trainer.world_size,
-        "samples": samples, "fit_seconds": round(fit_seconds, 2),
-        "train_seconds": round(time.monotonic() - began, 2),  # the whole stage: loading, caches, fit, val
-        "samples_per_sec": round(samples / fit_seconds, 2), "val_loss": history.history,
+        "samples": samples, "val_loss": history.history,
         "train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
         "inputs": {"data": str(raw.path), "corpus_enhanced": str(corpus_enhanced) if use_corpus else None,
                    "queries_enhanced": str(queries_enhanced) if use_queries else None},
     }
+    # Timings change from run to run: they go to the metrics file, never into the model folder.
+    timings = {"fit_seconds": round(fit_seconds, 2),
+               "train_seconds": round(time.monotonic() - began, 2),  # the whole stage: loading, caches, fit, val
+               "samples_per_sec": round(samples / fit_seconds, 2)}
     save_retriever(retriever, out, meta)
+    if metrics is not None:
+        write_metrics(meta, timings, metrics)
     if run_id:
         client = logger.experiment
-        for key in ("train_seconds", "fit_seconds", "samples_per_sec"):
-            client.log_metric(run_id, key, meta[key])
+        for key, value in timings.items():
+            client.log_metric(run_id, key, value)
         client.log_artifacts(run_id, str(out), artifact_path="model")
     if not params.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("trained %s: %d steps in %.1f s, val loss %s -> %s", variant, trainer.global_step, meta["train_seconds"],
+    log.info("trained %s: %d steps in %.1f s, val loss %s -> %s", variant, trainer.global_step, timings["train_seconds"],
              history.history[0][1] if history.history else None, history.history[-1][1] if history.history else None)
     return Path(out)
 
 
-def write_metrics(model_dir: Path, path: Path) -> Path:
-    """Training figures from an export's meta.json, as a flat JSON that DVC can show and diff."""
-    meta = json.loads((Path(model_dir) / "meta.json").read_text(encoding="utf-8"))
+def write_metrics(meta: dict[str, Any], timings: dict[str, float], path: Path) -> Path:
+    """Training figures (this run's timings, steps, losses) as a flat JSON that DVC can show and diff."""
     curve = meta["val_loss"]
     figures = {
-        "train_seconds": meta["train_seconds"], "fit_seconds": meta["fit_seconds"],
-        "samples_per_sec": meta["samples_per_sec"], "global_steps": meta["global_steps"], "samples": meta["samples"],
-        "train_loss": meta["train_loss"],
+        **timings, "global_steps": meta["global_steps"], "samples": meta["samples"], "train_loss": meta["train_loss"],
         "val_loss_start": curve[0][1] if curve else None, "val_loss_final": curve[-1][1] if curve else None,
         "val_loss": {str(int(step)): value for step, value in curve},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    atomic_write(Path(path), [(json.dumps(figures, indent=2) + "\n").encode()])
+    return Path(path)
 
 
 def _batch_size(batch: dict[str, dict[str, Any]]) -> int:
