@@ -82,3 +82,39 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_section("data", tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_section("data", write(tmp_path, "data: [\n"))
+
+
+def test_empty_duplicate_and_non_mapping_files_name_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"params.yaml:1: params file is empty"):
+        load_section("train", write(tmp_path, "# only a comment\n"))
+    with pytest.raises(ConfigError, match=r"params.yaml:3: invalid YAML \(duplicate key 'train' \(first on line 1\)\)"):
+        load_section("train", write(tmp_path, "train:\n  seed: 1\ntrain:\n  seed: 2\n"))
+    nested = "enhance:\n  noise:\n    drop_detail: 0.1\n    drop_detail: 0.2\n"
+    with pytest.raises(ConfigError, match=r"params.yaml:4: invalid YAML \(duplicate key 'drop_detail'"):
+        load_section("enhance", write(tmp_path, nested))
+    with pytest.raises(ConfigError, match=r"params.yaml:1: expected a mapping of sections at the top level, got list"):
+        load_section("train", write(tmp_path, "- train\n- data\n"))
+    with pytest.raises(ConfigError, match=r"params.yaml:2: train: expected a mapping, got int"):
+        load_section("train", write(tmp_path, "data: {}\ntrain: 5\n"))
+    with pytest.raises(ConfigError, match=r"params.yaml:1: not valid UTF-8"):
+        p = tmp_path / "params.yaml"
+        p.write_bytes(b"train:\xff\n")
+        load_section("train", p)
+
+
+def test_profile_errors_name_the_full_path_and_line(tmp_path):
+    p = write(tmp_path, "profile: mbeir\ntrain:\n  seed: 1\nprofiles:\n  mbeir:\n    train:\n      batchsize: 3\n")
+    with pytest.raises(ConfigError, match=r"params.yaml:7: profiles.mbeir.train.batchsize: unknown key"):
+        load_section("train", p)
+    p = write(tmp_path, "profile: mbeir\ntrain:\n  seed: 1\nprofiles:\n  mbeir:\n    train:\n      seed: x\n")
+    with pytest.raises(ConfigError, match=r"params.yaml:7: profiles.mbeir.train.seed: Input should be a valid integer"):
+        load_section("train", p)
+    with pytest.raises(ConfigError, match=r"params.yaml:3: train.seed: Input should be a valid integer"):
+        load_section("train", write(tmp_path, "profile: mbeir\ntrain:\n  seed: x\nprofiles:\n  mbeir: {}\n"))
+
+
+def test_a_yaml_bool_is_not_a_number(tmp_path):
+    with pytest.raises(ConfigError, match=r"params.yaml:2: train.batch_size: expected a number, got true"):
+        load_section("train", write(tmp_path, "train:\n  batch_size: true\n"))
+    with pytest.raises(ConfigError, match=r"params.yaml:2: enhance.max_failure_rate: expected a number, got false"):
+        load_section("enhance", write(tmp_path, "enhance:\n  max_failure_rate: false\n"))

@@ -143,7 +143,9 @@ def _describe(exc: ValidationError, section: str, model: type[BaseModel], raw: d
             allowed = sorted(getattr(parent, "model_fields", {}) or [])
             lines.append(f"{where}: {key}: unknown key; allowed keys: {allowed}")
         else:
-            lines.append(f"{where}: {key}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")
+            got = f" (got {err.get('input')!r})" if err["loc"] else ""  # a whole section is too much to print
+            lines.append(f"{where}: {key}: {msg}{got}")
     return "\n".join(lines)
 
 
