@@ -120,6 +120,7 @@ class _Validator:
         self.images: dict[str, tuple[Path, int]] = {}  # img_path -> first (file, line)
         self.pool_dids = _IdSet()
         self.local_pools: dict[str, _IdSet] = {}  # "<dataset>_task<k>" -> dids
+        self.local_pool_files: dict[str, list[Path]] = {}  # "<dataset>_task<k>" -> its pool file(s)
         self.query_files: list[_QueryFile] = []
         self.instructions: InstructionTable | None = None
 
@@ -215,6 +216,7 @@ class _Validator:
         m = re.match(r"^mbeir_(.+_task\d+)(?:_(?:val|test))?_cand_pool\.jsonl$", path.name)
         if seen is not None and m:
             key = m.group(1)
+            self.local_pool_files.setdefault(key, []).append(path)
             if key in self.local_pools:  # MSCOCO: split-specific pools share the task
                 for did in dids_here:
                     self.local_pools[key].add(did)
@@ -229,6 +231,7 @@ class _Validator:
         qf = _QueryFile(path, split)
         m = re.match(r"^mbeir_(.+_task\d+)_(?:val|test)\.jsonl$", path.name)
         local = self.local_pools.get(m.group(1)) if m else None
+        local_files = ", ".join(str(f) for f in self.local_pool_files.get(m.group(1), [])) if m else ""
         n = 0
         groups_missing: set[tuple[int, str, str]] = set()
         for line, obj in _records(r, path):
@@ -252,7 +255,7 @@ class _Validator:
                 elif local is not None and did not in local:
                     same = _safe_ds(did) == q_ds
                     if same:
-                        r.error(path, line, f"positive {did!r} of {q.qid!r} is missing from its local pool")
+                        r.error(path, line, f"positive {did!r} of {q.qid!r} is missing from its local pool {local_files}")
                     else:
                         r.warn(path, line, f"cross-dataset positive {did!r} of {q.qid!r} is unreachable in the local pool")
             if self.instructions is not None:

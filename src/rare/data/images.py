@@ -19,6 +19,8 @@ class ImageLoadError(ValueError):
 def resolve_image(root: str | Path, rel: str) -> Path:
     """Resolve ``rel`` under ``root``; absolute paths, ``..`` and symlinks leading out are refused."""
     root = Path(root)
+    if any(ord(c) < 32 for c in rel):
+        raise ImageLoadError(f"{rel!r}: image path contains a control character")
     if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")):
         raise ImageLoadError(f"{rel!r}: image paths must be relative to the data root")
     if ".." in Path(rel).parts:

@@ -138,6 +138,15 @@ def _opt_str(value: Any, key: str) -> str | None:
     return value
 
 
+def _img_path(value: Any, key: str) -> str | None:
+    """A path string without control characters (a NUL cannot even be opened); where it points is
+    checked when the image is resolved."""
+    path = _opt_str(value, key)
+    if path is not None and any(ord(c) < 32 for c in path):
+        raise ValueError(f"'{key}' contains a control character: {path!r}")
+    return path
+
+
 def _check_fields(obj: dict[str, Any], required: frozenset[str]) -> None:
     missing = sorted(required - obj.keys())
     extra = sorted(obj.keys() - required - EXTENSION_FIELDS)
@@ -182,7 +191,7 @@ def parse_query(obj: dict[str, Any]) -> Query:
     if not strict_int(task_id) or task_id not in TASKS:
         raise ValueError(f"'task_id' is {task_id!r}; allowed: {sorted(TASKS)}")
     txt = _text(obj["query_txt"], "query_txt")
-    img = _opt_str(obj["query_img_path"], "query_img_path")
+    img = _img_path(obj["query_img_path"], "query_img_path")
     pos = _ids(obj["pos_cand_list"], "pos_cand_list")
     if not pos:
         raise ValueError("'pos_cand_list' is empty; every query needs at least one positive")
@@ -199,7 +208,7 @@ def parse_candidate(obj: dict[str, Any]) -> Candidate:
     _check_fields(obj, CANDIDATE_FIELDS)
     did = _record_id(obj["did"], "did")
     txt = _text(obj["txt"], "txt")
-    img = _opt_str(obj["img_path"], "img_path")
+    img = _img_path(obj["img_path"], "img_path")
     return Candidate(
         did=did, txt=txt, img_path=img, modality=_modality(obj["modality"], "modality", bool(img)),
         src_content=_opt_str(obj["src_content"], "src_content"), enhanced=parse_enhanced(obj.get("enhanced")),
