@@ -34,6 +34,9 @@ def test_dataloader_worker_errors_are_unwrapped_to_their_cause(exc: Exception) -
         next(iter(loader))
     assert "DataLoader worker process" in str(caught.value)  # torch's wrapping, with the worker's traceback
     assert errors.expected(caught.value) == str(exc)
+    with pytest.raises(errors.WorkerFailure) as unwrapped, errors.worker_errors_unwrapped():
+        next(iter(loader))
+    assert str(unwrapped.value) == str(exc)
 
 
 def test_bugs_keep_their_traceback() -> None:
@@ -71,3 +74,23 @@ def test_weights_are_byte_identical_across_processes(tmp_path: Path) -> None:
 
     with safe_open(str(tmp_path / "a"), "pt") as f:
         assert f.metadata() == {"format": "pt", "rare_format": "1"} and len(list(f.keys())) == 6
+
+
+@pytest.mark.slow
+def test_a_missing_training_image_is_named_in_one_line(tiny_root: Path, tiny_tokenizer_dir: Path,
+                                                      tmp_path: Path) -> None:
+    from rare.config.tracking import TrackingParams
+    from rare.config.train import TrainParams
+    from rare.train.stage import train_variant
+    from tests.fixtures.models import tiny_model_params
+
+    images = sorted((tiny_root / "mbeir_images").rglob("*.*"))
+    for image in images:
+        image.unlink()  # whichever pair the first batch draws, its image is gone
+    params = TrainParams(model=tiny_model_params(tiny_tokenizer_dir), batch_size=8, max_steps=2, num_workers=1,
+                         cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(errors.WorkerFailure) as exc:
+        train_variant("none", tiny_root, tmp_path / "model", params, TrackingParams(enabled=False))
+    message = str(exc.value)
+    assert "\n" not in message and "image file not found" in message and str(tiny_root / "mbeir_images") in message
+    assert not (tmp_path / "model").exists()

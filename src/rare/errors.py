@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 DEBUG_ENV = "RARE_DEBUG"
 EXPECTED = (ValueError, OSError)
@@ -37,6 +39,22 @@ def worker_cause(exc: BaseException) -> tuple[type[BaseException], str] | None:
             kind = found if isinstance(found, type) and issubclass(found, BaseException) else RuntimeError
             return kind, m["message"]
     return None
+
+
+class WorkerFailure(ValueError):
+    """An expected failure inside a DataLoader worker, re-raised with the worker's own message."""
+
+
+@contextmanager
+def worker_errors_unwrapped() -> Iterator[None]:
+    """Around a loop that pulls from DataLoader workers: a missing image names its file, not a worker."""
+    try:
+        yield
+    except Exception as exc:
+        cause = worker_cause(exc)
+        if cause is None or not issubclass(cause[0], EXPECTED):
+            raise
+        raise WorkerFailure(cause[1]) from None
 
 
 def describe(exc: BaseException) -> str:

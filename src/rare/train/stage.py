@@ -27,6 +27,7 @@ from rare.config.tracking import TrackingParams
 from rare.config.train import TrainParams
 from rare.data.layout import MBEIRRoot
 from rare.data.views import variant_sides
+from rare.errors import worker_errors_unwrapped
 from rare.model import build_retriever, save_retriever
 from rare.train.data import Inputs, PairDataModule, TextSettings, resolve_inputs
 from rare.train.module import RetrieverModule
@@ -200,7 +201,8 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
     if run_id:
         os.environ[RUN_ENV] = run_id
     try:
-        _fit(trainer, module, datamodule, resume, history, params.val_every_n_steps)
+        with worker_errors_unwrapped():
+            _fit(trainer, module, datamodule, resume, history, params.val_every_n_steps)
     finally:
         os.environ.pop(RUN_ENV, None)
     fit_seconds = time.monotonic() - start
