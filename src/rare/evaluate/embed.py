@@ -33,6 +33,7 @@ from rare.data.images import load_image
 from rare.data.instructions import InstructionTable
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import TextMode, candidate_text, query_text
+from rare.errors import worker_errors_unwrapped
 from rare.mbeir import TASKS, dataset_id_of
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _batches(retriever: Any, items: Sequence[Item], image_root: Path, batch_size
         collate_fn=retriever.collator(), persistent_workers=False,
     )
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, worker_errors_unwrapped():  # a bad image names its file
         for batch in loader:
             emb = retriever({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
             if not bool(torch.isfinite(emb).all()):
