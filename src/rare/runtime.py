@@ -22,6 +22,7 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a tqdm bar per model download in stage logs
 }
 PREFECT_UI_URL = "http://127.0.0.1:4200/api"
 
