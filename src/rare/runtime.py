@@ -53,14 +53,18 @@ def configure(project_dir: str | Path | None = None) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Rich output in a terminal; one plain line per record otherwise (a stage under DVC or the pipeline
+    flow, CI), where rich would wrap at 80 columns and break a "View at" link mid-UUID."""
+    import sys
+
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(rich_tracebacks=False, show_path=verbose)],
-        force=True,
-    )
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(rich_tracebacks=False, show_path=verbose)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore", "urllib3", "alembic", "filelock", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
