@@ -50,6 +50,9 @@ def setup(params: TrackingParams) -> str:
     mlflow.set_tracking_uri(params.tracking_uri)
     exp = mlflow.get_experiment_by_name(params.experiment)
     if exp is not None:
+        for key, value in EXPERIMENT_TAGS.items():
+            if exp.tags.get(key) != value:  # a store made before the tag existed
+                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     exp_id = mlflow.create_experiment(params.experiment, tags=EXPERIMENT_TAGS)
     if params.tracking_uri.startswith("sqlite:"):
