@@ -11,7 +11,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # stage commands call `rare` and `dvc` from this venv, activated or not
 
-.PHONY: setup run repro test test-fast ui ui-stop bench clean
+.PHONY: setup run repro test test-fast ui ui-stop serve trigger bench clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,15 @@ ui: setup  ## Prefect server + MLflow UI on 127.0.0.1 (detached); `make ui-stop`
 
 ui-stop:
 	$(PY) -m flows.ui stop
+
+# A deployment of the pipeline on the `make ui` server. Prefect's own CLI finds a server only through
+# PREFECT_API_URL, so these set it; `make serve` keeps running (CRON='0 3 * * *' adds a schedule).
+UI_API := http://127.0.0.1:4200/api
+serve: setup  ## serve the rare-pipeline deployment (needs `make ui`)
+	PREFECT_API_URL=$(UI_API) $(PY) -m flows.pipeline --serve $(if $(CRON),--cron "$(CRON)")
+
+trigger: setup  ## start one run of the served deployment
+	PREFECT_API_URL=$(UI_API) $(BIN)/prefect deployment run rare-pipeline/rare-pipeline
 
 bench: setup
 	$(PY) -m bench

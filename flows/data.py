@@ -29,12 +29,12 @@ from rare.data.layout import POINTER_FILE  # noqa: E402
 from rare.validate import print_report, validate_root  # noqa: E402
 
 
-@task(name="generate-benchmark", cache_policy=NO_CACHE, retries=1, retry_condition_fn=transient)
+@task(name="generate-benchmark", task_run_name="generate-benchmark", cache_policy=NO_CACHE, retries=1, retry_condition_fn=transient)
 def generate_task(tmp: Path, params: DataParams) -> dict[str, Any]:
     return generate(tmp, params)
 
 
-@task(name="validate-benchmark", cache_policy=NO_CACHE)
+@task(name="validate-benchmark", task_run_name="validate-benchmark", cache_policy=NO_CACHE)
 def validate_task(tmp: Path) -> None:
     """Images were just written by us; the records, pools and qrels are what can go wrong."""
     report = validate_root(tmp, check_images=False)
@@ -42,7 +42,7 @@ def validate_task(tmp: Path) -> None:
         raise ValueError(f"generated benchmark is invalid ({len(report.errors)} errors), first: {report.errors[0]}")
 
 
-@task(name="point-at-mbeir", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
+@task(name="point-at-mbeir", task_run_name="point-at-mbeir", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
 def point_task(tmp: Path, root: Path) -> dict[str, Any]:
     """Real M-BEIR (169 GB) is never copied: validate its records and leave a pointer to it.
 
@@ -62,30 +62,45 @@ def point_task(tmp: Path, root: Path) -> dict[str, Any]:
     return {"counts": report.counts, "files": len(files)}
 
 
-def _log(params_file: Path, params: DataParams, manifest: dict[str, Any], seconds: float) -> None:
+def _log(params: DataParams, out: Path, manifest: dict[str, Any] | None, seconds: float) -> None:
+    """Into the active run: the benchmark's settings and sizes, and the data's content digest."""
     import mlflow
 
+    from rare.tracking import data_digest
+
+    mlflow.set_tag("rare.data_digest", data_digest(out.resolve()))
+    mlflow.log_params({"source": params.source, "preset": params.preset, "seed": params.seed,
+                       "image_size": params.image_size, "unseen_entities": params.unseen_entities})
+    mlflow.log_metric("seconds", seconds)
+    if manifest is None:
+        return
+    mlflow.log_params({f"sizes.{k}": v for k, v in manifest["sizes"].items()})
+    counts = manifest["counts"]
+    mlflow.log_metrics({"images": counts["images"], "global_pool": counts["global_pool"],
+                        "train_pool": counts["train_pool"], "union_train": counts["union_train"]})
+    mlflow.log_dict(manifest, "benchmark.json")
+
+
+@flow(name="data", flow_run_name="data", log_prints=False)
+def data_flow(out: Path, params_file: Path = Path("params.yaml")) -> Path:
+    """Generate the embedded benchmark at ``out`` (replacing what is there) and return ``out``.
+
+    The MLflow run ``data`` spans the work and ends with its outcome.
+    """
     from rare.tracking import child_run
 
-    with child_run(load_section("tracking", params_file), "data", "data", {"rare.source": params.source}) as run:
-        if run is None:
-            return
-        sizes = manifest["sizes"]
-        mlflow.log_params({"source": params.source, "preset": params.preset, "seed": params.seed,
-                           "image_size": params.image_size, "unseen_entities": params.unseen_entities,
-                           **{f"sizes.{k}": v for k, v in sizes.items()}})
-        counts = manifest["counts"]
-        mlflow.log_metrics({"seconds": seconds, "images": counts["images"], "global_pool": counts["global_pool"],
-                            "train_pool": counts["train_pool"], "union_train": counts["union_train"]})
-        mlflow.log_dict(manifest, "benchmark.json")
-
-
-@flow(name="data", log_prints=False)
-def data_flow(out: Path, params_file: Path = Path("params.yaml")) -> Path:
-    """Generate the embedded benchmark at ``out`` (replacing what is there) and return ``out``."""
-    logger = get_run_logger()
     params = load_section("data", params_file)
-    out = Path(out)
+    with child_run(load_section("tracking", params_file), "data", "data", {"rare.source": params.source}) as run_id:
+        start = time.perf_counter()
+        manifest = _build(Path(out), params, params_file)
+        if run_id:
+            _log(params, Path(out), manifest, time.perf_counter() - start)
+    return Path(out)
+
+
+def _build(out: Path, params: DataParams, params_file: Path) -> dict[str, Any] | None:
+    """The benchmark's manifest, or None for a pointer to real M-BEIR."""
+    logger = get_run_logger()
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run: ours by name
         shutil.rmtree(stale, ignore_errors=True)
@@ -99,17 +114,15 @@ def data_flow(out: Path, params_file: Path = Path("params.yaml")) -> Path:
             summary = point_task(tmp, root)
             swap_in(tmp, out)
             logger.info(f"M-BEIR root {root}: {summary['counts']} in {summary['files']} files; pointer at {out}")
-            return out
+            return None
         manifest = generate_task(tmp, params)
         validate_task(tmp)
         swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    seconds = time.perf_counter() - start
     counts = manifest["counts"]
     logger.info(f"embedded benchmark ({params.preset}, seed {params.seed}) at {out}: "
                 f"{counts['global_pool']} candidates, {counts['union_train']} train queries, "
                 f"{sum(r['test'] for r in counts['dataset_tasks'].values())} test queries, "
-                f"{counts['images']} images in {seconds:.1f} s")
-    _log(params_file, params, manifest, seconds)
-    return out
+                f"{counts['images']} images in {time.perf_counter() - start:.1f} s")
+    return manifest

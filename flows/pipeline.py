@@ -15,6 +15,8 @@ import argparse
 import atexit
 import os
 import sys
+from datetime import datetime
+from pathlib import Path
 
 from rare import runtime
 
@@ -24,15 +26,20 @@ from rare import services  # noqa: E402
 
 
 def _ensure_prefect_server() -> services.Service | None:
+    """On `make ui`'s port when it is free: the server shares that one's database, so the "View at"
+    links the run prints keep working in `make ui` after the run."""
     if os.environ.get("PREFECT_API_URL"):
         return None
-    state = services.prefect_service().pidfile.parent
-    svc = services.Service("prefect", services.free_port(), state / "pipeline-server.pid", state / "pipeline-server.log")
+    ui = services.prefect_service()
+    port = ui.port if services.port_free(ui.port) else services.free_port()
+    state = ui.pidfile.parent
+    svc = services.Service("prefect", port, state / "pipeline-server.pid", state / "pipeline-server.log")
     services.start(svc)
     os.environ["PREFECT_API_URL"] = f"{svc.url}/api"
     return svc
 
 
+REPORT_DIR = Path("report")  # the report stage's output (dvc.yaml)
 ENTRYPOINT = "flows.pipeline.pipeline"  # the deployment's flow, resolved by __getattr__ below
 
 
@@ -49,10 +56,17 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
         logger = get_run_logger()
         return dvc_pipeline.run_stage(stage, force=force, echo=lambda line: logger.info(line))
 
-    @flow(name="rare-pipeline", log_prints=True)
+    def run_name() -> str:
+        return f"pipeline-{datetime.now():%Y%m%d-%H%M%S}"
+
+    @flow(name="rare-pipeline", flow_run_name=run_name, log_prints=True)
     def pipeline(force: bool = False, stages: list[str] | None = None) -> dict[str, float]:
-        """Reproduce the DVC pipeline stage by stage; each stage runs its own Prefect flow."""
+        """Reproduce the DVC pipeline stage by stage; each stage runs its own Prefect flow. The report's
+        tables and findings become a markdown artifact of this flow run."""
         import mlflow
+        from prefect.artifacts import create_markdown_artifact
+
+        from rare.report.stage import markdown_summary
 
         params = load_section("tracking")
         order = dvc_pipeline.stage_order()
@@ -61,7 +75,8 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
         run_id = None
         if params.enabled:
             exp_id = tracking.setup(params)
-            parent = mlflow.MlflowClient().create_run(exp_id, run_name="pipeline", tags={"rare.role": "pipeline"})
+            parent = mlflow.MlflowClient().create_run(exp_id, run_name=run_name(),
+                                                      tags={"rare.role": "pipeline", **tracking.run_tags()})
             run_id = parent.info.run_id
             os.environ[tracking.PARENT_ENV] = run_id
         status = "FAILED"
@@ -69,13 +84,19 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
             for stage in selected:
                 seconds[stage] = run_stage(stage, force)
             status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
             if run_id:
                 client = mlflow.MlflowClient()
                 for stage, s in seconds.items():
                     client.log_metric(run_id, f"stage_seconds.{stage.replace('@', '.')}", s)
-                client.set_terminated(run_id, status=status)
+                client.set_terminated(run_id, status)
                 os.environ.pop(tracking.PARENT_ENV, None)
+        if (REPORT_DIR / "report.md").exists():
+            create_markdown_artifact(key="rare-pipeline-report", markdown=markdown_summary(REPORT_DIR),
+                                     description="Scores and the paper's findings of this run")
         return seconds
 
     return pipeline

@@ -1,6 +1,7 @@
 """The enhance stages as users run them: `rare enhance ...` -> Prefect flow -> engine -> MLflow."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -34,7 +35,9 @@ def test_flow_maps_shards_writes_outputs_and_logs_to_mlflow(prefect_harness, tin
     params = tiny_params(tmp_path, tiny_vlm, max_failure_rate=1.0)
     summary = enhance_flow("corpus", tiny_root, tmp_path / "out", params, metrics=tmp_path / "metrics/corpus.json")
     assert summary == json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
-    assert summary == json.loads((tmp_path / "metrics/corpus.json").read_text())
+    assert json.loads((tmp_path / "metrics/corpus.json").read_text()) == {"failure_rate": summary["failure_rate"]}
+    runtime = json.loads((tmp_path / "metrics/runtime/corpus.json").read_text())
+    assert runtime["items"] == summary["items"] and runtime["runtime"]["items_per_s"] > 0
     assert summary["items"] == 177 and summary["backend"] == "transformers"
     assert (tmp_path / "out/cand_pool/global/mbeir_union_test_cand_pool.jsonl").is_file()
 
@@ -46,6 +49,19 @@ def test_flow_maps_shards_writes_outputs_and_logs_to_mlflow(prefect_harness, tin
     assert m["items"] == 177 and m["ok"] + m["failed"] == summary["enhanceable"] and m["items_per_s"] > 0
     assert m["generated"] > 0 and m["gen_tokens_in"] > 0 and "cache_hits" in m
     assert run.data.params["backend"] == "transformers" and run.data.params["prompt_version"] == "v1"
+    assert run.info.status == "FINISHED" and run.data.tags["rare.data_digest"]
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "samples.json")).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert {row["op"] for row in rows} == set(summary["by_op"]) - {"none"}
+    assert all(row["after"] if row["status"] == "ok" else row["cause"] for row in rows)
+    assert any(row["before"] for row in rows if row["op"] == "refine")  # refine keeps the passage it refines
+    failures = json.loads(Path(client.download_artifacts(run.info.run_id, "failures.json")).read_text())
+    assert len(failures["data"]) == summary["failed"]
+
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("enhance-corpus-failures")
+    assert table is not None and table.type == "table"
 
 
 @pytest.mark.slow

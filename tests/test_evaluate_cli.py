@@ -59,16 +59,23 @@ def test_evaluate_and_report_through_the_cli(prefect_harness, tiny_root: Path, t
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("rare-test")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    infer = runs["infer-both"]
+    infer, none = runs["eval-infer-both"], runs["eval-none"]
     assert infer.data.tags["rare.kind"] == "inference-only"
     assert infer.data.tags["rare.variant"] == "both" and infer.data.tags["rare.model_variant"] == "none"
-    assert runs["none"].data.tags["rare.kind"] == "trained"
-    assert runs["none"].data.metrics["score/local"] == pytest.approx(metrics["score"]["local"])
-    assert runs["none"].data.metrics["local/cirr_task7/R_at_5"] == pytest.approx(metrics["local"]["cirr_task7"]["R@5"])
+    assert none.data.tags["rare.kind"] == "trained" and none.info.status == "FINISHED"
+    assert none.data.metrics["score/local"] == pytest.approx(metrics["score"]["local"])
+    assert none.data.metrics["local/cirr_task7/R_at_5"] == pytest.approx(metrics["local"]["cirr_task7"]["R@5"])
     parent = infer.data.tags["mlflow.parentRunId"]
-    assert runs["none"].data.tags["mlflow.parentRunId"] == parent
-    artifacts = {a.path for a in client.list_artifacts(parent, "report")}
-    assert "report/report.md" in artifacts and "report/gallery.png" in artifacts
+    assert none.data.tags["mlflow.parentRunId"] == parent == runs["report"].data.tags["mlflow.parentRunId"]
+    for run_id in (parent, runs["report"].info.run_id):
+        artifacts = {a.path for a in client.list_artifacts(run_id, "report")}
+        assert "report/report.md" in artifacts and "report/gallery.png" in artifacts
+    assert runs["report"].info.status == "FINISHED" and client.get_run(parent).info.status == "FINISHED"
+
+    from prefect.artifacts import Artifact
+
+    summary = Artifact.get("rare-report")
+    assert "## Findings of the paper" in summary.data and "![" not in summary.data
 
 
 @pytest.mark.slow

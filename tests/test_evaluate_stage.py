@@ -88,18 +88,25 @@ def test_cache_reuse_and_inference_only_reuses_query_embeddings(tiny_root_sessio
     params = _params(tmp_path)
     first = evaluate("none", retriever, "none", tiny_root_session, tmp_path / "a", params)
     info = json.loads((tmp_path / "a/info.json").read_text())
+    runtime = json.loads((tmp_path / "a/runtime.json").read_text())
     # 9 query sets + 9 local pools, no separate embedding of the global pool (it is the union of the locals)
-    assert info["embeddings"] == {"computed": 18, "reused": 0, "rows": 27 + 55}
+    assert runtime["embeddings"] == {"computed": 18, "reused": 0, "rows": 27 + 55} and runtime["timings"]["total_s"] > 0
+    assert "timings" not in info and json.loads((tmp_path / "a/scores.json").read_text()) == first["score"]
+    headline = json.loads((tmp_path / "a/headline.json").read_text())
+    assert [row["task"] for row in headline] == list(first["local"])
+    assert all(row["local"] == first["local"][row["task"]]["headline"] for row in headline)
     assert info["kind"] == "trained" and info["inputs"] == "none"
     again = evaluate("none", retriever, "none", tiny_root_session, tmp_path / "b", params)
     assert again == first
-    assert json.loads((tmp_path / "b/info.json").read_text())["embeddings"]["computed"] == 0
+    assert json.loads((tmp_path / "b/runtime.json").read_text())["embeddings"]["computed"] == 0
+    assert (tmp_path / "a/info.json").read_bytes() == (tmp_path / "b/info.json").read_bytes()
     run = "runs/global/webqa_task1.trec"
     assert (tmp_path / "a" / run).read_bytes() == (tmp_path / "b" / run).read_bytes()
     evaluate("infer-corpus", retriever, "corpus", tiny_root_session, tmp_path / "c", params, corpus, queries)
     info = json.loads((tmp_path / "c/info.json").read_text())
     assert info["kind"] == "inference-only"
-    assert info["embeddings"] == {"computed": 9, "reused": 9, "rows": 55}  # only the enhanced pools
+    runtime = json.loads((tmp_path / "c/runtime.json").read_text())
+    assert runtime["embeddings"] == {"computed": 9, "reused": 9, "rows": 55}  # only the enhanced pools
 
 
 def test_global_candidates_missing_from_local_pools_are_embedded_alone(tiny_root: Path, retriever, tmp_path: Path):
@@ -107,8 +114,8 @@ def test_global_candidates_missing_from_local_pools_are_embedded_alone(tiny_root
     with (tiny_root / "cand_pool/global/mbeir_union_test_cand_pool.jsonl").open("a") as fh:
         fh.write(json.dumps(extra) + "\n")
     evaluate("none", retriever, "none", tiny_root, tmp_path / "out", _params(tmp_path))
-    info = json.loads((tmp_path / "out/info.json").read_text())
-    assert info["embeddings"] == {"computed": 19, "reused": 0, "rows": 27 + 55 + 1}
+    runtime = json.loads((tmp_path / "out/runtime.json").read_text())
+    assert runtime["embeddings"] == {"computed": 19, "reused": 0, "rows": 27 + 55 + 1}
 
 
 def test_views_follow_the_variant_and_the_models_text_modes(tiny_root_session: Path, retriever, tmp_path: Path):

@@ -41,23 +41,42 @@ def test_default_model_lowers_val_loss_and_is_tracked(tmp_path: Path, monkeypatc
     r = load_retriever(out)
     assert r.embed_dim == 384 and r.meta["instruction_seed"] == 0
 
-    figures = json.loads((tmp_path / "metrics/train_none.json").read_text())
-    assert figures["val_loss_final"] == curve[-1][1] and figures["val_loss"]["6"] == curve[1][1]
-    assert figures["samples_per_sec"] > 0 and figures["train_seconds"] >= figures["fit_seconds"] > 0
+    metrics = tmp_path / "metrics/train_none.json"
+    assert json.loads(metrics.read_text()) == {"train_loss": meta["train_loss"], "val_loss_final": curve[-1][1]}
+    val = json.loads((tmp_path / "metrics/loss/none_val.json").read_text())
+    assert val == [{"step": step, "loss": loss} for step, loss in curve]
+    train = json.loads((tmp_path / "metrics/loss/none_train.json").read_text())
+    assert [row["step"] for row in train] == list(range(12))
+    runtime = json.loads((tmp_path / "metrics/runtime/train_none.json").read_text())
+    assert runtime["global_steps"] == 12 and runtime["samples"] == 12 * 16
+    assert runtime["samples_per_sec"] > 0 and runtime["train_seconds"] >= runtime["fit_seconds"] > 0
 
     client = mlflow.MlflowClient(tracking.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("rare").experiment_id],
                               filter_string="tags.`rare.variant` = 'none'")
     assert len(runs) == 1
     run = runs[0]
+    assert run.info.run_name == "train-none" and run.info.status == "FINISHED"
     assert run.data.tags["rare.stage"] == "train" and run.data.tags["mlflow.parentRunId"]
+    assert run.data.tags["rare.data_digest"]
     assert run.data.params["train.batch_size"] == "16" and run.data.params["variant"] == "none"
-    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 12
-    logged = sorted(client.get_metric_history(run.info.run_id, "val/loss"), key=lambda m: (m.timestamp, m.step))
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [row["step"] for row in train]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([row["loss"] for row in train])
+    logged = sorted(client.get_metric_history(run.info.run_id, "val/loss"), key=lambda m: m.step)
+    assert [m.step for m in logged] == [step for step, _ in curve]  # 0, 6, 12, as in the metrics JSON
     assert [m.value for m in logged] == pytest.approx([v for _, v in curve])
     assert client.get_metric_history(run.info.run_id, "train/device/samples_per_sec")
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/model.safetensors", "model/meta.json", "model/retriever.json"} <= artifacts
+    version = client.get_model_version("rare-none", "1")
+    assert version.run_id == run.info.run_id
+    assert version.tags["rare.fingerprint"] == r.fingerprint
+    model = mlflow.pyfunc.load_model("models:/rare-none/1")
+    with torch.inference_mode():
+        expected = r(r.collator()([EncodeInput("a red circle", None)])).numpy()
+    import pandas as pd
+
+    got = model.predict(pd.DataFrame({"text": ["a red circle"], "image": [""]}))
+    assert got == pytest.approx(expected, abs=1e-5)
     assert not list((tmp_path / "cache/runs").iterdir())  # checkpoints dropped after the export
 
 
@@ -83,7 +102,7 @@ def test_cli_trains_through_the_prefect_flow(tmp_path: Path, monkeypatch: pytest
                              "--params", str(params), "--metrics", "metrics/none.json"])
     assert ok.exit_code == 0, ok.output
     assert load_retriever(tmp_path / "models/none").meta["global_steps"] == 3
-    assert json.loads((tmp_path / "metrics/none.json").read_text())["global_steps"] == 3
+    assert json.loads((tmp_path / "metrics/runtime/none.json").read_text())["global_steps"] == 3
 
     bad = runner.invoke(app, ["train", "corpus", "--data", str(tiny_root_session), "--out", "models/corpus",
                               "--params", str(params)])

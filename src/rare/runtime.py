@@ -22,6 +22,7 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a tqdm bar per model download in stage logs
 }
 PREFECT_UI_URL = "http://127.0.0.1:4200/api"
 # Caches and config folders libraries would otherwise create in the home folder: kept in the project.
@@ -63,15 +64,19 @@ def configure(project_dir: str | Path | None = None) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Rich output in a terminal; one plain line per record otherwise (a stage under DVC or the pipeline
+    flow, CI), where rich would wrap at 80 columns and break a "View at" link mid-UUID."""
+    import sys
+
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(rich_tracebacks=False, show_path=verbose)],
-        force=True,
-    )
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(rich_tracebacks=False, show_path=verbose)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore", "urllib3", "alembic", "filelock", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):

@@ -50,6 +50,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
 def healthy(svc: Service, timeout: float = 0.5) -> bool:
     try:
         with urllib.request.urlopen(svc.health_url, timeout=timeout) as resp:

@@ -1,41 +1,106 @@
 """MLflow runs: one parent run per pipeline run, one nested child run per stage unit.
 
 DVC runs each stage in its own process, so the parent is found, not inherited:
-``RARE_PARENT_RUN_ID`` (set by ``flows/pipeline.py``) wins; a bare ``dvc repro`` attaches
-to the parent of the same params.yaml content, creating it on first use.
+``RARE_PARENT_RUN_ID`` (set by ``flows/pipeline.py``, which also ends it) wins; a bare ``dvc repro`` or
+``dvc exp run`` attaches to the parent of the same params.yaml content (and DVC experiment), creating it
+on first use, and every child run that ends also ends that parent with its status, so it never stays
+RUNNING after the last stage.
+
+Child runs are opened when their work starts and end FINISHED or FAILED with it. Every run carries the
+git commit, a dirty flag, the DVC experiment name (under ``dvc exp run``) and, where a stage reads an
+M-BEIR root, that root's content digest.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import sqlite3
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from rare.config.tracking import TrackingParams
 
 PARENT_ENV = "RARE_PARENT_RUN_ID"
+DVC_EXP_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for the stage commands it runs
+# Without it the MLflow 3 UI guesses "GenAI" for an experiment and opens on traces instead of runs.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _sqlite_path(tracking_uri: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(tracking_uri).database)
 
 
 def setup(params: TrackingParams) -> str:
-    """Point MLflow at the sqlite store and return the experiment id."""
+    """Point MLflow at the sqlite store and return the experiment id.
+
+    MLflow stores a new experiment's artifact location as an absolute path, so a copied or moved
+    checkout would keep writing into the old folder; it offers no way to keep it relative, so the
+    location is rewritten once, in the row MLflow just created, to the configured (relative) path.
+    Runs and logged models derive their locations from it, resolved against the project directory.
+    """
     import mlflow
 
     Path("mlruns").mkdir(exist_ok=True)
     mlflow.set_tracking_uri(params.tracking_uri)
     exp = mlflow.get_experiment_by_name(params.experiment)
-    if exp is None:
-        location = Path(params.artifact_root).resolve().as_uri()
-        return mlflow.create_experiment(params.experiment, artifact_location=location)
-    return exp.experiment_id
+    if exp is not None:
+        for key, value in EXPERIMENT_TAGS.items():
+            if exp.tags.get(key) != value:  # a store made before the tag existed
+                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
+    exp_id = mlflow.create_experiment(params.experiment, tags=EXPERIMENT_TAGS)
+    if params.tracking_uri.startswith("sqlite:"):
+        with sqlite3.connect(_sqlite_path(params.tracking_uri)) as db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                        (params.artifact_root, int(exp_id)))
+    return exp_id
+
+
+@functools.cache
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+@functools.cache
+def data_digest(root: str | Path) -> str:
+    """Content digest of an M-BEIR root (every file's bytes and path), or of the pointer DVC tracks for
+    an external one: the same data gives the same digest in any checkout."""
+    from rare.enhance.cache import file_digest
+
+    root = Path(root)
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(root).as_posix()}\0{file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def run_tags(data: str | Path | None = None) -> dict[str, str]:
+    """What every run records about where it came from."""
+    commit = _git("rev-parse", "HEAD")
+    tags = {}
+    if commit:
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        tags |= {"mlflow.source.git.commit": commit, "rare.git_commit": commit, "rare.git_dirty": str(dirty).lower()}
+    if os.environ.get(DVC_EXP_ENV):
+        tags["rare.dvc_experiment"] = os.environ[DVC_EXP_ENV]
+    if data is not None and Path(data).exists():
+        tags["rare.data_digest"] = data_digest(Path(data).resolve())
+    return tags
 
 
 def _config_key(params_file: str | Path) -> str:
     path = Path(params_file)
     content = path.read_bytes() if path.exists() else b""
-    return hashlib.sha256(content).hexdigest()[:16]
+    return hashlib.sha256(content + os.environ.get(DVC_EXP_ENV, "").encode()).hexdigest()[:16]
 
 
 def parent_run_id(params: TrackingParams, params_file: str | Path = "params.yaml") -> str:
@@ -52,31 +117,57 @@ def parent_run_id(params: TrackingParams, params_file: str | Path = "params.yaml
     )
     if found:
         return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=f"pipeline-{key[:8]}",
-                            tags={"rare.role": "pipeline", "rare.pipeline_key": key})
+    name = os.environ.get(DVC_EXP_ENV) or f"pipeline-{key[:8]}"
+    run = client.create_run(exp_id, run_name=name,
+                            tags={"rare.role": "pipeline", "rare.pipeline_key": key, **run_tags()})
     return run.info.run_id
 
 
-def create_child_run(params: TrackingParams, stage: str, name: str, tags: dict[str, str] | None = None) -> str | None:
-    """Create a child run without activating it (Lightning's MLFlowLogger takes the id)."""
-    if not params.enabled:
-        return None
+def create_child_run(params: TrackingParams, stage: str, name: str, tags: dict[str, str] | None = None,
+                     data: str | Path | None = None) -> str:
+    """Create a RUNNING child run without activating it (Lightning's MLFlowLogger takes the id)."""
     from mlflow.tracking import MlflowClient
 
     parent = parent_run_id(params)
     exp_id = setup(params)
-    all_tags = {"mlflow.parentRunId": parent, "rare.stage": stage, "rare.role": "stage", **(tags or {})}
+    all_tags = {"mlflow.parentRunId": parent, "rare.stage": stage, "rare.role": "stage", **run_tags(data),
+                **(tags or {})}
     return MlflowClient().create_run(exp_id, run_name=name, tags=all_tags).info.run_id
 
 
+def end_run(run_id: str, status: str) -> None:
+    """End a child run; a parent no pipeline flow owns (``dvc repro``, ``dvc exp run``) ends with it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_terminated(run_id, status)
+    if not os.environ.get(PARENT_ENV):
+        parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        if parent:
+            client.set_terminated(parent, status)
+
+
 @contextmanager
-def child_run(params: TrackingParams, stage: str, name: str, tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """Active nested run for a stage unit; yields None when tracking is disabled."""
+def child_run(params: TrackingParams, stage: str, name: str, tags: dict[str, str] | None = None,
+              data: str | Path | None = None, *, active: bool = True) -> Iterator[str | None]:
+    """A child run for the length of the block: FINISHED when it completes, FAILED when it raises,
+    KILLED on Ctrl-C. ``active`` makes it MLflow's active run. Yields the run id (None: tracking is off)."""
     if not params.enabled:
         yield None
         return
     import mlflow
 
-    run_id = create_child_run(params, stage, name, tags)
-    with mlflow.start_run(run_id=run_id) as run:
-        yield run
+    run_id = create_child_run(params, stage, name, tags, data)
+    status = "FAILED"
+    try:
+        if active:
+            with mlflow.start_run(run_id=run_id):
+                yield run_id
+        else:
+            yield run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        end_run(run_id, status)

@@ -24,6 +24,7 @@ from rich.table import Table
 from rare.atomic import remove_stale_temps, swap_in_files, temp_sibling
 from rare.config.enhance import EnhanceParams
 from rare.data.layout import MBEIRRoot
+from rare.data.records import iter_jsonl
 from rare.enhance.backends import make_backend as backend_from_params
 from rare.enhance.backends.base import Backend
 from rare.enhance.engine import (
@@ -137,6 +138,41 @@ def _publish(staged: Path, out: Path, summary: dict[str, Any]) -> Path:
     for name in (FAILURES_FILE, SUMMARY_FILE):
         os.replace(staged / name, failed / name)
     return failed
+
+
+def samples(outcome: Outcome, per_op: int = 5) -> list[dict[str, Any]]:
+    """The first ``per_op`` enhanced records of each operation, the text before and after: what a reader
+    checks first (is the caption right? did the rewrite keep the constraint?). Reading stops as soon as
+    every operation has its rows, so a 5.6M-line pool is not read to the end."""
+    text_field, image_field = ("query_txt", "query_img_path") if outcome.side == "queries" else ("txt", "img_path")
+    wanted = {op: min(per_op, sum(counts.values())) for op, counts in outcome.summary["by_op"].items() if op != "none"}
+    taken = dict.fromkeys(wanted, 0)
+    rows: list[dict[str, Any]] = []
+    for rel in outcome.summary["files"]:
+        if taken == wanted:
+            break
+        for _, obj in iter_jsonl(outcome.out / rel):
+            block = obj.get("enhanced") or {}
+            op = block.get("op")
+            if op not in wanted or taken[op] >= wanted[op]:
+                continue
+            taken[op] += 1
+            rows.append({"op": op, "status": block.get("status"), "file": rel, "id": obj.get("qid") or obj.get("did"),
+                         "image": obj.get(image_field) or "", "before": obj.get(text_field) or "",
+                         "after": block.get("txt") or "", "cause": block.get("cause") or ""})
+            if taken == wanted:
+                break
+    return rows
+
+
+def failures(outcome: Outcome, limit: int = 10_000) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of the failures file (file, line, id, op, cause)."""
+    rows = []
+    for _, row in iter_jsonl(outcome.out / FAILURES_FILE):
+        if len(rows) >= limit:
+            break
+        rows.append(row)
+    return rows
 
 
 def check_failures(outcome: Outcome) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -215,62 +216,83 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out: Path,
-                  info: dict[str, Any]) -> dict[str, Any]:
-    """``metrics.json`` (numbers only: the DVC metric) and ``info.json`` (what was evaluated, how, how long)."""
+                  info: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
+    """Every output file but the run files, split by what each is for:
+
+    ``scores.json``   the M-BEIR score per pool: the DVC metric (`dvc exp show`, `dvc metrics diff`)
+    ``metrics.json``  every R@k per pool and dataset-task (what the report reads)
+    ``headline.json`` each dataset-task's headline recall per pool, as rows `dvc plots` draws
+    ``info.json``     what was evaluated and how
+    ``runtime.json``  timings and cache counts: neither git nor DVC tracks it, so a rerun that
+                      changes nothing leaves `git status` clean
+    """
     metrics: dict[str, Any] = {"score": {pool: round(mbeir_score(r), 4) for pool, r in results.items()}}
     for pool, per_task in results.items():
         metrics[pool] = {dt: {k: round(v, 4) for k, v in m.items()} for dt, m in per_task.items()}
+    _write_json(out / "scores.json", metrics["score"])
     _write_json(out / "metrics.json", metrics)
+    _write_json(out / "headline.json", [{"task": t.dt.name, **{pool: metrics[pool][t.dt.name]["headline"]
+                                                               for pool in results}} for t in p.tasks])
     _write_json(out / "info.json", {
         "name": p.name, "inputs": p.inputs, "model_variant": p.model_variant, "kind": p.kind, "split": p.split,
         "data": str(p.root.path), "dataset_tasks": [t.dt.name for t in p.tasks],
         "headline": {t.dt.name: f"R@{t.dt.headline_k}" for t in p.tasks}, **info,
     })
+    _write_json(out / "runtime.json", runtime)
     return metrics
 
 
-def track(p: Plan, metrics: dict[str, Any], out: Path, tracking: TrackingParams, params: EvaluateParams,
-          model: Path) -> None:
-    """One MLflow child run per evaluation under the pipeline's parent run."""
-    from rare import tracking as T
+def track(p: Plan, metrics: dict[str, Any], out: Path, params: EvaluateParams, model: Path,
+          fingerprint: str) -> None:
+    """Log one evaluation into the active MLflow run, and tag the registered model version it evaluated
+    (found by the export's fingerprint) with its scores."""
+    import mlflow
 
-    tags = {"rare.variant": p.inputs, "rare.model_variant": p.model_variant, "rare.kind": p.kind}
-    with T.child_run(tracking, "evaluate", p.name, tags) as run:
-        if run is None:
-            return
-        import mlflow
+    from rare import registry
 
-        mlflow.log_params({"model": str(model), "inputs": p.inputs, "split": p.split, "pools": ",".join(params.pools),
-                           "search_backend": params.search_backend, "top_k": params.top_k})
-        flat = {f"score/{pool}": v for pool, v in metrics["score"].items()}
-        for pool in POOLS:
-            for dt, m in metrics.get(pool, {}).items():
-                flat.update({f"{pool}/{dt}/{k.replace('@', '_at_')}": v for k, v in m.items() if k != "queries"})
-        mlflow.log_metrics(flat)
-        mlflow.log_artifact(str(out / "metrics.json"))
-        mlflow.log_artifact(str(out / "info.json"))
+    mlflow.log_params({"model": str(model), "inputs": p.inputs, "split": p.split, "pools": ",".join(params.pools),
+                       "search_backend": params.search_backend, "top_k": params.top_k})
+    flat = {f"score/{pool}": v for pool, v in metrics["score"].items()}
+    for pool in POOLS:
+        for dt, m in metrics.get(pool, {}).items():
+            flat.update({f"{pool}/{dt}/{k.replace('@', '_at_')}": v for k, v in m.items() if k != "queries"})
+    mlflow.log_metrics(flat)
+    for name in ("scores.json", "metrics.json", "info.json", "runtime.json"):
+        mlflow.log_artifact(str(out / name))
+    version = registry.tag_scores(p.model_variant, fingerprint, p.name, metrics["score"])
+    if version is not None:
+        mlflow.set_tag("rare.model_version", f"{version.name}/{version.version}")
 
 
 def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, params: EvaluateParams,
              corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
              tracking: TrackingParams | None = None, model: Path | None = None) -> dict[str, Any]:
-    """All steps of one evaluation; returns the metrics written to ``out/metrics.json``."""
-    device = resolve_device(params.device)
-    t0 = time.perf_counter()
-    p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced)
-    emb = embed_all(p, retriever, params, device)
-    timings = {"embed_s": time.perf_counter() - t0}
-    results = {}
-    for pool in params.pools:
-        t1 = time.perf_counter()
-        results[pool] = search_pool(p, emb, pool, params, out, device)
-        timings[f"search_{pool}_s"] = time.perf_counter() - t1
-    timings["total_s"] = time.perf_counter() - t0
-    info = {"model": str(model or ""), "fingerprint": retriever.fingerprint, "device": device,
-            "precision": E.resolve_precision(params.precision, device),
-            "timings": {k: round(v, 3) for k, v in timings.items()}, "embeddings": vars(emb.stats)}
-    metrics = write_metrics(p, results, out, info)
-    if tracking is not None:
-        track(p, metrics, out, tracking, params, model or Path(""))
+    """All steps of one evaluation; returns the metrics written to ``out/metrics.json``.
+
+    With ``tracking``, the MLflow run ``eval-<name>`` spans the whole evaluation and ends with its outcome.
+    """
+    from rare import tracking as T
+
+    model_variant = str(retriever.meta.get("variant", "none"))
+    tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.kind": kind_of(model_variant, inputs)}
+    run = T.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data) if tracking else nullcontext()
+    with run as run_id:
+        device = resolve_device(params.device)
+        t0 = time.perf_counter()
+        p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced)
+        emb = embed_all(p, retriever, params, device)
+        timings = {"embed_s": time.perf_counter() - t0}
+        results = {}
+        for pool in params.pools:
+            t1 = time.perf_counter()
+            results[pool] = search_pool(p, emb, pool, params, out, device)
+            timings[f"search_{pool}_s"] = time.perf_counter() - t1
+        timings["total_s"] = time.perf_counter() - t0
+        info = {"model": str(model or ""), "fingerprint": retriever.fingerprint, "device": device,
+                "precision": E.resolve_precision(params.precision, device)}
+        runtime = {"timings": {k: round(v, 3) for k, v in timings.items()}, "embeddings": vars(emb.stats)}
+        metrics = write_metrics(p, results, out, info, runtime)
+        if run_id:
+            track(p, metrics, out, params, model or Path(""), retriever.fingerprint)
     log.info("%s: score %s in %.1f s", name, metrics["score"], timings["total_s"])
     return metrics

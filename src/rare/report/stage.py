@@ -73,22 +73,32 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     return report
 
 
-def log_report(out: Path, tracking: TrackingParams, params_file: Path) -> str | None:
-    """Attach the report to the pipeline's parent MLflow run, with every evaluation's score as a metric."""
+def markdown_summary(out: Path) -> str:
+    """report.md without its figures (their relative links only resolve beside the file): the tables and
+    findings, for a Prefect markdown artifact."""
+    text = (out / "report.md").read_text(encoding="utf-8")
+    return text.split("\n## Figures", 1)[0].rstrip() + f"\n\nFigures: `{out / 'scores.png'}`, `{out / 'gallery.png'}`.\n"
+
+
+def log_report(out: Path, tracking: TrackingParams, params_file: Path, run_id: str | None = None) -> str | None:
+    """Attach the report, with every evaluation's score as a metric, to the stage's own run ``run_id`` and
+    to the pipeline's parent run (where pipeline runs are compared). Returns the parent's id."""
     if not tracking.enabled:
         return None
     from mlflow.tracking import MlflowClient
 
     from rare import tracking as T
 
-    run_id = T.parent_run_id(tracking, params_file)
+    parent = T.parent_run_id(tracking, params_file)
     client = MlflowClient()
-    client.log_artifacts(run_id, str(out), artifact_path="report")
     scores = json.loads((out / "summary.json").read_text(encoding="utf-8"))["scores"]
-    for pool, rows in scores.items():
-        for name, row in rows.items():
-            for group, value in row.items():
-                if value is not None:
-                    key = f"report/{name}/{pool}/{group.replace(' ', '_')}"
-                    client.log_metric(run_id, key, value)
-    return run_id
+    for target in dict.fromkeys([run_id, parent]):
+        if target is None:
+            continue
+        client.log_artifacts(target, str(out), artifact_path="report")
+        for pool, rows in scores.items():
+            for name, row in rows.items():
+                for group, value in row.items():
+                    if value is not None:
+                        client.log_metric(target, f"report/{name}/{pool}/{group.replace(' ', '_')}", value)
+    return parent

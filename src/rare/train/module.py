@@ -66,7 +66,8 @@ class RetrieverModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+        # Lightning would log it one step early (19, 39, ...): LossHistory logs it with the real step.
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, logger=False,
                  batch_size=int(batch["query"]["size"]))
         return loss
 

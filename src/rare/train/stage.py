@@ -28,7 +28,7 @@ from rare.config.train import TrainParams
 from rare.data.layout import MBEIRRoot
 from rare.data.views import variant_sides
 from rare.errors import worker_errors_unwrapped
-from rare.model import build_retriever, save_retriever
+from rare.model import build_retriever, load_retriever, save_retriever
 from rare.train.data import Inputs, PairDataModule, TextSettings, resolve_inputs
 from rare.train.module import RetrieverModule
 
@@ -37,8 +37,10 @@ RUN_ENV = "RARE_TRAIN_RUN_ID"  # rank 0's MLflow run, inherited by the DDP worke
 LAST = "last.ckpt"
 
 
-class ValHistory(Callback):
-    """(step, val loss) after every validation pass; kept in checkpoints so a resumed curve is whole.
+class LossHistory(Callback):
+    """(step, loss) of every training batch and of every validation pass, logged to the MLflow run with
+    the same steps as the metrics files (step = optimizer steps done: val at 0, 20, ...; the loss of the
+    batch that makes update i+1 at step i); kept in checkpoints so a resumed curve is whole.
 
     A step checkpoint is written before that step's validation pass, so a run killed after it
     would lose the pass: ``catch_up`` names the step a resumed run re-validates (same weights, same
@@ -46,26 +48,36 @@ class ValHistory(Callback):
     """
 
     def __init__(self) -> None:
-        self.history: list[list[float]] = []
+        self.history: list[list[float]] = []  # validation
+        self.train: list[list[float]] = []
         self.catch_up: int | None = None
 
     def steps(self) -> set[int]:
         return {int(step) for step, _ in self.history}
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if "train/loss" in trainer.callback_metrics:
+            self.train.append([trainer.global_step - 1, float(trainer.callback_metrics["train/loss"])])
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
         step = trainer.global_step if self.catch_up is None else self.catch_up
+        value = float(trainer.callback_metrics["val/loss"])
         if step not in self.steps():
-            self.history = sorted([*self.history, [step, float(trainer.callback_metrics["val/loss"])]])
+            self.history = sorted([*self.history, [step, value]])
+            if trainer.logger:
+                trainer.logger.log_metrics({"val/loss": value}, step=step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "train": self.train}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         restored = [list(x) for x in state_dict["history"]]
         done = {int(step) for step, _ in restored}
         self.history = sorted(restored + [x for x in self.history if int(x[0]) not in done])
+        self.train = [list(x) for x in state_dict.get("train", [])]
 
 
 def _file_id(path: Path) -> list[Any]:
@@ -105,7 +117,7 @@ def _strategy(params: TrainParams) -> Any:
 
 
 def _fit(trainer: pl.Trainer, module: RetrieverModule, datamodule: PairDataModule, resume: Path,
-         history: ValHistory, val_every: int) -> None:
+         history: LossHistory, val_every: int) -> None:
     """Validate at step 0 (fresh runs) or catch up the resumed step's pass, fit, validate at the last step."""
     with warnings.catch_warnings():
         # The sampler resumes mid-epoch from trainer.global_step (Lightning can't see that), and
@@ -128,7 +140,7 @@ def _fit(trainer: pl.Trainer, module: RetrieverModule, datamodule: PairDataModul
             trainer.validate(module, datamodule=datamodule, verbose=False)
 
 
-def _checkpointed(ckpt: Path, history: ValHistory) -> tuple[int, set[int]]:
+def _checkpointed(ckpt: Path, history: LossHistory) -> tuple[int, set[int]]:
     """The step a checkpoint was taken at and the validation steps it has recorded."""
     import torch
 
@@ -143,8 +155,22 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
     """Train ``variant`` (none|corpus|query|both) on the M-BEIR root ``data``; export to ``out``.
 
     ``callbacks`` are extra Lightning callbacks (profiling, or a test that interrupts a run);
-    ``metrics`` gets the training figures, timings included (see ``write_metrics``).
+    ``metrics`` gets the training figures (see ``write_metrics``). Rank 0 opens the MLflow run
+    ``train-<variant>`` before any work and ends it with the outcome; the DDP workers Lightning starts
+    log into it.
     """
+    if not tracking.enabled or RUN_ENV in os.environ or not _is_rank_zero_process():
+        return _train_variant(variant, data, out, params, tracking, corpus_enhanced, queries_enhanced, callbacks,
+                              metrics, os.environ.get(RUN_ENV) if tracking.enabled else None)
+    with rare_tracking.child_run(tracking, "train", f"train-{variant}", {"rare.variant": variant}, data=data,
+                                 active=False) as run_id:
+        return _train_variant(variant, data, out, params, tracking, corpus_enhanced, queries_enhanced, callbacks,
+                              metrics, run_id)
+
+
+def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tracking: TrackingParams,
+                   corpus_enhanced: Path | None, queries_enhanced: Path | None, callbacks: Sequence[Callback],
+                   metrics: Path | None, run_id: str | None) -> Path:
     import transformers
 
     began = time.monotonic()
@@ -160,9 +186,6 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
     work = work_dir(params, variant, inputs)
     resume = work / LAST
 
-    run_id = os.environ.get(RUN_ENV)
-    if run_id is None and tracking.enabled and _is_rank_zero_process():
-        run_id = rare_tracking.create_child_run(tracking, "train", variant, tags={"rare.variant": variant})
     logger: Any = False
     if run_id:
         from pytorch_lightning.loggers import MLFlowLogger
@@ -172,7 +195,7 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
                                 "data": str(raw.path), "train_files": json.dumps([str(p) for p in inputs.train]),
                                 "train_pool": str(inputs.train_pool)})
 
-    history = ValHistory()
+    history = LossHistory()
     trainer = pl.Trainer(
         accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
         strategy=_strategy(params), precision=params.precision,
@@ -214,7 +237,7 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
         "variant": variant, "text_mode": {"corpus": params.text_mode.corpus, "query": params.text_mode.query},
         "instruction_seed": params.instruction_seed, "seed": params.seed, "train_file": params.train_file,
         "global_steps": trainer.global_step, "global_batch": params.batch_size * trainer.world_size,
-        "samples": samples, "val_loss": history.history,
+        "samples": samples, "val_loss": history.history, "train_losses": history.train,
         "train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
         "inputs": {"data": str(raw.path), "corpus_enhanced": str(corpus_enhanced) if use_corpus else None,
                    "queries_enhanced": str(queries_enhanced) if use_queries else None},
@@ -230,7 +253,10 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
         client = logger.experiment
         for key, value in timings.items():
             client.log_metric(run_id, key, value)
-        client.log_artifacts(run_id, str(out), artifact_path="model")
+        from rare import registry
+
+        # The fingerprint of the export as evaluation loads it, which is how evaluation finds this version.
+        registry.log_retriever(run_id, Path(out), variant, load_retriever(out).fingerprint, _example_image(raw))
     if not params.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     log.info("trained %s: %d steps in %.1f s, val loss %s -> %s", variant, trainer.global_step, timings["train_seconds"],
@@ -239,15 +265,31 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
 
 
 def write_metrics(meta: dict[str, Any], timings: dict[str, float], path: Path) -> Path:
-    """Training figures (this run's timings, steps, losses) as a flat JSON that DVC can show and diff."""
-    curve = meta["val_loss"]
-    figures = {
-        **timings, "global_steps": meta["global_steps"], "samples": meta["samples"], "train_loss": meta["train_loss"],
-        "val_loss_start": curve[0][1] if curve else None, "val_loss_final": curve[-1][1] if curve else None,
-        "val_loss": {str(int(step)): value for step, value in curve},
-    }
-    atomic_write(Path(path), [(json.dumps(figures, indent=2) + "\n").encode()])
-    return Path(path)
+    """Training figures, split by what they are for.
+
+    ``path`` (the DVC metric) holds the losses only, so `dvc exp show` and `dvc metrics diff` compare
+    quality; ``loss/<variant>_{train,val}.json`` beside it are the per-step curves `dvc plots` draws;
+    timings and counts go to ``runtime/<name>`` beside it, which neither git nor DVC tracks, so a rerun
+    that changes nothing leaves `git status` clean.
+    """
+    curve, variant = meta["val_loss"], meta["variant"]
+    path = Path(path)
+    _write_json(path, {"train_loss": meta["train_loss"], "val_loss_final": curve[-1][1] if curve else None})
+    for split, points in (("train", meta["train_losses"]), ("val", curve)):
+        _write_json(path.parent / "loss" / f"{variant}_{split}.json",
+                    [{"step": int(step), "loss": value} for step, value in points])
+    _write_json(path.parent / "runtime" / path.name,
+                {**timings, "global_steps": meta["global_steps"], "samples": meta["samples"]})
+    return path
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, [(json.dumps(obj, indent=2) + "\n").encode()])
+
+
+def _example_image(raw: MBEIRRoot) -> Path | None:
+    images = (p for p in (raw.path / "mbeir_images").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return next(images, None)
 
 
 def _batch_size(batch: dict[str, dict[str, Any]]) -> int:

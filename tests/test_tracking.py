@@ -1,0 +1,105 @@
+"""MLflow runs: relative artifact locations, run status under `dvc repro` / `dvc exp run`, provenance tags."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rare import tracking as T
+from rare.config.tracking import TrackingParams
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A checkout with its own params.yaml, as a stage process sees it (no pipeline flow owning the parent)."""
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "params.yaml").write_text("tracking: {experiment: rare-test}\n")
+    monkeypatch.chdir(root)
+    monkeypatch.delenv(T.PARENT_ENV, raising=False)
+    monkeypatch.delenv(T.DVC_EXP_ENV, raising=False)
+    return root
+
+
+def _log_a_file(name: str) -> str:
+    with T.child_run(TrackingParams(experiment="rare-test"), "data", name) as run_id:
+        import mlflow
+
+        mlflow.log_text("hello", f"{name}.txt")
+    return run_id
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_copied_checkout_writes_artifacts_only_into_itself(project: Path, monkeypatch: pytest.MonkeyPatch):
+    first = _log_a_file("first")
+    exp = MlflowClient().get_experiment_by_name("rare-test")
+    assert exp.artifact_location == "mlruns/artifacts"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert (project / "mlruns/artifacts" / first / "artifacts/first.txt").is_file()
+
+    copy = project.parent / "copy"
+    shutil.copytree(project, copy)
+    before = _files(project)
+    monkeypatch.chdir(copy)
+    second = _log_a_file("second")
+    parent = MlflowClient().get_run(second).data.tags["mlflow.parentRunId"]
+    MlflowClient().log_text(parent, "on the parent", "parent.txt")  # a run created in the original checkout
+
+    assert _files(project) == before
+    assert (copy / "mlruns/artifacts" / second / "artifacts/second.txt").is_file()
+    assert (copy / "mlruns/artifacts" / parent / "artifacts/parent.txt").is_file()
+
+
+def test_runs_end_with_their_outcome_and_end_the_parent_under_dvc(project: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(T.DVC_EXP_ENV, "lr5e-4")
+    tracking = TrackingParams(experiment="rare-test")
+    ok = _log_a_file("data")
+    client = MlflowClient()
+    parent = client.get_run(client.get_run(ok).data.tags["mlflow.parentRunId"])
+    assert client.get_run(ok).info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert parent.info.run_name == "lr5e-4" and parent.data.tags["rare.dvc_experiment"] == "lr5e-4"
+    assert client.get_run(ok).data.tags["rare.dvc_experiment"] == "lr5e-4"
+
+    with pytest.raises(ValueError, match="bad input"):
+        with T.child_run(tracking, "train", "train-none") as failed:
+            raise ValueError("bad input")
+    failed_run = client.get_run(failed)
+    assert failed_run.info.status == "FAILED" and failed_run.info.end_time >= failed_run.info.start_time
+    assert failed_run.data.tags["mlflow.parentRunId"] == parent.info.run_id  # same params, same experiment
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"
+
+
+def test_pipeline_owned_parent_is_left_to_the_pipeline(project: Path, monkeypatch: pytest.MonkeyPatch):
+    exp_id = T.setup(TrackingParams(experiment="rare-test"))
+    owner = MlflowClient().create_run(exp_id, run_name="pipeline", tags={"rare.role": "pipeline"}).info.run_id
+    monkeypatch.setenv(T.PARENT_ENV, owner)
+    child = _log_a_file("data")
+    assert MlflowClient().get_run(child).data.tags["mlflow.parentRunId"] == owner
+    assert MlflowClient().get_run(owner).info.status == "RUNNING"
+
+
+def test_runs_record_the_commit_dirty_flag_and_the_data_digest(project: Path, tiny_root: Path):
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   check=True)
+    T._git.cache_clear()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    with T.child_run(TrackingParams(experiment="rare-test"), "evaluate", "eval-none", data=tiny_root) as run_id:
+        pass
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tags["rare.git_commit"] == commit == tags["mlflow.source.git.commit"]
+    assert tags["rare.git_dirty"] == "false"
+
+    copy = project / "copied-root"
+    shutil.copytree(tiny_root, copy)
+    assert tags["rare.data_digest"] == T.data_digest(copy)  # content, not location
+    changed = shutil.copytree(tiny_root, project / "changed-root")
+    (changed / "qrels").rename(changed / "qrels-moved")
+    assert T.data_digest(changed) != tags["rare.data_digest"]
