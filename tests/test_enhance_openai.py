@@ -20,20 +20,21 @@ from rare.enhance.backends import generation_settings, make_backend
 from rare.enhance.backends.base import BackendUnavailable, EnhanceRequest
 from rare.enhance.prompts import PromptSet
 from rare.enhance.run import enhance_side
-from tests.fixtures.openai_server import ANSWER_PREFIX, DIE, ERROR, HANG, MALFORMED, TOO_MANY, ScriptedServer
+from tests.fixtures import openai_server as script
+from tests.fixtures.openai_server import ANSWER_PREFIX, ScriptedServer
 
 MODEL = "Qwen/Qwen3-VL-8B-Instruct"
 
 
 @pytest.fixture
 def server():
-    srv = ScriptedServer(hang_s=1.0).start()
+    srv = ScriptedServer(hang_s=3.0).start()
     yield srv
     srv.stop()
 
 
 def params(cache: Path, *urls: str, **openai: object) -> EnhanceParams:
-    options = {"base_urls": list(urls), "timeout_s": 0.4, "max_retries": 3, "backoff_s": 0.01,
+    options = {"base_urls": list(urls), "timeout_s": 2.0, "max_retries": 3, "backoff_s": 0.01,
                "max_concurrency": 4, **openai}
     return EnhanceParams(backend="openai", model=MODEL, cache_dir=str(cache), shard_size=4, batch_size=4,
                          seed=3, max_pixels=4096, openai=options)
@@ -47,7 +48,7 @@ def run(p: EnhanceParams, root: Path, out: Path, side: str = "corpus"):  # noqa:
     return enhance_side(p, root, out, side, progress=False)
 
 
-def test_requests_are_chat_messages_with_resized_inline_images(server, tmp_path) -> None:
+def test_requests_are_chat_messages_with_resized_inline_images(server, tmp_path, monkeypatch) -> None:
     img = tmp_path / "photo.png"
     Image.new("RGB", (300, 200), "blue").save(img)
     bad = tmp_path / "broken.jpg"
@@ -59,12 +60,14 @@ def test_requests_are_chat_messages_with_resized_inline_images(server, tmp_path)
         return EnhanceRequest(key=op, op=op, side=side, text=text, image=image, system=t.system,
                               instruction=t.render(text), max_new_tokens=512 if side == "corpus" else 128)
 
-    backend = make_backend(params(tmp_path, server.url))
+    monkeypatch.setenv("RARE_TEST_KEY", "sk-local")
+    backend = make_backend(params(tmp_path, server.url, api_key_env="RARE_TEST_KEY"))
     reqs = [req("caption", "corpus", image=img), req("rewrite", "query", "now with a red hat"),
             req("caption", "query", image=bad)]
     results = backend.generate(reqs)
     backend.close()
     assert len(server.log) == 2  # the unreadable image never reaches the server
+    assert {row["authorization"] for row in server.log} == {"Bearer sk-local"}  # the key comes from the env
     sent = sorted((row["payload"] for row in server.log), key=lambda p: p["max_tokens"], reverse=True)
     for payload, r in zip(sent, reqs):
         assert (payload["model"], payload["temperature"], payload["top_p"], payload["seed"], payload["n"]) == (
@@ -88,8 +91,9 @@ def test_429_500_timeouts_and_malformed_bodies_are_retried_to_a_clean_runs_outpu
     clean = run(params(tmp_path / "c1", server.url), tiny_root, tmp_path / "clean")
     assert clean.summary["failed"] == 0 and clean.summary["ok"] > 10
     calls = len(server.log)
-    server.faults.extend([TOO_MANY, ERROR, HANG, MALFORMED, TOO_MANY, ERROR, HANG, MALFORMED])
-    faulty = run(params(tmp_path / "c2", server.url), tiny_root, tmp_path / "faulty")
+    server.faults.extend([script.TOO_MANY, script.ERROR, script.HANG, script.MALFORMED, script.TOO_MANY, script.ERROR, script.HANG, script.MALFORMED])
+    # Retries may land on one request back to back: 8 of them always see it through.
+    faulty = run(params(tmp_path / "c2", server.url, max_retries=8), tiny_root, tmp_path / "faulty")
     assert tree(tmp_path / "faulty") == tree(tmp_path / "clean")
     assert faulty.summary == clean.summary
     assert len(server.log) - calls == calls + 8  # every fault cost exactly one retry
@@ -107,6 +111,18 @@ def test_an_item_that_always_gets_a_malformed_body_is_a_failure_record(server, t
     assert failures and all("malformed chat completion" in f["cause"] for f in failures)
     assert outcome.summary["failures_by_cause"] == {"backend_error": len(failures)}
     assert outcome.summary["ok"] > 0
+
+
+def test_a_4xx_answer_is_that_items_failure_and_is_not_retried(server, tmp_path) -> None:
+    t = PromptSet.load("v1").template("rewrite", "query")
+    req = EnhanceRequest(key="k", op="rewrite", side="query", text="with a red hat", image=None, system=t.system,
+                         instruction=t.render("with a red hat"), max_new_tokens=128)
+    server.faults.append(script.BAD_REQUEST)
+    backend = make_backend(params(tmp_path, server.url))
+    (result,) = backend.generate([req])
+    backend.close()
+    assert result.text is None and result.error.startswith("backend error: HTTP 400: ")
+    assert "max_model_len" in result.error and len(server.log) == 1
 
 
 def test_a_server_that_dies_mid_shard_fails_the_stage_and_the_rerun_redoes_nothing(server, tiny_root, tmp_path):
@@ -130,14 +146,11 @@ def test_a_server_that_dies_mid_shard_fails_the_stage_and_the_rerun_redoes_nothi
 
 
 def test_a_server_back_within_the_retry_window_costs_nothing_but_time(server, tiny_root, tmp_path) -> None:
-    import threading
-
-    server.die_after = 3
-    p = params(tmp_path / "cache", server.url, max_retries=8, backoff_s=0.05)  # waits ~0.05 * (2^8 - 1) s in all
-    threading.Timer(0.5, server.start).start()
+    server.die_after, server.revive_after = 3, 0.5
+    p = params(tmp_path / "cache", server.url, max_retries=8, backoff_s=0.05)  # waits up to ~13 s in all
     outcome = run(p, tiny_root, tmp_path / "out")
     assert outcome.summary["failed"] == 0
-    assert DIE in {row["did"] for row in server.log}
+    assert script.DIE in {row["did"] for row in server.log}
 
 
 def test_several_base_urls_share_the_work_and_a_dead_one_fails_over(server, tiny_root, tmp_path) -> None:
@@ -145,7 +158,8 @@ def test_several_base_urls_share_the_work_and_a_dead_one_fails_over(server, tiny
     dead = ScriptedServer().start()
     dead.stop()
     try:
-        outcome = run(params(tmp_path / "cache", server.url, other.url, dead.url), tiny_root, tmp_path / "out")
+        p = params(tmp_path / "cache", server.url, other.url, dead.url, max_retries=8)
+        outcome = run(p, tiny_root, tmp_path / "out")
     finally:
         other.stop()
     assert outcome.summary["failed"] == 0

@@ -59,7 +59,7 @@ class BackendUnavailable(RuntimeError):
 
 @runtime_checkable
 class Backend(Protocol):
-    name: str    # "standin" | "transformers" | "vllm" | ...
+    name: str    # "standin" | "transformers" | "openai" | ...
     model: str   # model id or path; goes into the cache key
 
     def generate(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:
