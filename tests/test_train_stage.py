@@ -34,7 +34,7 @@ def test_default_model_lowers_val_loss_and_is_tracked(tmp_path: Path, monkeypatc
     curve = meta["val_loss"]
     assert [step for step, _ in curve] == [0, 6, 12]
     assert curve[-1][1] < curve[0][1] - 0.1, curve  # it learned something that transfers to val queries
-    assert meta["variant"] == "none" and meta["text_mode"] == {"corpus": "append", "query": "replace"}
+    assert meta["variant"] == "none" and meta["text_mode"] == {"corpus": "prepend", "query": "replace"}
     assert meta["global_steps"] == 12 and meta["samples"] == 12 * 16 and meta["samples_per_sec"] > 0
     r = load_retriever(out)
     assert r.embed_dim == 384 and r.meta["instruction_seed"] == 0
