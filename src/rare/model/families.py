@@ -32,7 +32,6 @@ def _uniir_gain_or_bias(name: str, p: nn.Parameter) -> bool:
 
 @dataclass(frozen=True)
 class Family:
-    name: str
     normalise_each: bool     # normalise text and image embeddings before summing them (else: raw sum)
     own_temperature: bool    # a fresh learnable scale on the retriever (else: the towers' pretrained one)
     text_format: str         # key of rare.data.views.TEXT_FORMATS applied to every text before tokenising
@@ -40,8 +39,8 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "dual": Family("dual", normalise_each=True, own_temperature=True, text_format="none", no_decay=_gain_or_bias),
-    "clip": Family("clip", normalise_each=False, own_temperature=False, text_format="uniir",
+    "dual": Family(normalise_each=True, own_temperature=True, text_format="none", no_decay=_gain_or_bias),
+    "clip": Family(normalise_each=False, own_temperature=False, text_format="uniir",
                    no_decay=_uniir_gain_or_bias),
 }
 
