@@ -33,6 +33,7 @@ SUITE = {
     "train": "bench.train_bench",            # 4. Lightning vs plain torch loop, data vs step time
     "embed": "bench.embed_bench",            # 5. candidate embedding throughput, decode vs model share
     "pipeline": "bench.pipeline_bench",      # 6. `dvc repro` of the embedded default, per-stage wall time
+    "budget": "bench.text_budget_bench",     # 7. share of corpus-enhancement tokens inside CLIP's 77
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -15,6 +15,10 @@
             only reading the chunks; ids checked against a brute-force top-10 on 64 queries.
 (c) caption the ``transformers`` enhancement backend on a tiny random LLaVA
             (``tests/fixtures/enhance.make_tiny_vlm``), bf16: items/s and tokens/s at batch 64 vs batch 1.
+(d) serve   the ``openai`` enhancement backend against a real ``vllm serve`` process on the same tiny
+            LLaVA (the README's flags: image-only limits, seed, ``VLLM_BATCH_INVARIANT=1``): both sides
+            of a tiny M-BEIR root, twice, at concurrency 32 and 1; outputs byte-identical. Needs vllm in
+            the device image (and httpx, which vllm depends on); without it the part records why.
 
 One row per figure (bench/common.py); with ``$OUT`` set, everything goes to ``$OUT/gpu_check.json``
 (rewritten after each part, so a timeout keeps the parts already done). A part that fails
@@ -362,10 +366,96 @@ def caption_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
     ]
 
 
+# (d) the openai backend against a real `vllm serve` ------------------------------------------------------
+
+def start_vllm_serve(model: Path, port: int, log: Path) -> Any:
+    """The README's command, scaled to a tiny model: image-only limits, fixed seed, batch invariance."""
+    import subprocess
+
+    import httpx
+
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--served-model-name", "tiny-llava", "--host", "127.0.0.1", "--port", str(port),
+           "--max-model-len", "2048", "--limit-mm-per-prompt", '{"image": 1, "video": 0}', "--seed", "0",
+           "--generation-config", "vllm", "--gpu-memory-utilization", "0.3", "--enforce-eager"]
+    env = {**os.environ, "VLLM_BATCH_INVARIANT": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(2)
+    proc.kill()
+    raise RuntimeError(f"vllm serve not healthy after 300 s:\n{log.read_text()[-3000:]}")
+
+
+def serve_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
+    """Both sides of a tiny M-BEIR root through ``enhance.backend: openai``, twice, with different concurrency
+    and fresh caches: the outputs must be byte-identical (greedy, seed, VLLM_BATCH_INVARIANT=1). --smoke
+    stands the scripted test server (tests/fixtures/openai_server.py) where vllm serve would be."""
+    import importlib.util
+    import socket
+
+    from rare.config.enhance import EnhanceParams
+    from rare.enhance.run import enhance_side
+    from tests.fixtures.enhance import make_tiny_vlm
+    from tests.fixtures.openai_server import ScriptedServer
+    from tests.fixtures.tiny_root import make_tiny_root
+
+    if not smoke and importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("vllm is not installed here: `vllm serve` needs its own environment (README)")
+    with tempfile.TemporaryDirectory(prefix="gpu-check-serve-") as tmp:
+        tmp_path = Path(tmp)
+        root = make_tiny_root(tmp_path / "M-BEIR")
+        if smoke:
+            server = ScriptedServer().start()
+            url, model = server.url, "tiny-llava"
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            server = start_vllm_serve(make_tiny_vlm(tmp_path / "vlm"), port, tmp_path / "vllm.log")
+            url, model = f"http://127.0.0.1:{port}/v1", "tiny-llava"
+        try:
+            trees, seconds, items = [], [], 0
+            for run, concurrency in enumerate((32, 1)):
+                params = EnhanceParams(backend="openai", model=model, cache_dir=str(tmp_path / f"cache{run}"),
+                                       shard_size=16, batch_size=32, max_new_tokens={"corpus": 24, "query": 16},
+                                       max_failure_rate=1.0,
+                                       openai={"base_urls": [url], "max_concurrency": concurrency, "timeout_s": 120})
+                start = time.perf_counter()
+                outcomes = [enhance_side(params, root, tmp_path / f"out{run}/{side}", side, progress=False)
+                            for side in ("corpus", "queries")]
+                seconds.append(time.perf_counter() - start)
+                items = sum(o.summary["enhanceable"] for o in outcomes)
+                failed = sum(o.summary["failed"] for o in outcomes)
+                out = tmp_path / f"out{run}"
+                trees.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.jsonl"))})
+        finally:
+            if smoke:
+                server.stop()
+            else:
+                server.terminate()
+                server.wait(timeout=60)
+    where = "scripted server (smoke)" if smoke else "vllm serve, tiny LLaVA"
+    same = sum(trees[0][k] == trees[1].get(k) for k in trees[0])
+    return [
+        row(f"gpu serve: {where}, {items} enhanceable items, concurrency 32 vs 1 (items/s)", items / seconds[0],
+            items / seconds[1], "it/s", None, better="higher"),
+        row("  output files byte-identical between the two runs", same, len(trees[0]), "files", 1.0, better="higher"),
+        row("  items failed in the second run", failed, max(items, 1), "items", 0.0),
+    ]
+
+
 # ------------------------------------------------------------------------------------------------------
 
 PARTS: dict[str, Callable[[bool, str], list[dict[str, Any]]]] = {
-    "train": train_rows, "search": search_rows, "caption": caption_rows}
+    "train": train_rows, "search": search_rows, "caption": caption_rows, "serve": serve_rows}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ def test_wrong_literal_lists_allowed_values(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_section("enhance", p)
     assert "enhance.backend" in str(exc.value)
-    assert "'standin'" in str(exc.value) and "'vllm'" in str(exc.value)
+    assert "'standin'" in str(exc.value) and "'openai'" in str(exc.value)
 
 
 def test_out_of_range_and_wrong_type(tmp_path):
@@ -64,10 +64,10 @@ def test_profile_overrides_apply_deeply(tmp_path):
     p = write(tmp_path, (
         "profile: big\n"
         "enhance:\n  backend: standin\n  noise: {drop_detail: 0.1, fail_entity: 0.2}\n"
-        "profiles:\n  big:\n    enhance:\n      backend: vllm\n      noise: {drop_detail: 0.5}\n"
+        "profiles:\n  big:\n    enhance:\n      backend: openai\n      noise: {drop_detail: 0.5}\n"
     ))
     enh = load_section("enhance", p)
-    assert enh.backend == "vllm"
+    assert enh.backend == "openai"
     assert enh.noise.drop_detail == 0.5 and enh.noise.fail_entity == 0.2
     assert raw_params(p)["profile"] == "big"
 

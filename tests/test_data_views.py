@@ -24,8 +24,11 @@ def test_combine_modes_and_fallback():
     assert query_text(q, "Find the edited image.", False, "replace") == "Find the edited image. Make it green please"
     img_q = Query("7:2", "", "mbeir_images/q.png", "image", 4, ["7:9"])
     assert query_text(img_q, "Find a similar image.", True, "replace") == "Find a similar image."
+    assert candidate_text(passage, True, "prepend") == "Visual context: red car. A passage."
+    assert candidate_text(image_only, True, "prepend") == "blue boat"
+    assert candidate_text(failed, True, "prepend") == "orig"
     with pytest.raises(ValueError, match="unknown text mode"):
-        candidate_text(passage, True, "prepend")
+        candidate_text(passage, True, "interleave")
     with pytest.raises(ValueError, match="unknown variant 'all'"):
         variant_sides("all")
 

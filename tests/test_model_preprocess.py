@@ -58,3 +58,49 @@ def test_collator_routes_only_present_modalities() -> None:
     assert batch["pixel_values"].shape == (2, 3, 4, 4) and batch["pixel_values"][1].min() == 1.0
     empty = c([EncodeInput("", None)])
     assert empty["text_rows"].numel() == 0 and empty["pixel_values"].shape == (0, 3, 4, 4)
+
+
+def _clip_processor(size: int):  # noqa: ANN202
+    from transformers import CLIPImageProcessorPil  # the torchvision variant does not import beside torch 2.13
+
+    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+SIZES = ([(256, long) for long in range(257, 513)]            # short side 256, every long side 257..512
+         + [(long, 256) for long in range(257, 513, 7)]       # the same, landscape
+         + [(w, h) for w in (1, 3, 50, 223, 224, 225, 640) for h in (2, 224, 333, 1000)])
+
+
+def test_equals_clip_image_processor_exactly_on_every_size() -> None:
+    """Max abs difference 0, not a tolerance: the long side is truncated (int), never rounded."""
+    from rare.config.train import CLIP_MEAN, CLIP_STD
+
+    assert len(SIZES) >= 300
+    proc = _clip_processor(224)
+    base = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    worst = 0.0
+    for w, h in SIZES:
+        img = Image.fromarray(base[:h, :w])
+        ours = preprocess_image(img, 224, CLIP_MEAN, CLIP_STD).numpy()
+        theirs = proc(img)["pixel_values"][0]
+        assert ours.shape == theirs.shape == (3, 224, 224), (w, h)
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+    assert worst == 0.0
+
+
+def test_equals_clip_image_processor_on_rgba_palette_and_greyscale() -> None:
+    from rare.config.train import CLIP_MEAN, CLIP_STD
+
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, (300, 257, 3), dtype=np.uint8))
+    rgba = Image.fromarray(rng.integers(0, 256, (300, 257, 4), dtype=np.uint8), "RGBA")
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    transparent = palette.copy()
+    transparent.info["transparency"] = 3
+    modes = [rgba, palette, transparent, rgb.convert("L"), rgba.convert("LA"), rgb.convert("CMYK"), rgb.convert("1")]
+    proc = _clip_processor(224)
+    for img in modes:
+        ours = preprocess_image(img, 224, CLIP_MEAN, CLIP_STD).numpy()
+        assert np.abs(ours - proc(img)["pixel_values"][0]).max() == 0.0, img.mode
+    white = Image.new("RGBA", (224, 224), (10, 20, 30, 0))  # fully transparent: white, as transformers composites
+    assert np.allclose(preprocess_image(white, 224, (0, 0, 0), (1, 1, 1)).numpy(), 1.0)

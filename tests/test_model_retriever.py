@@ -31,15 +31,18 @@ ITEMS = [
 ]
 
 
-def test_embeddings_are_unit_float32_and_fuse_normalised_text_plus_image(tiny_retriever_dir: Path) -> None:
+def test_dual_embeddings_are_unit_float32_and_fuse_normalised_text_plus_image(tiny_retriever_dir: Path) -> None:
+    """The ``dual`` family's fusion (rare.model.families says why it differs from CLIP_SF's raw sum,
+    which tests/test_clip_sf.py checks against the recipe)."""
     r = load_retriever(tiny_retriever_dir)
+    assert r.spec["family"] == "dual"
     assert not r.training
     batch = r.collator()(ITEMS)
     with torch.no_grad():
         emb = r(batch)
         assert emb.shape == (4, r.embed_dim) and emb.dtype == torch.float32
         assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-6)
-        # Recompute CLIP_SF fusion by hand from the towers for the text+image entry.
+        # Recompute the dual fusion by hand from the towers for the text+image entry.
         one = r.collator()([ITEMS[1]])
         t = F.normalize(r.towers.encode_text(one["input_ids"], one["attention_mask"]), dim=-1)
         v = F.normalize(r.towers.encode_image(one["pixel_values"]), dim=-1)
@@ -125,7 +128,7 @@ def test_clip_family_from_a_tiny_config(tmp_path: Path, tiny_tokenizer_dir: Path
                                              "vision_config": {**tower, "image_size": 32, "patch_size": 8}}))
     r = build_retriever(params)
     assert r.embed_dim == 24 and r.spec["image_size"] == 32
-    assert not r.towers.clip.logit_scale.requires_grad  # the retriever owns the temperature
+    assert r.towers.clip.logit_scale.requires_grad and not hasattr(r, "logit_scale")  # CLIP's own is trained
     assert not r.towers.clip.text_model.embeddings.token_embedding.weight.requires_grad
     assert not any(p.requires_grad for p in r.towers.clip.text_model.encoder.layers[0].parameters())
     assert all(p.requires_grad for p in r.towers.clip.text_model.encoder.layers[1].parameters())

@@ -2,14 +2,12 @@
 
 The params are the repo's params.yaml with ``profile: mbeir``, changed only where a user with
 weights on a small CPU machine would change them: the M-BEIR root, the two model paths, GPU-only
-settings and sizes. Everything else (the vllm backend on Ray, CLIP family, UniIR optimiser, union
-training file, DDP, bf16) is the profile's own. The stages run as users run them: ``rare`` commands
-with ``--params``; training in a subprocess, because Lightning's DDP re-runs the command for rank 1.
+settings and sizes. Everything else (the openai backend on Ray CPU workers, CLIP family, UniIR's
+recipe, union training file, DDP, bf16) is the profile's own. The stages run as users run them: ``rare``
+commands with ``--params``; training in a subprocess, because Lightning's DDP re-runs the command for rank 1.
 
-vLLM cannot be installed here, so a fake ``vllm`` package (tests/fixtures/profile.py) goes on
-PYTHONPATH before Ray starts: Ray actors are separate processes, and a ``sys.modules`` entry in this
-process would never reach them. Everything up to the engine call is real: the tiny LLaVA's processor
-renders the chat template, images are loaded and resized, and the fake checks vLLM's input types.
+The VLM server is the scripted OpenAI-protocol server of tests/fixtures/openai_server.py on
+127.0.0.1, standing where ``vllm serve`` stands on a real run: the Ray actors reach it over HTTP.
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ from rare.data.layout import POINTER_FILE, MBEIRRoot
 from rare.enhance.prompts import PromptSet
 from rare.model import load_retriever
 from rare.pipeline import dvc_command
-from tests.fixtures.enhance import make_tiny_vlm
-from tests.fixtures.profile import FAKE_ANSWER_PREFIX, FAKE_VLLM_LOG, make_tiny_clip, write_fake_vllm
+from tests.fixtures.openai_server import ANSWER_PREFIX, ScriptedServer
+from tests.fixtures.profile import make_tiny_clip
 from tests.fixtures.tiny_root import make_tiny_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,12 +41,12 @@ TINY_TASKS = {"mscoco_task0", "mscoco_task3", "webqa_task1", "webqa_task2", "nig
 CROSS = "6:999001"  # an InfoSeek doc that an OVEN test query lists as a positive
 
 
-def tiny_machine(root: str, vlm: str, clip: str) -> dict[str, Any]:
+def tiny_machine(root: str, server: str, clip: str, cache: str) -> dict[str, Any]:
     """What changes in ``profiles.mbeir`` for tiny local weights on 2 CPU cores, and nothing more."""
     return {
         "data": {"mbeir_root": root},
-        "enhance": {"model": vlm, "shard_size": 16, "batch_size": 8, "vllm": {"image_workers": 2},
-                    "ray": {"num_workers": 2, "num_gpus_per_worker": 0, "num_cpus_per_worker": 1}},
+        "enhance": {"shard_size": 16, "batch_size": 8, "openai": {"base_urls": [server]}, "item_cache_dir": cache,
+                    "ray": {"num_workers": 2, "num_cpus_per_worker": 1}},
         "train": {"model": {"clip": {"pretrained": clip}}, "batch_size": 4, "epochs": 2, "val_every_n_steps": 4,
                   "checkpoint_every_n_steps": 4, "num_workers": 0, "accelerator": "cpu", "devices": 2},
         # top_k covers the whole tiny global pool (55 candidates): every reachable candidate is in the run files.
@@ -63,10 +61,10 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def write_profile_params(path: Path, root: str, vlm: str, clip: str) -> Path:
+def write_profile_params(path: Path, root: str, server: str, clip: str, cache: str) -> Path:
     doc = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     doc["profile"] = "mbeir"
-    doc["profiles"]["mbeir"] = _merge(doc["profiles"]["mbeir"], tiny_machine(root, vlm, clip))
+    doc["profiles"]["mbeir"] = _merge(doc["profiles"]["mbeir"], tiny_machine(root, server, clip, cache))
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
 
@@ -80,20 +78,22 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 def test_the_tiny_params_are_the_mbeir_profile_with_paths_gpu_settings_and_sizes_changed(tmp_path: Path) -> None:
     real = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     (tmp_path / "real.yaml").write_text(yaml.safe_dump({**real, "profile": "mbeir"}), encoding="utf-8")
-    tiny = write_profile_params(tmp_path / "tiny.yaml", "/tiny/M-BEIR", "/w/vlm", "/w/clip")
+    tiny = write_profile_params(tmp_path / "tiny.yaml", "/tiny/M-BEIR", "http://127.0.0.1:9/v1", "/w/clip",
+                                "/local/items")
     before, after = _flat(raw_params(tmp_path / "real.yaml")), _flat(raw_params(tiny))
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     assert changed == {
-        "data.mbeir_root", "enhance.model", "enhance.shard_size", "enhance.batch_size", "enhance.vllm.image_workers",
-        "enhance.ray.num_workers", "enhance.ray.num_gpus_per_worker", "enhance.ray.num_cpus_per_worker",
+        "data.mbeir_root", "enhance.shard_size", "enhance.batch_size", "enhance.openai.base_urls",
+        "enhance.item_cache_dir", "enhance.ray.num_workers", "enhance.ray.num_cpus_per_worker",
         "train.model.clip.pretrained", "train.batch_size", "train.epochs", "train.val_every_n_steps",
         "train.checkpoint_every_n_steps", "train.num_workers", "train.accelerator", "train.devices",
         "evaluate.num_workers", "evaluate.top_k",
     }
     sections = load_all(tiny)  # every section validates
     data, enhance, train = sections["data"], sections["enhance"], sections["train"]
-    assert (data.source, enhance.backend, enhance.ray.enabled) == ("mbeir", "vllm", True)
-    assert (enhance.vllm.max_model_len, enhance.vllm.dtype, enhance.max_new_tokens.corpus) == (16384, "bfloat16", 512)
+    assert (data.source, enhance.backend, enhance.ray.enabled) == ("mbeir", "openai", True)
+    assert (enhance.model, enhance.ray.num_gpus_per_worker, enhance.max_new_tokens.corpus) == (
+        "Qwen/Qwen3-VL-8B-Instruct", 0, 512)
     assert (train.model.family, train.model.max_text_len, train.train_file) == ("clip", 77, "union")
     assert (train.strategy, train.precision, train.optim.lr, train.optim.schedule) == ("ddp", "bf16-mixed", 1e-5,
                                                                                         "cosine")
@@ -152,15 +152,11 @@ def test_mbeir_profile_runs_end_to_end_on_a_tiny_root(prefect_api: str, tmp_path
 
     root = make_tiny_root(tmp_path / "M-BEIR")
     _add_decoy(root)
-    vlm = make_tiny_vlm(tmp_path / "weights/tiny-llava")
     clip = make_tiny_clip(tmp_path / "weights/tiny-clip")
-    fake = write_fake_vllm(tmp_path / "fakevllm")
-    log = tmp_path / "vllm_requests.jsonl"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(fake), os.environ.get("PYTHONPATH")) if p))
-    monkeypatch.setenv(FAKE_VLLM_LOG, str(log))
+    server = ScriptedServer().start()
     monkeypatch.delenv("RARE_PARENT_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)  # the project: data/, models/, eval/, report/, .cache/ and mlruns/ land here
-    params = write_profile_params(tmp_path / "params.yaml", str(root), str(vlm), str(clip))
+    params = write_profile_params(tmp_path / "params.yaml", str(root), server.url, str(clip), str(tmp_path / "items"))
 
     def rare(*args: str) -> None:
         result = CliRunner().invoke(app, [*args, "--params", str(params)])
@@ -171,38 +167,37 @@ def test_mbeir_profile_runs_end_to_end_on_a_tiny_root(prefect_api: str, tmp_path
     assert [p.name for p in Path("data/raw").iterdir()] == [POINTER_FILE]
     assert MBEIRRoot.open("data/raw").path == root.resolve()
 
-    # enhancement: the vllm backend on 2 local Ray workers
+    # enhancement: the openai backend on 2 local Ray workers, against the server
     enhanced = {"corpus": Path("data/enhanced/corpus"), "queries": Path("data/enhanced/queries")}
-    for side in enhanced:
-        rare("enhance", side, "--data", "data/raw", "--out", str(enhanced[side]), "--metrics",
-             f"metrics/enhance_{side}.json")
-    requests = _records(log)
-    answers = {r["text"] for r in requests}
+    try:
+        for side in enhanced:
+            rare("enhance", side, "--data", "data/raw", "--out", str(enhanced[side]), "--metrics",
+                 f"metrics/enhance_{side}.json")
+    finally:
+        server.stop()
     templates = PromptSet.load("v1").templates
-    pids: dict[str, set[int]] = {"corpus": set(), "query": set()}
-    for r in requests:  # rendered by the VLM's own chat template, with its instruction and (but for rewrite) image
-        assert r["prompt"].startswith("<|im_start|>system\n") and r["prompt"].endswith("<|im_start|>assistant\n")
+    for row in server.answers():  # chat messages for the server's template, with the op's instruction and image
+        payload = row["payload"]
+        system, user = payload["messages"]
         (op,) = [name for name, t in templates.items()
-                 if t.system in r["prompt"] and t.user.split("{text}")[0] in r["prompt"]]
-        assert r["prompt"].count("<image>") == (r["image"] is not None) == (op != "rewrite")
+                 if system["content"] == t.system and user["content"][-1]["text"].startswith(t.user.split("{text}")[0])]
+        has_image = [part["type"] for part in user["content"]].count("image_url")
+        assert has_image == (op != "rewrite")
         side = "corpus" if op in ("caption_corpus", "refine") else "query"
-        assert (r["temperature"], r["seed"], r["max_tokens"]) == (0.0, 0, 512 if side == "corpus" else 128)
-        assert r["engine"] == {"model": str(vlm), "max_model_len": 16384, "dtype": "bfloat16", "seed": 0,
-                               "gpu_memory_utilization": 0.9, "tp": 1}
-        pids[side].add(r["pid"])
-    for side_pids in pids.values():  # generated in the (at most 2) Ray actors of each stage, never in this process
-        assert 1 <= len(side_pids) <= 2 and os.getpid() not in side_pids
-    assert "vllm" not in sys.modules
+        assert (payload["model"], payload["temperature"], payload["seed"], payload["max_tokens"]) == (
+            "Qwen/Qwen3-VL-8B-Instruct", 0.0, 0, 512 if side == "corpus" else 128)
+    assert (tmp_path / "items/cache.sqlite").is_file()  # the item cache where the node-local setting puts it
     ops = {}
     for side, dirs in (("corpus", ("cand_pool/local", "cand_pool/global")),
                        ("queries", ("query/train", "query/val", "query/test", "query/union_train"))):
         blocks = _check_mirror(root, enhanced[side], dirs)
-        assert {(b["backend"], b["model"], b["prompt_version"]) for b in blocks} == {("vllm", str(vlm), "v1")}
+        assert {(b["backend"], b["model"], b["prompt_version"]) for b in blocks} == {
+            ("openai", "Qwen/Qwen3-VL-8B-Instruct", "v1")}
         for b in blocks:
             if b["op"] == "none":
                 assert b["status"] == "skipped" and b["modality"] == "text"
             else:
-                assert b["status"] == "ok" and b["txt"] in answers and b["txt"].startswith(FAKE_ANSWER_PREFIX)
+                assert b["status"] == "ok" and b["txt"].startswith(ANSWER_PREFIX)
         ops[side] = {b["op"] for b in blocks}
         summary = json.loads(Path(f"metrics/enhance_{side}.json").read_text())
         assert summary["failed"] == 0 and summary["ok"] == sum(b["status"] == "ok" for b in blocks)

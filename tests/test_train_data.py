@@ -72,7 +72,7 @@ def _datamodule(raw: Path, corpus: Path | None, queries: Path | None, variant: s
 
 
 def _expected(raw: Path, variant: str, qrow: dict, cand: dict, table: InstructionTable) -> tuple[str, str]:
-    """By hand: corpus mode append, query mode replace (the defaults), instruction before the query text."""
+    """By hand: corpus mode prepend, query mode replace (the defaults), instruction before the query text."""
     enh_corpus, enh_query = variant in ("corpus", "both"), variant in ("query", "both")
     instruction = table.choose(qrow["qid"], dataset_id_of(qrow["qid"]), qrow["query_modality"],
                                TASKS[qrow["task_id"]][1], seed=0)
@@ -81,7 +81,7 @@ def _expected(raw: Path, variant: str, qrow: dict, cand: dict, table: Instructio
         q_body = f"concise {qrow['qid']}"
     c_text = cand["txt"] or ""
     if enh_corpus and cand["img_path"]:
-        c_text = f"{c_text} Visual context: caption of {cand['did']}" if c_text else f"caption of {cand['did']}"
+        c_text = f"Visual context: caption of {cand['did']}. {c_text}" if c_text else f"caption of {cand['did']}"
     return (f"{instruction} {q_body}" if q_body else instruction), c_text
 
 
@@ -93,7 +93,7 @@ def test_variant_text_selection_is_exact(roots: tuple[Path, Path, Path], tmp_pat
     queries = [obj for _, obj in iter_jsonl(raw / "query/union_train/mbeir_union_up_train.jsonl")]
     pool = {obj["did"]: obj for _, obj in iter_jsonl(raw / "cand_pool/global/mbeir_union_train_cand_pool.jsonl")}
     assert len(dm.train_set) == len(queries)
-    checked = {"enhanced_query": 0, "fallback_query": 0, "appended_cand": 0, "caption_only_cand": 0}
+    checked = {"enhanced_query": 0, "fallback_query": 0, "prepended_cand": 0, "caption_only_cand": 0}
     for i, qrow in enumerate(queries):
         pair = dm.train_set.pair(i, epoch=0)
         cand = pool[pair.did]
@@ -103,7 +103,7 @@ def test_variant_text_selection_is_exact(roots: tuple[Path, Path, Path], tmp_pat
         if qrow["query_img_path"] and qrow["query_txt"]:
             checked["fallback_query" if qrow["qid"].endswith(FAILED_QID_SUFFIX) else "enhanced_query"] += 1
         if cand["img_path"]:
-            checked["appended_cand" if cand["txt"] else "caption_only_cand"] += 1
+            checked["prepended_cand" if cand["txt"] else "caption_only_cand"] += 1
     assert all(n > 0 for n in checked.values()), checked  # every rule was exercised
 
 

@@ -35,7 +35,7 @@ def test_default_model_lowers_val_loss_and_is_tracked(tmp_path: Path, monkeypatc
     curve = meta["val_loss"]
     assert [step for step, _ in curve] == [0, 6, 12]
     assert curve[-1][1] < curve[0][1] - 0.1, curve  # it learned something that transfers to val queries
-    assert meta["variant"] == "none" and meta["text_mode"] == {"corpus": "append", "query": "replace"}
+    assert meta["variant"] == "none" and meta["text_mode"] == {"corpus": "prepend", "query": "replace"}
     assert meta["global_steps"] == 12 and meta["samples"] == 12 * 16
     assert not {"samples_per_sec", "fit_seconds", "train_seconds"} & set(meta)  # no timings in the model folder
     r = load_retriever(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rare.config.base import Section
 
@@ -59,27 +59,47 @@ class TransformersOptions(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
-class VLLMOptions(Section):
-    max_model_len: int = Field(16384, ge=256)
-    limit_mm_per_prompt: int = Field(1, ge=1)  # images per prompt; every op sends at most one
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    tensor_parallel_size: int = Field(1, ge=1)
-    dtype: str = "auto"
-    image_workers: int = Field(8, ge=1)  # threads that decode and resize images ahead of generate
+class OpenAIOptions(Section):
+    """An OpenAI-compatible server (``vllm serve``, SGLang, LMDeploy, TGI) that rare only calls over HTTP.
+
+    None of these change what is generated, so none goes into the cache key; the served model's
+    name (``enhance.model``), the seed and ``max_pixels`` do.
+    """
+
+    # One server, one per node, or one `--data-parallel-size N` server; requests go round-robin and a
+    # retry moves on to the next URL.
+    base_urls: list[str] = Field(["http://127.0.0.1:8000/v1"], min_length=1)
+    api_key_env: str | None = None       # name of the environment variable holding the key (the key never goes here)
+    max_concurrency: int = Field(64, ge=1)  # requests in flight per process
+    timeout_s: float = Field(600.0, gt=0)   # per request: a 512-token caption under load takes a while
+    max_retries: int = Field(6, ge=0)       # on refused/reset connections, timeouts, 408/409/429/5xx, malformed bodies
+    backoff_s: float = Field(1.0, ge=0)     # first wait; doubled per retry, at most 60 s
+    image_format: Literal["png", "jpeg"] = "png"  # how the resized image travels (png: lossless)
 
 
 class RayOptions(Section):
-    """Optional scale-out: one actor per worker, each holding its own engine (one per GPU)."""
+    """Optional scale-out: one actor per worker, each holding its own engine (one per GPU).
+
+    ``num_workers: auto`` starts as many actors as the cluster can place (its GPUs, or its CPUs
+    for CPU-only workers); an explicit number the cluster cannot place fails at start, naming both.
+    """
 
     enabled: bool = False
     address: str | None = None  # None: start a local cluster; "auto": join the running one
-    num_workers: int = Field(2, ge=1)
+    num_workers: int | Literal["auto"] = "auto"
     num_cpus_per_worker: float = Field(1.0, ge=0.0)
     num_gpus_per_worker: float = Field(0.0, ge=0.0)
 
+    @field_validator("num_workers")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v
+
 
 class EnhanceParams(Section):
-    backend: Literal["standin", "transformers", "vllm"] = "standin"
+    backend: Literal["standin", "transformers", "openai"] = "standin"
     model: str = "standin"  # model id or local path; ignored by the stand-in
     prompt_version: str = "v1"
     shard_size: int = Field(1024, ge=1)  # records per shard: the unit of work, retry and resume
@@ -90,6 +110,10 @@ class EnhanceParams(Section):
     # Resume state (item cache, finished shards) lives outside the stage's output, which
     # `dvc repro` deletes before rerunning a stage.
     cache_dir: str = ".cache/rare/enhance"
+    # The item cache (SQLite, WAL) must sit on a node-local disk: SQLite's WAL does not work over a network
+    # filesystem. null = inside cache_dir (one machine). On a cluster: cache_dir on shared storage (finished
+    # shards, the source of truth), item_cache_dir on each node's local disk.
+    item_cache_dir: str | None = None
     retries: int = Field(2, ge=0)  # Prefect retries of a shard whose backend raised
     max_new_tokens: MaxNewTokens = MaxNewTokens()
     max_pixels: int = Field(1_003_520, ge=1024)  # images are downscaled to at most this many pixels
@@ -98,5 +122,5 @@ class EnhanceParams(Section):
     max_text_chars: int = Field(4000, ge=16)
     routing: list[RouteRule] = []  # overrides, tried before the built-in table
     transformers: TransformersOptions = TransformersOptions()
-    vllm: VLLMOptions = VLLMOptions()
+    openai: OpenAIOptions = OpenAIOptions()
     ray: RayOptions = RayOptions()

@@ -60,7 +60,7 @@ class ModelParams(Section):
     max_text_len: int = Field(32, ge=4)
     # Fine-tune only the top N layers of the text tower (embeddings and lower layers frozen); null = all.
     train_text_layers: int | None = Field(1, ge=0)
-    init_temperature: float = Field(0.07, gt=0.0)
+    init_temperature: float = Field(0.07, gt=0.0)          # dual only; CLIP trains its own logit_scale
 
     @model_validator(mode="after")
     def _family_fields(self) -> ModelParams:
@@ -70,6 +70,8 @@ class ModelParams(Section):
 
 
 class OptimParams(Section):
+    """AdamW. Which parameters skip weight decay is the family's rule (``rare.model.families``)."""
+
     lr: float = Field(1e-4, gt=0)
     # Parameters initialised from scratch (projection heads, towers built from a config) need a much
     # larger step than pretrained ones; null = same as lr (all-pretrained CLIP).
@@ -85,13 +87,14 @@ class OptimParams(Section):
 class TextModes(Section):
     """How enhanced text combines with the original, per side.
 
-    Corpus captions/refinements are *additions* to a passage: appending keeps the original
-    (the release overwrote it, defect 3). Query rewrites restate the whole request concisely:
-    replacing drops the verbose text they were written to fix.
+    Corpus captions/refinements are *additions* to a passage: keeping the original (the release
+    overwrote it, defect 3) and putting the addition first (``prepend``) so that the text tower's
+    token budget cuts the passage's tail, not the addition (``rare.data.views``). Query rewrites
+    restate the whole request concisely: replacing drops the verbose text they were written to fix.
     """
 
-    corpus: Literal["replace", "append"] = "append"
-    query: Literal["replace", "append"] = "replace"
+    corpus: Literal["replace", "append", "prepend"] = "prepend"
+    query: Literal["replace", "append", "prepend"] = "replace"
 
 
 class TrainParams(Section):

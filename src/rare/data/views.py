@@ -1,6 +1,13 @@
 """What text the retriever sees for a record: original or enhanced, replaced or appended.
 
 This is the one place the ablation variants differ, so train and evaluate share it.
+
+Text budget. CLIP reads 77 tokens and the tokenizer cuts from the end, so where the enhancement
+sits decides whether it is read at all: appended after a 50-word passage, one word of a 13-word
+visual context survived. ``prepend`` (the corpus default) puts the visual context first, so it
+reaches the model whole whenever it fits the budget, and the passage fills what is left (its
+lead, which for Wikipedia-style passages is the part that names the subject).
+``bench/text_budget_bench.py`` measures the share of enhancement tokens each mode keeps.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Candidate, Enhanced, Query
 
-TextMode = Literal["replace", "append"]
+TextMode = Literal["replace", "append", "prepend"]
 VARIANTS: dict[str, tuple[bool, bool]] = {  # variant -> (enhanced candidates, enhanced queries)
     "none": (False, False),
     "corpus": (True, False),
@@ -20,6 +27,25 @@ VARIANTS: dict[str, tuple[bool, bool]] = {  # variant -> (enhanced candidates, e
     "both": (True, True),
 }
 APPEND_PREFIX = "Visual context:"
+SENTENCE_END = (".", "?", "!")
+
+
+def format_string(s: str) -> str:
+    """UniIR's ``format_string``: strip, drop surrounding double quotes, capitalise, end with a full stop."""
+    s = (s or "").replace("\r", "").strip().strip('"')
+    if s:
+        s = s[0].upper() + s[1:]
+        s = s if s[-1] in SENTENCE_END else s + "."
+    return s
+
+
+# Applied by the collator to every text just before tokenising (the family names one: rare.model.families).
+TEXT_FORMATS = {"none": lambda s: s, "uniir": format_string}
+
+
+def _sentence(s: str) -> str:
+    s = s.strip()
+    return s if not s or s.endswith(SENTENCE_END) else s + "."
 
 
 def variant_sides(variant: str) -> tuple[bool, bool]:
@@ -38,7 +64,9 @@ def combine(original: str, enhanced: Enhanced | None, use_enhanced: bool, mode: 
         return enhanced.txt
     if mode == "append":
         return f"{original} {APPEND_PREFIX} {enhanced.txt}"
-    raise ValueError(f"unknown text mode {mode!r}; allowed: ['replace', 'append']")
+    if mode == "prepend":
+        return f"{APPEND_PREFIX} {_sentence(enhanced.txt)} {original}"
+    raise ValueError(f"unknown text mode {mode!r}; allowed: ['replace', 'append', 'prepend']")
 
 
 def candidate_text(cand: Candidate, use_enhanced: bool, mode: TextMode) -> str:

@@ -1,4 +1,10 @@
-"""Content-addressed generation cache (SQLite, WAL) shared by threads, processes and reruns.
+"""Content-addressed generation cache (SQLite, WAL) shared by the threads, processes and reruns of one node.
+
+On a cluster each node keeps its own (``enhance.item_cache_dir`` on local disk): SQLite documents
+that WAL does not work over a network filesystem, where its shared-memory index cannot be
+shared between hosts. The finished shards on shared storage are what the nodes have in common;
+an item cache only spares a node work it already did. A cache found on a network filesystem
+falls back to SQLite's rollback journal (slower, but correct wherever POSIX locks work).
 
 Keys hash everything the model sees plus who generated it (see ``Engine._address``), so an
 identical input anywhere (the global pool repeats every local pool entry) is generated once.
@@ -34,19 +40,48 @@ def file_digest(path: str | Path) -> str:
         return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "fuse.glusterfs",
+                        "glusterfs", "ceph", "fuse.ceph", "9p", "fuse.sshfs", "afs", "fuse.juicefs", "wekafs"})
+
+
+def filesystem_type(path: str | Path, mounts: str | None = None) -> str:
+    """The type of the filesystem holding ``path``, from /proc/mounts (longest mount point wins); "" if unknown."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return ""
+    path = os.path.realpath(path)
+    best, fstype = "", ""
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, fstype = point, parts[2]
+    return fstype
+
+
+def journal_mode(path: str | Path) -> str:
+    return "DELETE" if filesystem_type(Path(path).parent) in NETWORK_FS else "WAL"
+
+
 class Cache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self.journal_mode = journal_mode(self.path)
         self._conn().executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
-        """One connection per thread; WAL lets readers run beside the one writer."""
+        """One connection per thread; WAL (on local disk) lets readers run beside the one writer."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable against process kills, which is what resume needs
             self._local.conn = conn
         return conn

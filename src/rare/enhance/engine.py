@@ -34,7 +34,7 @@ from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, resolve_image
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Enhanced, dumps, loads_line, parse_candidate, parse_query
-from rare.enhance.backends.base import NONE, Backend, EnhanceRequest, EnhanceResult
+from rare.enhance.backends.base import NONE, Backend, BackendUnavailable, EnhanceRequest, EnhanceResult
 from rare.enhance.cache import Cache
 from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
 from rare.enhance.prompts import PromptSet
@@ -149,7 +149,8 @@ class EngineConfig:
 
     root: Path
     side: str                      # "corpus" | "query"
-    cache_dir: Path
+    cache_dir: Path                # finished shards: shared by every worker and node (the source of truth)
+    item_cache: Path               # the SQLite item cache: node-local (SQLite's WAL needs one host)
     batch_size: int
     max_new_tokens: int
     max_text_chars: int
@@ -170,6 +171,7 @@ class EngineConfig:
         name, model = identity or backend_identity(params)
         return cls(  # absolute paths: Ray workers do not share the driver's working directory
             root=root.path.absolute(), side=side, cache_dir=Path(params.cache_dir).absolute(),
+            item_cache=Path(params.item_cache_dir or params.cache_dir).absolute() / "cache.sqlite",
             batch_size=params.batch_size, max_new_tokens=getattr(params.max_new_tokens, side),
             max_text_chars=params.max_text_chars, prompt_version=params.prompt_version,
             routing=tuple(params.routing), backend=name, model=model, generation=generation_settings(params),
@@ -199,7 +201,7 @@ class Engine:
         self.fingerprint = _digest(FORMAT_VERSION, self.identity, config.side, config.max_new_tokens,
                                    config.max_text_chars, self.router.digest,
                                    {k: t.digest for k, t in self.prompts.templates.items()})
-        self.cache = Cache(config.cache_dir / "cache.sqlite")
+        self.cache = Cache(config.item_cache)
         self.store = config.cache_dir / "shards"
         self._make_backend = make_backend
         self._backend: Backend | None = None
@@ -353,7 +355,13 @@ class Engine:
             commits = []
             for start in range(0, len(pending), size):
                 requests = [self._request(it) for it in pending[start:start + size]]
-                generated = self._generate(requests)
+                try:
+                    generated = self._generate(requests)
+                except BackendUnavailable as exc:  # keep what did complete: a rerun must not redo it
+                    for commit in commits:
+                        commit.result()
+                    self.cache.put_many((requests[i].key, res) for i, res in exc.done.items())
+                    raise
                 # Committed by a helper thread while the backend runs the next batch; all before the turn ends.
                 done = list(zip((r.key for r in requests), generated))
                 commits.append(self._committer.submit(self.cache.put_many, done))

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rare.data.views import TEXT_FORMATS
+
 
 @dataclass
 class EncodeInput:
@@ -21,37 +23,54 @@ class EncodeInput:
     image: Image.Image | None      # None = no image
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Transparency (RGBA, LA, a palette's transparent index) is composited onto white, as transformers does."""
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """Short side to ``size``, long side truncated (``int``, not ``round``): rounding shifts the crop by a pixel."""
+    if w <= h:
+        return size, int(size * h / w)
+    return int(size * w / h), size
+
+
 def preprocess_image(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """CLIP's recipe: bicubic resize of the short side to ``size``, centre crop, normalise -> [3, size, size]."""
-    img = img.convert("RGB")
-    w, h = img.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    """transformers' ``CLIPImageProcessor``, operation for operation (the tests require a max abs difference
+    of 0): RGB, bicubic resize of the short side to ``size``, centre crop, x/255 in float64, then
+    (x - mean) / std in float32 -> [3, size, size]."""
+    img = to_rgb(img)
+    nw, nh = resized_size(*img.size, size)
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    arr = np.asarray(img)[top:top + size, left:left + size].transpose(2, 0, 1)
+    arr = (arr.astype(np.float64) * (1 / 255)).astype(np.float32)
+    mean_, std_ = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (mean, std))
+    return torch.from_numpy(np.ascontiguousarray((arr - mean_) / std_))
 
 
 class Collator:
     """list[EncodeInput] -> dict of tensors that ``Retriever.forward`` takes."""
 
     def __init__(self, tokenizer, max_text_len: int, image_size: int,  # noqa: ANN001 - any HF tokenizer
-                 image_mean: Sequence[float], image_std: Sequence[float]):
+                 image_mean: Sequence[float], image_std: Sequence[float], text_format: str = "none"):
         self.tokenizer = tokenizer
+        self.text_format = text_format  # a name, so the collator stays picklable for DataLoader workers
         self.max_text_len = max_text_len
         self.image_size = image_size
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
 
     def __call__(self, items: Sequence[EncodeInput]) -> dict[str, torch.Tensor]:
-        text_rows = [i for i, item in enumerate(items) if item.text]
+        fmt = TEXT_FORMATS[self.text_format]
+        texts = [fmt(item.text) for item in items]
+        text_rows = [i for i, text in enumerate(texts) if text]
         image_rows = [i for i, item in enumerate(items) if item.image is not None]
         if text_rows:
-            tok = self.tokenizer([items[i].text for i in text_rows], padding=True, truncation=True,
+            tok = self.tokenizer([texts[i] for i in text_rows], padding=True, truncation=True,
                                  max_length=self.max_text_len, return_tensors="pt")
             input_ids, attention_mask = tok["input_ids"], tok["attention_mask"]
         else:

@@ -1,8 +1,9 @@
 """The retriever: UniIR CLIP_SF score-level fusion over either tower family.
 
-An entry's embedding is normalise(normalise(text) + normalise(image)), each term present only
-when the entry has it. Training and evaluation call the same ``forward``, so the trained
-similarity is the one searched.
+An entry's embedding is normalise(text + image), each term present only when the entry has it;
+the ``clip`` family sums CLIP's raw projections as UniIR does, the ``dual`` family normalises
+each term first (``rare.model.families`` says why). Training and evaluation call the same
+``forward``, so the trained similarity is the one searched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rare.config.train import ModelParams
+from rare.model.families import Family, family
 from rare.model.preprocess import Collator
 from rare.model.towers import Towers, build_towers, resolve_source
 
@@ -38,7 +40,9 @@ class Retriever(nn.Module):
         self.tokenizer = tokenizer
         self.spec = spec                 # what retriever.json holds: enough to rebuild and preprocess
         self.meta = dict(meta or {})     # training metadata (variant, text modes, instruction seed, ...)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.family: Family = family(spec["family"])
+        if self.family.own_temperature:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.new_parameters: set[str] = set()
         self._fingerprint: str | None = None
 
@@ -48,15 +52,22 @@ class Retriever(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.logit_scale.device
+        return next(self.parameters()).device
 
     def scale(self) -> torch.Tensor:
-        """exp(logit_scale) clamped at 100; the clamp has zero gradient, as in CLIP."""
-        return self.logit_scale.clamp(0.0, MAX_LOGIT_SCALE).exp()
+        """The multiplier of the cosine similarities in the loss (1 / temperature).
+
+        A fresh scale is exp(logit_scale) clamped at 100 (the clamp has zero gradient, as in CLIP);
+        a pretrained tower's own is used as UniIR uses it, ``logit_scale.exp()``, and trained.
+        """
+        if self.family.own_temperature:
+            return self.logit_scale.clamp(0.0, MAX_LOGIT_SCALE).exp()
+        return self.towers.logit_scale.exp()
 
     def collator(self) -> Collator:
         s = self.spec
-        return Collator(self.tokenizer, s["max_text_len"], s["image_size"], s["image_mean"], s["image_std"])
+        return Collator(self.tokenizer, s["max_text_len"], s["image_size"], s["image_mean"], s["image_std"],
+                        s.get("text_format", "none"))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         dev = self.device
@@ -65,11 +76,13 @@ class Retriever(nn.Module):
         text_rows = batch["text_rows"].to(dev)
         if text_rows.numel():
             t = self.towers.encode_text(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
-            out = out + _place(F.normalize(t.float(), dim=-1), text_rows, size)
+            t = F.normalize(t.float(), dim=-1) if self.family.normalise_each else t
+            out = out + _place(t, text_rows, size)
         image_rows = batch["image_rows"].to(dev)
         if image_rows.numel():
             v = self.towers.encode_image(batch["pixel_values"].to(dev))
-            out = out + _place(F.normalize(v.float(), dim=-1), image_rows, size)
+            v = F.normalize(v.float(), dim=-1) if self.family.normalise_each else v
+            out = out + _place(v, image_rows, size)
         return F.normalize(out, dim=-1)
 
     @property
@@ -110,7 +123,7 @@ def build_retriever(params: ModelParams) -> Retriever:
         "format": 1, "family": params.family, "embed_dim": towers.embed_dim,
         "text_pooling": params.text_pooling, "image_pooling": params.image_pooling,
         "image_size": image_size, "image_mean": list(params.image_mean), "image_std": list(params.image_std),
-        "max_text_len": params.max_text_len,
+        "max_text_len": params.max_text_len, "text_format": family(params.family).text_format,
     }
     retriever = Retriever(towers, tokenizer, spec, init_temperature=params.init_temperature)
     retriever.new_parameters = {f"towers.{n}" for n in new}

@@ -99,9 +99,12 @@ class ClipTowers(nn.Module):
     def __init__(self, clip: PreTrainedModel):
         super().__init__()
         self.clip = clip
-        # Retriever owns the temperature; CLIP's own stays put (a parameter without grads breaks DDP).
-        clip.logit_scale.requires_grad_(False)
         self.embed_dim = clip.config.projection_dim
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        """CLIP's own trained temperature (log of 100 in OpenAI's weights), which UniIR trains further."""
+        return self.clip.logit_scale
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output

@@ -18,12 +18,13 @@ from rare.train.loss import contrastive_loss
 
 
 def param_groups(retriever: Retriever, optim: OptimParams) -> list[dict[str, Any]]:
-    """Pretrained vs from-scratch learning rates; no weight decay on biases, norms and the temperature."""
+    """Pretrained vs from-scratch learning rates; weight decay except on what the family exempts
+    (gains, biases, the temperature)."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in retriever.named_parameters():
         if not p.requires_grad:
             continue
-        key = (name in retriever.new_parameters, p.ndim >= 2)
+        key = (name in retriever.new_parameters, not retriever.family.no_decay(name, p))
         groups.setdefault(key, []).append(p)
     out = []
     for (new, decay), params in sorted(groups.items()):

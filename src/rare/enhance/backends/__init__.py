@@ -1,6 +1,8 @@
 """Generation backends behind one interface (see ``base``), built from the ``enhance`` params.
 
-Heavy imports (torch, transformers, vllm) happen only when that backend is chosen.
+Heavy imports (torch, transformers) happen only when that backend is chosen. A VLM served by
+vLLM, SGLang, LMDeploy or TGI is reached through ``openai`` (its own environment: vLLM's pins
+cannot share one with Prefect's, see README "Running on real M-BEIR").
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def generation_settings(params: EnhanceParams) -> dict[str, Any]:
         for module in (standin, vocab):
             code.update(Path(module.__file__).read_bytes())
         return {"seed": params.seed, "noise": params.noise.model_dump(), "code": code.hexdigest()}
-    options = getattr(params, params.backend)
-    return {"seed": params.seed, "max_pixels": params.max_pixels, "dtype": options.dtype}
+    if params.backend == "openai":
+        o = params.openai
+        return {"seed": params.seed, "max_pixels": params.max_pixels, "image_format": o.image_format}
+    return {"seed": params.seed, "max_pixels": params.max_pixels, "dtype": params.transformers.dtype}
 
 
 def make_backend(params: EnhanceParams) -> Backend:
@@ -55,13 +59,8 @@ def make_backend(params: EnhanceParams) -> Backend:
         t = params.transformers
         return TransformersBackend(params.model, device=t.device, dtype=t.dtype, max_pixels=params.max_pixels,
                                    seed=params.seed)
-    if params.backend == "vllm":
-        from rare.enhance.backends.vllm import VLLMBackend
+    if params.backend == "openai":
+        from rare.enhance.backends.openai import OpenAIBackend
 
-        v = params.vllm
-        return VLLMBackend(
-            params.model, max_model_len=v.max_model_len, limit_mm_per_prompt=v.limit_mm_per_prompt,
-            gpu_memory_utilization=v.gpu_memory_utilization, tensor_parallel_size=v.tensor_parallel_size,
-            dtype=v.dtype, max_pixels=params.max_pixels, seed=params.seed, image_workers=v.image_workers,
-        )
-    raise ValueError(f"enhance.backend: unknown backend {params.backend!r}; allowed: ['standin', 'transformers', 'vllm']")
+        return OpenAIBackend(params.model, params.openai, max_pixels=params.max_pixels, seed=params.seed)
+    raise ValueError(f"enhance.backend: unknown backend {params.backend!r}; allowed: ['standin', 'transformers', 'openai']")

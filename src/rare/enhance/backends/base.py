@@ -3,7 +3,8 @@
 The engine routes an item to an operation, renders the operation's versioned prompt, and
 hands the backend a batch of requests; the backend returns one result per request, in order.
 A backend never raises for a single bad item: it returns a result with ``error`` set, so the
-engine can record the cause and fall back to the original text.
+engine can record the cause and fall back to the original text. It raises ``BackendUnavailable``
+when its engine cannot answer at all.
 """
 
 from __future__ import annotations
@@ -44,9 +45,21 @@ class EnhanceResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+class BackendUnavailable(RuntimeError):
+    """The engine behind the backend could not answer (a server down past its retries).
+
+    Not an item failure: the shard fails and is retried or rerun. ``done`` maps a request's index to
+    the results that did complete, which the engine caches before failing, so nothing finished is lost.
+    """
+
+    def __init__(self, message: str, done: dict[int, EnhanceResult]):
+        super().__init__(message)
+        self.done = done
+
+
 @runtime_checkable
 class Backend(Protocol):
-    name: str    # "standin" | "transformers" | "vllm" | ...
+    name: str    # "standin" | "transformers" | "openai" | ...
     model: str   # model id or path; goes into the cache key
 
     def generate(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:

@@ -1,0 +1,52 @@
+"""What differs between the retriever families, in one table instead of branches through the code.
+
+``clip`` follows UniIR's CLIP_SF recipe (docs/clip-sf.md): CLIP's raw
+projections are summed and normalised once, the temperature is CLIP's own trained ``logit_scale``,
+texts go through UniIR's ``format_string``, and weight decay spares every gain, bias and the scale.
+
+``dual`` pairs a sentence encoder with a vision tower trained from scratch. Its two towers start in
+unrelated spaces with different norms (MiniLM's mean-pooled embedding vs a random ViT's), so a raw
+sum would let the larger one drown the other: each is normalised before the sum. It has no
+pretrained temperature, so it learns a fresh one from ``init_temperature`` (clamped at 100, as CLIP
+clamps), and its uncased WordPiece tokenizer gains nothing from re-capitalised, re-punctuated text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+NoDecay = Callable[[str, nn.Parameter], bool]
+
+
+def _gain_or_bias(name: str, p: nn.Parameter) -> bool:
+    return p.ndim < 2
+
+
+def _uniir_gain_or_bias(name: str, p: nn.Parameter) -> bool:
+    """UniIR's ``exclude`` rule for its zero-decay group, verbatim."""
+    return p.ndim < 2 or any(part in name for part in ("bn", "ln", "bias", "logit_scale"))
+
+
+@dataclass(frozen=True)
+class Family:
+    normalise_each: bool     # normalise text and image embeddings before summing them (else: raw sum)
+    own_temperature: bool    # a fresh learnable scale on the retriever (else: the towers' pretrained one)
+    text_format: str         # key of rare.data.views.TEXT_FORMATS applied to every text before tokenising
+    no_decay: NoDecay        # parameters trained without weight decay
+
+
+FAMILIES: dict[str, Family] = {
+    "dual": Family(normalise_each=True, own_temperature=True, text_format="none", no_decay=_gain_or_bias),
+    "clip": Family(normalise_each=False, own_temperature=False, text_format="uniir",
+                   no_decay=_uniir_gain_or_bias),
+}
+
+
+def family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown retriever family {name!r}; allowed: {list(FAMILIES)}") from None
