@@ -11,7 +11,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # stage commands call `rare` and `dvc` from this venv, activated or not
 
-.PHONY: setup run repro test test-fast ui ui-stop bench clean
+.PHONY: setup run repro test test-fast ui ui-stop bench serve clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,9 @@ ui-stop:
 
 bench: setup
 	$(PY) -m bench
+
+serve: setup  ## after `make run`: search page + JSON API for models none vs both on http://127.0.0.1:8000
+	$(BIN)/rare serve
 
 clean:
 	rm -rf data models eval report .cache
