@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,7 @@ from typer.testing import CliRunner
 
 from rare.data.records import Candidate, iter_queries
 from rare.evaluate.runfile import read_run
+from rare.serve.batch import MicroBatcher
 from tests.fixtures.serve import LiveServer, ServedIndex, tree_state
 
 
@@ -98,6 +102,43 @@ def test_free_query_with_an_upload_falls_back_to_the_original_and_says_so(client
         assert [h["rank"] for h in col["hits"]] == [1, 2, 3, 4]
         assert all(a["score"] >= b["score"] for a, b in zip(col["hits"], col["hits"][1:]))
     assert out["query"]["qid"] is None and out["query"]["positives"] == []
+
+
+def test_concurrent_queries_are_batched_and_answer_as_alone(client: httpx.Client, live_server: LiveServer):
+    qids = [client.get("/queries/random", params={"seed": i}).json()["qid"] for i in range(8)]
+    alone = [search(client, qid=q, k=5).json()["results"] for q in qids]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: search(client, qid=q, k=5).json()["results"], qids))
+    for a, b in zip(alone, together):
+        assert [[h["did"] for h in col["hits"]] for col in a] == [[h["did"] for h in col["hits"]] for col in b]
+        assert [h["score"] for col in a for h in col["hits"]] == pytest.approx(
+            [h["score"] for col in b for h in col["hits"]], abs=1e-2)
+
+
+def test_the_batcher_runs_waiting_items_together_and_survives_errors():
+    gate, calls = threading.Event(), []
+
+    def fn(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        gate.wait(5)
+        if -1 in items:
+            raise ValueError("bad item")
+        return [i * 10 for i in items]
+
+    batcher = MicroBatcher(fn)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(batcher.submit, 0)
+        while not calls:
+            time.sleep(0.01)
+        rest = [pool.submit(batcher.submit, i) for i in (1, 2, 3)]
+        while batcher._queue.qsize() < 3:
+            time.sleep(0.01)
+        gate.set()
+        assert first.result() == 0 and [f.result() for f in rest] == [10, 20, 30]
+    assert calls == [[0], [1, 2, 3]]
+    with pytest.raises(ValueError, match="bad item"):
+        batcher.submit(-1)
+    assert batcher.submit(4) == 40
 
 
 def test_text_only_queries_are_not_enhanced(client: httpx.Client):

@@ -63,8 +63,7 @@ class Variant:
 
     def pool(self, pool: str, task: str) -> Pool:
         if pool == "global":
-            if self.global_pool is None:
-                raise KeyError("global")
+            assert self.global_pool is not None, "Service.pools offers global only where every variant has it"
             return self.global_pool
         return self.local[task]
 
@@ -97,7 +96,7 @@ def load_variant(name: str, model_dir: Path, data: Path, params: EvaluateParams,
                for t in p.tasks}
     local = {dt: Pool.of([e.vectors_path], e.ids()) for dt, e in entries.items()}
     global_pool = None
-    if p.global_pool.exists():
+    if "global" in params.pools:  # the pools its evaluation searched, so the ones it cached
         taken = list(entries.values())
 
         def rest(_: set[str]) -> E.Embeddings:

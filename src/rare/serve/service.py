@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
@@ -19,6 +20,7 @@ from rare.data.records import Candidate, Enhanced, Query
 from rare.data.views import query_text
 from rare.mbeir import TASKS, DatasetTask, dataset_id_of
 from rare.model import EncodeInput
+from rare.serve.batch import MicroBatcher
 from rare.serve.enhance import LiveEnhancer
 from rare.serve.index import POOLS, Catalog, Variant
 
@@ -58,8 +60,9 @@ class Column(BaseModel):
     variant: str
     query_text: str              # exactly what this model embedded: instruction + original or enhanced text
     uses_enhanced_query: bool
-    embed_ms: float
-    search_ms: float             # the bare exact search
+    batch: int                   # queries embedded and searched together with this one (micro-batching)
+    embed_ms: float              # that batch's forward pass
+    search_ms: float             # that batch's bare exact search
     hits: list[Hit]
 
 
@@ -111,6 +114,25 @@ class InfoOut(BaseModel):
     max_pixels: int
 
 
+@dataclass(frozen=True)
+class Job:
+    """One query's work for the batcher: what each chosen variant embeds, and where it searches."""
+
+    inputs: dict[str, EncodeInput]  # variant -> its input
+    pool: str
+    task: str
+    k: int
+
+
+@dataclass(frozen=True)
+class Ranked:
+    scores: np.ndarray
+    dids: np.ndarray
+    batch: int
+    embed_ms: float
+    search_ms: float
+
+
 @dataclass
 class QueryImage:
     """A decoded query image and the file it came from (an upload spooled to a temp file, or the data root)."""
@@ -125,15 +147,16 @@ class Service:
                  limits: Limits = Limits()):  # noqa: B008 - frozen dataclass
         self.variants, self.catalog, self.enhancer, self.limits = variants, catalog, enhancer, limits
         self.tasks = {dt.name: dt for dt in catalog.tasks}
+        self.pools = [p for p in POOLS if p == "local" or all(v.global_pool for v in variants.values())]
         first = next(iter(variants.values()))
         self.instructions = first.plan.query_view.instructions
         self.instruction_seed = first.plan.query_view.instruction_seed
+        self.batcher: MicroBatcher[Job, dict[str, Ranked]] = MicroBatcher(self._rank)
 
     def info(self) -> InfoOut:
         tasks = [TaskOut(name=dt.name, dataset=dt.dataset, task_id=dt.task_id, query_modality=TASKS[dt.task_id][0],
                          candidate_modality=TASKS[dt.task_id][1]) for dt in self.tasks.values()]
-        pools = [p for p in POOLS if p == "local" or all(v.global_pool for v in self.variants.values())]
-        return InfoOut(variants=list(self.variants), tasks=tasks, pools=pools,
+        return InfoOut(variants=list(self.variants), tasks=tasks, pools=self.pools,
                        datasets=sorted({dt.dataset for dt in self.tasks.values()}),
                        enhancement_backend=self.enhancer.backend.name, max_k=self.limits.max_k,
                        max_upload_bytes=self.limits.max_upload_bytes, max_pixels=self.limits.max_pixels)
@@ -194,8 +217,8 @@ class Service:
     def _check(self, k: int, pool: str, variants: list[str]) -> list[Variant]:
         if not 1 <= k <= self.limits.max_k:
             raise BadInput("k", f"must be between 1 and {self.limits.max_k}, got {k}")
-        if pool not in self.info().pools:
-            raise BadInput("pool", f"unknown pool {pool!r}; allowed: {self.info().pools}")
+        if pool not in self.pools:
+            raise BadInput("pool", f"unknown pool {pool!r}; allowed: {self.pools}")
         unknown = [v for v in variants if v not in self.variants]
         if unknown:
             raise BadInput("variants", f"unknown variant {unknown[0]!r}; served: {list(self.variants)}")
@@ -233,25 +256,44 @@ class Service:
         record = Query(qid=qid or "free", txt=text, img_path=None, modality=qmod, task_id=dt.task_id, pos=[],
                        enhanced=enhanced)
         positives = self.catalog.positives.get(qid, set()) if qid else set()
-        columns = [self._column(v, record, instruction, image, pool, dt, k, positives) for v in chosen]
+        texts = {v.name: query_text(record, instruction, v.plan.query_view.use_enhanced, v.plan.query_view.mode)
+                 for v in chosen}
+        pil = image.image if image else None
+        ranked = self.batcher.submit(Job({v: EncodeInput(t, pil) for v, t in texts.items()}, pool, dt.name, k))
+        columns = [self._column(v, texts[v.name], ranked[v.name], positives) for v in chosen]
         return SearchOut(query=self._query_out(qid or None, dt, text, image is not None), instruction=instruction,
                          enhancement=self._enhancement_out(enhanced), pool=pool, k=k, results=columns,
                          total_ms=_ms(t0))
 
-    def _column(self, v: Variant, record: Query, instruction: str, image: QueryImage | None, pool: str,
-                dt: DatasetTask, k: int, positives: set[str]) -> Column:
-        view = v.plan.query_view
-        embedded = query_text(record, instruction, view.use_enhanced, view.mode)
-        t0 = time.perf_counter()
-        vec = v.embed([EncodeInput(embedded, image.image if image else None)])
-        t1 = time.perf_counter()
-        scores, dids = v.pool(pool, dt.name).search(vec, k)
-        search_ms = _ms(t1)
+    def _rank(self, jobs: list[Job]) -> list[dict[str, Ranked]]:
+        """The batcher's work: per variant one forward for every waiting query, one search per pool searched."""
+        out: list[dict[str, Ranked]] = [{} for _ in jobs]
+        for name, v in self.variants.items():
+            mine = [i for i, job in enumerate(jobs) if name in job.inputs]
+            if not mine:
+                continue
+            t0 = time.perf_counter()
+            vecs = v.embed([jobs[i].inputs[name] for i in mine])
+            embed_ms = _ms(t0)
+            groups: dict[tuple[str, str], list[int]] = {}
+            for row, i in enumerate(mine):
+                groups.setdefault((jobs[i].pool, jobs[i].task), []).append(row)
+            for (pool, task), rows in groups.items():
+                t1 = time.perf_counter()
+                # Exact search with a fixed tie-break: the top k of a larger k is the top k.
+                scores, dids = v.pool(pool, task).search(vecs[rows], max(jobs[mine[r]].k for r in rows))
+                search_ms = _ms(t1)
+                for j, r in enumerate(rows):
+                    k = jobs[mine[r]].k
+                    out[mine[r]][name] = Ranked(scores[j, :k], dids[j, :k], len(mine), embed_ms, search_ms)
+        return out
+
+    def _column(self, v: Variant, embedded: str, ranked: Ranked, positives: set[str]) -> Column:
         hits = [Hit(rank=r + 1, score=float(s), positive=did in positives,
                     **_candidate_out(self._candidate(str(did))).model_dump())
-                for r, (s, did) in enumerate(zip(scores[0], dids[0]))]
-        return Column(variant=v.name, query_text=embedded, uses_enhanced_query=view.use_enhanced,
-                      embed_ms=(t1 - t0) * 1000, search_ms=search_ms, hits=hits)
+                for r, (s, did) in enumerate(zip(ranked.scores, ranked.dids))]
+        return Column(variant=v.name, query_text=embedded, uses_enhanced_query=v.plan.query_view.use_enhanced,
+                      batch=ranked.batch, embed_ms=ranked.embed_ms, search_ms=ranked.search_ms, hits=hits)
 
     @staticmethod
     def _enhancement_out(e: Enhanced) -> EnhancementOut:
