@@ -187,7 +187,7 @@ BOMB = (20_000, 1_000)  # 20M pixels, a few kB as PNG: over the 16M decoded-pixe
     ({"text": "", "task": "glyphcaps_task0"}, None, 422, "text", "empty"),
     ({"task": "twinpix_task4"}, None, 422, "image", "upload an image"),
     ({"task": "twinpix_task4"}, {"image": ("big.png", b"\0" * (10 * 1024 * 1024 + 1))}, 413, "image", "size cap"),
-    ({"task": "twinpix_task4"}, {"image": ("bomb.png", png(BOMB, "white"))}, 413, "image", "exceeds the cap"),
+    ({"task": "twinpix_task4"}, {"image": ("bomb.png", png(BOMB, "white"))}, 422, "image", "exceeds the cap"),
     ({"task": "twinpix_task4"}, {"image": ("notes.txt", b"just some text")}, 422, "image", "unreadable"),
     ({"task": "twinpix_task4"}, {"image": ("cut.png", noise_png()[:6000])}, 422, "image", "unreadable"),
 ])

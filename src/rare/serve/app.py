@@ -51,8 +51,7 @@ def _upload(upload: UploadFile | None, service: Service) -> Iterator[QueryImage 
             image = open_image(tmp.name, service.limits.max_pixels)
         except ImageLoadError as exc:
             cause = str(exc).removeprefix(f"{tmp.name}: ")
-            raise BadInput("image", f"{upload.filename}: {cause}", 413 if "pixels" in cause or "bomb" in cause
-                           else 422) from None
+            raise BadInput("image", f"{upload.filename}: {cause}") from None
         yield QueryImage(image, Path(tmp.name))
 
 

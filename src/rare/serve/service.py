@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from rare.data.images import ImageLoadError, load_image, resolve_image
+from rare.data.images import ImageLoadError, open_image, resolve_image
 from rare.data.records import Candidate, Enhanced, Query
 from rare.data.views import query_text
 from rare.mbeir import TASKS, DatasetTask, dataset_id_of
@@ -244,7 +244,7 @@ class Service:
                 raise BadInput("task", f"query {qid} belongs to {dt.name}, not {task}")
             if q.img_path:
                 path = self._image_file(q.img_path, "qid")
-                image = QueryImage(load_image(self.catalog.root.path, q.img_path), path)
+                image = QueryImage(open_image(path), path)
             text, src, qmod, ds_id = q.txt, q.src_content, q.modality, dataset_id_of(qid)
         else:
             dt, src = self._task(task), None
