@@ -289,8 +289,7 @@ class Service:
         return out
 
     def _column(self, v: Variant, embedded: str, ranked: Ranked, positives: set[str]) -> Column:
-        hits = [Hit(rank=r + 1, score=float(s), positive=did in positives,
-                    **_candidate_out(self._candidate(str(did))).model_dump())
+        hits = [_candidate_out(self._candidate(str(did)), Hit, rank=r + 1, score=float(s), positive=did in positives)
                 for r, (s, did) in enumerate(zip(ranked.scores, ranked.dids))]
         return Column(variant=v.name, query_text=embedded, uses_enhanced_query=v.plan.query_view.use_enhanced,
                       batch=ranked.batch, embed_ms=ranked.embed_ms, search_ms=ranked.search_ms, hits=hits)
@@ -317,12 +316,12 @@ def _check_modality(dt: DatasetTask, text: str, image: QueryImage | None) -> Non
         raise BadInput("image", f"task {dt.name} takes text-only queries: no image")
 
 
-def _candidate_out(c: Candidate) -> CandidateOut:
+def _candidate_out(c: Candidate, model: type[CandidateOut] = CandidateOut, **extra: object) -> CandidateOut:
+    """The record as the API shows it; ``model`` and ``extra`` make it a ranked Hit."""
     e = c.enhanced
-    return CandidateOut(did=c.did, modality=c.modality, text=c.txt,
-                        enhanced_text=e.txt if e is not None and e.ok else None,
-                        enhanced_status=e.status if e is not None else None,
-                        image_url=f"/images/{c.did}" if c.img_path else None)
+    return model(did=c.did, modality=c.modality, text=c.txt, enhanced_text=e.txt if e is not None and e.ok else None,
+                 enhanced_status=e.status if e is not None else None,
+                 image_url=f"/images/{c.did}" if c.img_path else None, **extra)
 
 
 def _ms(t0: float) -> float:
