@@ -11,7 +11,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # stage commands call `rare` and `dvc` from this venv, activated or not
 
-.PHONY: setup run repro test test-fast ui ui-stop serve trigger bench clean
+.PHONY: setup run repro test test-fast ui ui-stop deploy trigger bench serve clean
 
 setup: $(VENV)/.installed
 
@@ -41,9 +41,9 @@ ui-stop:
 	$(PY) -m flows.ui stop
 
 # A deployment of the pipeline on the `make ui` server. Prefect's own CLI finds a server only through
-# PREFECT_API_URL, so these set it; `make serve` keeps running (CRON='0 3 * * *' adds a schedule).
+# PREFECT_API_URL, so these set it; `make deploy` keeps running (CRON='0 3 * * *' adds a schedule).
 UI_API := http://127.0.0.1:4200/api
-serve: setup  ## serve the rare-pipeline deployment (needs `make ui`)
+deploy: setup  ## serve the rare-pipeline deployment (needs `make ui`)
 	PREFECT_API_URL=$(UI_API) $(PY) -m flows.pipeline --serve $(if $(CRON),--cron "$(CRON)")
 
 trigger: setup  ## start one run of the served deployment
@@ -51,6 +51,9 @@ trigger: setup  ## start one run of the served deployment
 
 bench: setup
 	$(PY) -m bench
+
+serve: setup  ## after `make run`: search page + JSON API for models none vs both on http://127.0.0.1:8000
+	$(BIN)/rare serve
 
 clean:
 	rm -rf data models eval report .cache

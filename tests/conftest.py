@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.fixtures.enhance",
     "tests.fixtures.models",
     "tests.fixtures.evaluate",
+    "tests.fixtures.serve",
 ]

@@ -264,6 +264,42 @@ def report(
     typer.echo(f"report: {path}")
 
 
+# -- serve ----------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    variant: Annotated[list[str], typer.Option("--variant", help="Variant to serve (repeat for two side by side; "
+                                               "default: none and both).")] = ["none", "both"],  # noqa: B006
+    models: Annotated[Path, typer.Option("--models", help="Directory of exports (<models>/<variant>).")] = Path("models"),
+    data: DataOpt = Path("data/raw"),
+    corpus_enhanced: CorpusEnhOpt = Path("data/enhanced/corpus"),
+    queries_enhanced: QueriesEnhOpt = Path("data/enhanced/queries"),
+    params_file: ParamsOpt = Path("params.yaml"),
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (another than 127.0.0.1 exposes it).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    torch_threads: Annotated[int, typer.Option("--torch-threads", help="Threads of the one batched forward pass; "
+                                               "the other cores serve HTTP.")] = 1,
+) -> None:
+    """Search the trained indexes (the evaluation's cached embeddings) from a web page and a JSON API."""
+    from rare.config import ConfigError
+    from rare.data.errors import DataError
+
+    try:
+        import torch
+        import uvicorn
+
+        torch.set_num_threads(torch_threads)
+
+        from rare.serve import build_service
+        from rare.serve.app import create_app
+
+        service = build_service(variant, models, data, corpus_enhanced, queries_enhanced, params_file)
+    except (DataError, ConfigError, ValueError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} (API docs: /docs)")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+
+
 def run_cli() -> None:
     """The ``rare`` entry point."""
     app()

@@ -140,6 +140,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def candidate_key(p: Plan, pool: Path, fingerprint: str, precision: str,
+                  taken: list[E.Embeddings] | None = None) -> str:
+    """Cache key of one pool's candidate embeddings; ``taken``: the local entries the global pool reuses.
+    Serving (``rare.serve``) reads the entries back by this key, so the two can never disagree."""
+    extra = ",".join(sorted(e.dir.name for e in taken)) if taken else ""
+    return E.cache_key(fingerprint, E.file_hash(pool), "candidate", p.corpus_view, precision, extra)
+
+
 def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cpu") -> Embedded:
     """Query embeddings per dataset-task, local pool embeddings, and the global pool assembled from them."""
     cache = Path(params.cache_dir)
@@ -154,7 +162,7 @@ def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cp
         key = E.cache_key(fp, E.file_hash(t.queries), "query", p.query_view, precision)
         queries[t.dt.name] = E.embed(retriever, partial(E.query_items, t.queries, p.query_view), key, cache,
                                      image_root, label=f"{t.dt.name} queries", **opts)
-        key = E.cache_key(fp, E.file_hash(t.pool), "candidate", p.corpus_view, precision)
+        key = candidate_key(p, t.pool, fp, precision)
         pools[t.dt.name] = E.embed(retriever, partial(E.pool_items, t.pool, p.corpus_view), key, cache,
                                    image_root, label=f"{t.dt.name} pool", **opts)
     out = Embedded(queries, pools, stats=stats)
@@ -162,8 +170,7 @@ def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cp
         locals_ = list(pools.values())
 
         def embed_rest(dids: set[str]) -> E.Embeddings:
-            extra = ",".join(sorted(e.dir.name for e in locals_))
-            key = E.cache_key(fp, E.file_hash(p.global_pool), "candidate", p.corpus_view, precision, extra)
+            key = candidate_key(p, p.global_pool, fp, precision, locals_)
             make = partial(E.pool_items, p.global_pool, p.corpus_view, dids)
             return E.embed(retriever, make, key, cache, image_root, label="global pool rest", **opts)
 

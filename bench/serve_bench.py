@@ -1,0 +1,204 @@
+"""`rare serve` under load on the default index: request latency against the bare search (issue 13).
+
+The server is `python -m rare serve` (variants none and both, side by side as the page asks) on
+127.0.0.1, started here in its own process on the index `make run` leaves in the project folder
+(data/, models/, .cache/rare/embeddings). 8 client threads, each with its own keep-alive connection,
+send 2,000 requests of each kind (quick: 200) and time each one:
+- text queries: the test queries of the text-only tasks, sent as free text with their task;
+- image queries: the test queries of the image-only tasks, their image uploaded as a file.
+Every request is `POST /search` with k=10 on the task's local pool, both variants answering.
+
+In this process the same queries go through the same service without HTTP, one at a time: the bare
+exact search (both variants' `Pool.search` on ready query vectors) and the whole query (enhance, embed,
+search, build the response), so the serving overhead shows as a ratio.
+
+Rows (name, value, reference, ratio, verdict):
+- text p50 against 30 ms and p99 against 100 ms, image p50 against 60 ms: target <= 1.0;
+- failed requests against the requests sent: target 0;
+- request p50 against the bare search p50 and against the in-process query p50 (info).
+
+Run: `python bench/serve_bench.py [--quick]` after `make run` (not in `python -m bench`: it needs the
+trained index, which a fresh clone does not have).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python bench/serve_bench.py` from anywhere
+
+from rare import runtime  # noqa: E402
+
+runtime.configure()
+
+from bench.common import print_rows, row  # noqa: E402
+
+CLIENTS, K, VARIANTS = 8, 10, ("none", "both")
+Request = dict[str, Any]  # form fields, plus "image" -> (filename, bytes) and "path" (its file) for uploads
+
+
+def _requests(service: Any, modality: str, n: int) -> list[Request]:
+    """n requests cycling over the test queries whose task takes ``modality`` queries."""
+    from rare.mbeir import TASKS
+
+    out = []
+    for qid, task in service.catalog.task_of.items():
+        dt = service.tasks[task]
+        if TASKS[dt.task_id][0] != modality:
+            continue
+        q = service.catalog.queries[qid]
+        req: Request = {"task": task, "k": str(K), "pool": "local"}
+        if modality == "text":
+            req["text"] = q.txt
+        else:
+            req["path"] = service.catalog.root.path / q.img_path
+            req["image"] = (req["path"].name, req["path"].read_bytes())
+        out.append(req)
+    if not out:
+        raise SystemExit(f"no {modality} test queries in the served index")
+    return [out[i % len(out)] for i in range(n)]
+
+
+def _percentiles(ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def load(url: str, requests: list[Request]) -> tuple[list[float], int]:
+    """Latencies (ms) of every request sent by CLIENTS threads, and how many did not answer 200."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    shares = [requests[i::CLIENTS] for i in range(CLIENTS)]
+
+    def client(share: list[Request]) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for req in share:
+                form = {k: v for k, v in req.items() if k not in ("image", "path")}
+                files = {"image": req["image"]} if "image" in req else None
+                t0 = time.perf_counter()
+                r = c.post("/search", data=form, files=files)
+                dt = (time.perf_counter() - t0) * 1000
+                with lock:
+                    latencies.append(dt)
+                    errors[0] += r.status_code != 200
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors[0]
+
+
+def bare(service: Any, requests: list[Request]) -> tuple[list[float], list[float]]:
+    """Per request, in this process: both variants' exact search alone, and the whole query without HTTP."""
+    from rare.data.images import open_image
+    from rare.model import EncodeInput
+    from rare.serve.service import QueryImage
+
+    search_ms, query_ms = [], []
+    variants = list(service.variants.values())
+    for req in requests:
+        image = QueryImage(open_image(req["path"]), req["path"]) if "path" in req else None
+        vecs = [v.embed([EncodeInput(req.get("text", ""), image.image if image else None)]) for v in variants]
+        t0 = time.perf_counter()
+        for v, vec in zip(variants, vecs):
+            v.pool("local", req["task"]).search(vec, K)
+        search_ms.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        service.search(text=req.get("text", ""), image=image, task=req["task"], k=K, pool="local")
+        query_ms.append((time.perf_counter() - t0) * 1000)
+    return search_ms, query_ms
+
+
+def start_server(port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "rare", "serve", "--port", str(port)]
+    return subprocess.Popen(cmd, cwd=ROOT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"`rare serve` exited with {proc.returncode} (run `make run` first?)")
+        try:
+            if httpx.get(url + "/info", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("`rare serve` did not answer in time")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    import torch
+
+    from rare.serve import build_service
+
+    torch.set_num_threads(1)  # as `rare serve` runs its forward pass (--torch-threads)
+    n = 200 if quick else 2000
+    service = build_service(list(VARIANTS), ROOT / "models", ROOT / "data/raw", ROOT / "data/enhanced/corpus",
+                            ROOT / "data/enhanced/queries", ROOT / "params.yaml")
+    work = {m: _requests(service, m, n) for m in ("text", "image")}
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(port)
+    try:
+        wait_ready(url, proc)
+        load(url, work["text"][:100] + work["image"][:100])  # warm-up: kernels, allocator, connections
+        measured: dict[str, tuple[list[float], int]] = {m: load(url, reqs) for m, reqs in work.items()}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    rows = []
+    targets: dict[str, list[tuple[str, Callable[[tuple[float, float]], float], float]]] = {
+        "text": [("p50", lambda p: p[0], 30.0), ("p99", lambda p: p[1], 100.0)],
+        "image": [("p50", lambda p: p[0], 60.0), ("p99", lambda p: p[1], float("nan"))],
+    }
+    sample = max(50, n // 10)
+    for modality, (latencies, errors) in measured.items():
+        pct = _percentiles(latencies)
+        search_ms, query_ms = bare(service, work[modality][:sample])
+        label = f"{modality} queries, {CLIENTS} clients, {n} requests, {' vs '.join(VARIANTS)}, k={K}, local pool"
+        for stat, pick, target in targets[modality]:
+            if target == target:  # not NaN
+                rows.append(row(f"{label}: request {stat} (ms) vs {target:g} ms", pick(pct), target, "ms", 1.0))
+            else:
+                rows.append(row(f"  {modality} request {stat} (ms) vs its p50", pick(pct), pct[0], "ms", None))
+        rows.append(row(f"  {modality} failed requests, of {n}", errors, n, "req", 0.0))
+        rows.append(row(f"  {modality} request p50 vs the bare exact search p50 ({np.median(search_ms):.2f} ms, "
+                        "both variants, in process)", pct[0], float(np.median(search_ms)), "ms", None))
+        rows.append(row(f"  {modality} request p50 vs the whole query in process, no HTTP, one at a time",
+                        pct[0], float(np.median(query_ms)), "ms", None))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="200 requests of each kind instead of 2,000")
+    print_rows(run(quick=ap.parse_args().quick))
+
+
+if __name__ == "__main__":
+    main()

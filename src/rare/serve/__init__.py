@@ -1,0 +1,30 @@
+"""``rare serve``: search trained indexes from a web page and a JSON API, two variants side by side.
+
+index     load once: retrievers, the evaluation's cached candidate embeddings (memory-mapped), records
+enhance   the configured enhancement backend, run per query as the enhancement stage runs it
+service   validate, enhance, embed, search; typed response bodies
+app       FastAPI routes, error bodies, the static page (static/) and offline API docs
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rare.config import load_section
+from rare.serve.enhance import LiveEnhancer
+from rare.serve.index import load_catalog, load_variant
+from rare.serve.service import Limits, Service
+
+DEFAULT_VARIANTS = ("none", "both")
+
+
+def build_service(variants: Sequence[str], models: Path, data: Path, corpus_enhanced: Path | None,
+                  queries_enhanced: Path | None, params_file: Path, limits: Limits = Limits()) -> Service:  # noqa: B008
+    """Everything loaded once; models come from ``<models>/<variant>``, parameters from params.yaml."""
+    if not 1 <= len(variants) <= 2 or len(set(variants)) != len(variants):
+        raise ValueError(f"--variant: serve one variant or two different ones, got {list(variants)}")
+    params = load_section("evaluate", params_file)
+    loaded = {v: load_variant(v, models / v, data, params, corpus_enhanced, queries_enhanced) for v in variants}
+    catalog = load_catalog(next(iter(loaded.values())).plan, corpus_enhanced)
+    return Service(loaded, catalog, LiveEnhancer(load_section("enhance", params_file)), limits)

@@ -1,0 +1,224 @@
+"""`rare serve`'s JSON API through an HTTP client against a live uvicorn server (tests/fixtures/serve.py)."""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rare.data.records import Candidate, iter_queries
+from rare.evaluate.runfile import read_run
+from rare.serve.batch import MicroBatcher
+from tests.fixtures.serve import LiveServer, ServedIndex, tree_state
+
+
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer):
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        yield c
+
+
+def png(size: tuple[int, int] = (48, 48), color: str = "red") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def noise_png(size: int = 64) -> bytes:
+    """Random pixels: the file is big enough that half of it is a truncated image."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (size, size), random.Random(0).randbytes(size * size * 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def search(client: httpx.Client, files: dict | None = None, **form: object) -> httpx.Response:
+    return client.post("/search", data={k: str(v) for k, v in form.items()}, files=files)
+
+
+def test_info_lists_variants_tasks_and_pools(client: httpx.Client, served_index: ServedIndex):
+    info = client.get("/info").json()
+    assert info["variants"] == ["none", "both"]
+    assert info["pools"] == ["local", "global"]
+    tasks = {t["name"]: t for t in info["tasks"]}
+    assert tasks["glyphcaps_task0"]["query_modality"] == "text"
+    assert tasks["tweakset_task7"] == {"name": "tweakset_task7", "dataset": "tweakset", "task_id": 7,
+                                       "query_modality": "image,text", "candidate_modality": "image"}
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/search", "/candidates/{did}", "/images/{did}",
+                                                                   "/queries/random"}
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static-offline-docs/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200  # served here, not by a CDN
+
+
+@pytest.mark.parametrize("pool", ["local", "global"])
+def test_benchmark_queries_rank_as_the_evaluation_run_files(client: httpx.Client, served_index: ServedIndex,
+                                                            pool: str):
+    """Same embeddings, same exact search: the served top-10 is the evaluation's top-10 for every variant."""
+    tasks = [t["name"] for t in client.get("/info").json()["tasks"]]
+    for task in tasks:
+        ds, tid = task.rsplit("_task", 1)
+        qid = next(iter_queries(served_index.data / f"query/test/mbeir_{ds}_task{tid}_test.jsonl")).qid
+        out = search(client, qid=qid, k=10, pool=pool).json()
+        assert out["query"]["task"] == task
+        for col in out["results"]:
+            run = read_run(served_index.evals / col["variant"] / "runs" / pool / f"{task}.trec")
+            assert [h["did"] for h in col["hits"]] == run[qid][:10], (task, col["variant"])
+            assert [h["positive"] for h in col["hits"]] == [d in out["query"]["positives"] for d in run[qid][:10]]
+
+
+def test_enhancement_runs_live_and_matches_the_enhancement_stage(client: httpx.Client, served_index: ServedIndex):
+    """An image question (resolve) on the stand-in: the live text is the stage's text; only 'both' reads it."""
+    path = served_index.queries / "query/test/mbeir_emblemkb_task6_test.jsonl"
+    q = next(q for q in iter_queries(path) if q.enhanced is not None and q.enhanced.ok)
+    out = search(client, qid=q.qid, k=5).json()
+    e = out["enhancement"]
+    assert (e["status"], e["op"], e["text"], e["backend"]) == ("ok", q.enhanced.op, q.enhanced.txt, "standin")
+    columns = {c["variant"]: c for c in out["results"]}
+    assert columns["both"]["uses_enhanced_query"] and q.enhanced.txt in columns["both"]["query_text"]
+    assert not columns["none"]["uses_enhanced_query"] and q.enhanced.txt not in columns["none"]["query_text"]
+    assert columns["none"]["query_text"].endswith(q.txt) and out["instruction"] in columns["none"]["query_text"]
+
+
+def test_free_query_with_an_upload_falls_back_to_the_original_and_says_so(client: httpx.Client):
+    r = search(client, {"image": ("mine.png", png(), "image/png")}, text="make the circle blue please",
+               task="tweakset_task7", k=4)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    e = out["enhancement"]
+    assert e["status"] == "failed" and "annotation" in e["cause"] and "original text is used" in e["note"]
+    assert e["text"] is None
+    for col in out["results"]:
+        assert col["query_text"].endswith("make the circle blue please")
+        assert len(col["hits"]) == 4 and all(h["modality"] == "image" and h["image_url"] for h in col["hits"])
+        assert [h["rank"] for h in col["hits"]] == [1, 2, 3, 4]
+        assert all(a["score"] >= b["score"] for a, b in zip(col["hits"], col["hits"][1:]))
+    assert out["query"]["qid"] is None and out["query"]["positives"] == []
+
+
+def test_concurrent_queries_are_batched_and_answer_as_alone(client: httpx.Client, live_server: LiveServer):
+    qids = [client.get("/queries/random", params={"seed": i}).json()["qid"] for i in range(8)]
+    alone = [search(client, qid=q, k=5).json()["results"] for q in qids]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: search(client, qid=q, k=5).json()["results"], qids))
+    for a, b in zip(alone, together):
+        assert [[h["did"] for h in col["hits"]] for col in a] == [[h["did"] for h in col["hits"]] for col in b]
+        assert [h["score"] for col in a for h in col["hits"]] == pytest.approx(
+            [h["score"] for col in b for h in col["hits"]], abs=1e-2)
+
+
+def test_the_batcher_runs_waiting_items_together_and_survives_errors():
+    gate, calls = threading.Event(), []
+
+    def fn(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        gate.wait(5)
+        if -1 in items:
+            raise ValueError("bad item")
+        return [i * 10 for i in items]
+
+    batcher = MicroBatcher(fn)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(batcher.submit, 0)
+        while not calls:
+            time.sleep(0.01)
+        rest = [pool.submit(batcher.submit, i) for i in (1, 2, 3)]
+        while batcher._queue.qsize() < 3:
+            time.sleep(0.01)
+        gate.set()
+        assert first.result() == 0 and [f.result() for f in rest] == [10, 20, 30]
+    assert calls == [[0], [1, 2, 3]]
+    with pytest.raises(ValueError, match="bad item"):
+        batcher.submit(-1)
+    assert batcher.submit(4) == 40
+
+
+def test_text_only_queries_are_not_enhanced(client: httpx.Client):
+    out = search(client, text="a red circle", task="glyphcaps_task0", k=3, variants="both").json()
+    assert out["enhancement"]["status"] == "skipped" and out["enhancement"]["op"] == "none"
+    assert [c["variant"] for c in out["results"]] == ["both"]
+
+
+def test_candidates_and_their_images(client: httpx.Client, live_server: LiveServer, served_index: ServedIndex):
+    out = search(client, text="a red circle", task="glyphcaps_task0", k=1).json()
+    did = out["results"][0]["hits"][0]["did"]
+    cand = client.get(f"/candidates/{did}").json()
+    record: Candidate = live_server.service.catalog.candidates[did]
+    assert (cand["did"], cand["text"], cand["modality"]) == (did, record.txt, record.modality)
+    assert cand["enhanced_text"] == record.enhanced.txt and cand["enhanced_status"] == "ok"
+    image = client.get(cand["image_url"])
+    assert image.status_code == 200 and image.content == (served_index.data / record.img_path).read_bytes()
+    random = client.get("/queries/random", params={"dataset": "twinpix", "seed": 3}).json()
+    assert random["task"] == "twinpix_task4" and random["positives"]
+    assert client.get(random["image_url"]).content[:4] == b"\x89PNG"
+    assert client.get("/queries/random", params={"dataset": "twinpix", "seed": 3}).json() == random
+
+
+def test_images_serve_only_the_pools_own_files_inside_the_data_root(client: httpx.Client, live_server: LiveServer,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    catalog = live_server.service.catalog
+    for did, rel in [("99:1", "../outside.png"), ("99:2", "mbeir_images/link-out.png"), ("99:3", "/etc/hostname")]:
+        monkeypatch.setitem(catalog.candidates, did, Candidate(did, "x", rel, "image"))
+        r = client.get(f"/images/{did}")
+        assert r.status_code == 403 and r.json()["field"] == "did", (rel, r.text)
+    assert client.get("/images/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert client.get("/images/10:not-a-did").json()["detail"] == "did: unknown candidate '10:not-a-did'"
+
+
+BOMB = (20_000, 1_000)  # 20M pixels, a few kB as PNG: over the 16M decoded-pixel cap
+
+
+@pytest.mark.parametrize(("form", "files", "status", "field", "words"), [
+    ({"text": "x", "task": "glyphcaps_task0", "k": 0}, None, 422, "k", "between 1 and 100"),
+    ({"text": "x", "task": "glyphcaps_task0", "k": 101}, None, 422, "k", "got 101"),
+    ({"text": "x", "task": "glyphcaps_task0", "k": "ten"}, None, 422, "k", "integer"),
+    ({"text": "x", "task": "nosuch_task0"}, None, 422, "task", "unknown task 'nosuch_task0'"),
+    ({"text": "x", "task": "glyphcaps_task0", "variants": "none,best"}, None, 422, "variants", "'best'"),
+    ({"text": "x", "task": "glyphcaps_task0", "pool": "galaxy"}, None, 422, "pool", "'galaxy'"),
+    ({"qid": "10:999999"}, None, 404, "qid", "unknown benchmark query"),
+    ({"text": "", "task": "glyphcaps_task0"}, None, 422, "text", "empty"),
+    ({"task": "twinpix_task4"}, None, 422, "image", "upload an image"),
+    ({"task": "twinpix_task4"}, {"image": ("big.png", b"\0" * (10 * 1024 * 1024 + 1))}, 413, "image", "size cap"),
+    ({"task": "twinpix_task4"}, {"image": ("bomb.png", png(BOMB, "white"))}, 422, "image", "exceeds the cap"),
+    ({"task": "twinpix_task4"}, {"image": ("notes.txt", b"just some text")}, 422, "image", "unreadable"),
+    ({"task": "twinpix_task4"}, {"image": ("cut.png", noise_png()[:6000])}, 422, "image", "unreadable"),
+])
+def test_bad_input_is_refused_naming_the_field_and_the_server_keeps_serving(
+        client: httpx.Client, form: dict, files: dict | None, status: int, field: str, words: str):
+    r = search(client, files, **form)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field and r.json()["detail"].startswith(f"{field}: ") and words in r.json()["detail"]
+    ok = search(client, text="a red circle", task="glyphcaps_task0", k=2)
+    assert ok.status_code == 200 and len(ok.json()["results"][1]["hits"]) == 2
+
+
+def test_other_bad_requests(client: httpx.Client):
+    assert client.get("/queries/random", params={"dataset": "atlantis"}).json()["field"] == "dataset"
+    qid = client.get("/queries/random", params={"dataset": "glyphcaps", "seed": 0}).json()["qid"]
+    r = search(client, qid=qid, text="also text")
+    assert r.status_code == 422 and r.json()["detail"] == "qid: a benchmark query brings its own text and image: " \
+                                                          "send qid without them"
+    r = search(client, qid=qid, task="twinpix_task4")
+    assert r.status_code == 422 and r.json()["field"] == "task" and "belongs to glyphcaps_task" in r.json()["detail"]
+
+
+def test_cli_names_what_is_missing(tmp_path: Path):
+    from rare.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--models", str(tmp_path / "nomodels"), "--data", str(tmp_path)])
+    assert r.exit_code == 1 and "not a retriever export" in r.output
+
+
+def test_zz_serving_wrote_nothing_into_data_models_or_caches(client: httpx.Client, live_server: LiveServer,
+                                                             served_index: ServedIndex):
+    """Runs last in this module: every request above has been served by now."""
+    assert search(client, {"image": ("a.png", png(), "image/png")}, task="twinpix_task4").status_code == 200
+    assert tree_state(served_index.watched()) == live_server.before
