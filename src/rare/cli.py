@@ -171,6 +171,42 @@ def enhance_queries(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = 
     _enhance("queries", data, out, params_file, metrics)
 
 
+# -- pretrain -------------------------------------------------------------------------------------
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Argument(help="Checkpoint directory (HF format: config.json, model.safetensors), "
+                                        "replaced atomically.")],
+    params_file: ParamsOpt = Path("params.yaml"),
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write pretraining figures (seconds, "
+                                                    "loss, held-out recall) here, for DVC.")] = None,
+) -> None:
+    """Pretrain the vision tower CLIP-style on generated alt-text pairs (params `pretrain:`); resumes after a kill."""
+    from rare.config import ConfigError
+
+    try:
+        from flows.pretrain import pretrain_flow
+
+        pretrain_flow(out, params_file, metrics)
+    except (ConfigError, ValueError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command("zero-shot")
+def zero_shot(
+    out: Annotated[Path, typer.Option("--out", help="Export directory, as `rare train` writes it.")],
+    params_file: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Export the retriever `train` starts from, with no fine-tuning (params `train:`): the zero-shot row."""
+    from rare.config import ConfigError
+
+    try:
+        from flows.pretrain import zero_shot_flow
+
+        zero_shot_flow(out, params_file)
+    except (ConfigError, ValueError, OSError) as exc:
+        _fail(exc)
+
+
 # -- train ----------------------------------------------------------------------------------------
 @app.command()
 def train(

@@ -17,6 +17,7 @@ from rare.config.base import Section
 from rare.config.data import DataParams
 from rare.config.enhance import EnhanceParams
 from rare.config.evaluate import EvaluateParams
+from rare.config.pretrain import PretrainParams
 from rare.config.report import ReportParams
 from rare.config.tracking import TrackingParams
 from rare.config.train import TrainParams
@@ -24,6 +25,7 @@ from rare.config.train import TrainParams
 SECTIONS: dict[str, type[Section]] = {
     "data": DataParams,
     "enhance": EnhanceParams,
+    "pretrain": PretrainParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "report": ReportParams,

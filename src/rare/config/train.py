@@ -53,7 +53,7 @@ class ModelParams(Section):
     tokenizer: str | None = None                            # defaults to the text (or CLIP) source
     embed_dim: int = Field(384, ge=8)                       # dual only; CLIP keeps its projection_dim
     text_pooling: Literal["mean", "cls"] = "mean"           # dual only (MiniLM was trained with mean pooling)
-    image_pooling: Literal["mean", "cls"] = "cls"           # dual only
+    image_pooling: Literal["mean", "cls", "pooler"] = "cls"  # dual only; pooler = the tower's own (model.cnn)
     image_size: int = Field(64, ge=8)                       # dual only; CLIP uses its vision config's size
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD

@@ -84,7 +84,10 @@ def _positives(qrels_file: Path, queries: Path) -> dict[str, set[str]]:
 
 
 def kind_of(model_variant: str, inputs: str) -> str:
-    """Inputs the model was trained on are "trained"; enhanced inputs it never saw are "inference-only"."""
+    """Inputs the model was trained on are "trained"; enhanced inputs it never saw are "inference-only";
+    the pretrained model before any fine-tuning (``rare zero-shot``) is "zero-shot"."""
+    if model_variant == "zero-shot":
+        return "zero-shot"
     return "trained" if model_variant == inputs else "inference-only"
 
 

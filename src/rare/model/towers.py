@@ -19,6 +19,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from rare.config.train import ModelParams, Source
+from rare.model import cnn  # noqa: F401  (registers model_type rare-cnn with the Auto classes)
 
 PACKAGE_PREFIX = "package:"
 
@@ -74,19 +75,23 @@ class DualTowers(nn.Module):
         self.image_proj = nn.Linear(vision.config.hidden_size, embed_dim, bias=False)
         self.embed_dim = embed_dim
 
-    def identity_text_projection(self) -> None:
-        """Start from the pretrained sentence embedding itself when the sizes allow."""
-        if self.text_proj.in_features == self.text_proj.out_features:
+    @staticmethod
+    def identity_projection(proj: nn.Linear) -> None:
+        """Start from the pretrained tower's embedding itself when the sizes allow: a text tower's
+        sentence embedding, or a vision tower pretrained into that same space (``rare pretrain``)."""
+        if proj.in_features == proj.out_features:
             with torch.no_grad():
-                self.text_proj.weight.copy_(torch.eye(self.embed_dim))
+                proj.weight.copy_(torch.eye(proj.out_features))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.text_proj(_pool(hidden, attention_mask, self.text_pooling))
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.vision(pixel_values=pixel_values).last_hidden_state
-        return self.image_proj(_pool(hidden, None, self.image_pooling))
+        out = self.vision(pixel_values=pixel_values)
+        if self.image_pooling == "pooler":  # the tower's own pooling and head (model.cnn)
+            return self.image_proj(out.pooler_output)
+        return self.image_proj(_pool(out.last_hidden_state, None, self.image_pooling))
 
     def text_tower(self) -> nn.Module:
         return self.text
@@ -134,7 +139,9 @@ def build_towers(params: ModelParams) -> tuple[Towers, set[str]]:
         vision = hf_model(source_config(params.vision), params.vision.pretrained)
         towers = DualTowers(text, vision, params.embed_dim, params.text_pooling, params.image_pooling)
         if params.text.pretrained:
-            towers.identity_text_projection()
+            towers.identity_projection(towers.text_proj)
+        if params.vision.pretrained:
+            towers.identity_projection(towers.image_proj)
         new = {n for n, _ in towers.named_parameters()
                if n.startswith(("text_proj.", "image_proj."))
                or (n.startswith("text.") and not params.text.pretrained)

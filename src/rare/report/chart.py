@@ -12,14 +12,19 @@ from matplotlib.figure import Figure
 from rare.report.table import SCORE, Evaluation, columns, summary
 
 TRAINED_COLORS = {"none": "#7f7f7f", "corpus": "#1f77b4", "query": "#2ca02c", "both": "#d62728"}
+ZERO_SHOT_COLOR = "#c7c7c7"
+HATCH = {"inference-only": "//", "zero-shot": ".."}
 
 
 def _color(e: Evaluation) -> str:
+    if e.kind == "zero-shot":
+        return ZERO_SHOT_COLOR
     return TRAINED_COLORS.get(e.inputs, "#9467bd")
 
 
 def bar_chart(evaluations: Sequence[Evaluation], path: Path) -> Path:
-    """Grouped bars; inference-only evaluations share their input variant's colour, hatched."""
+    """Grouped bars; inference-only evaluations share their input variant's colour, hatched; the zero-shot
+    (pretrained, not fine-tuned) model is pale and dotted."""
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
     groups = [k.value for k in columns(evaluations)] + [SCORE]
     fig = Figure(figsize=(2.2 + 1.9 * len(groups), 3.6 * len(pools)), layout="constrained")
@@ -33,8 +38,7 @@ def bar_chart(evaluations: Sequence[Evaluation], path: Path) -> Path:
             values = [rows[e.name][g] for g in groups]
             heights = [np.nan if v is None else v for v in values]
             bars = ax.bar(x + (i - (len(evaluations) - 1) / 2) * width, heights, width, label=e.name,
-                          color=_color(e), hatch="//" if e.kind == "inference-only" else None,
-                          edgecolor="white" if e.kind == "inference-only" else None)
+                          color=_color(e), hatch=HATCH.get(e.kind), edgecolor="white" if e.kind in HATCH else None)
             ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
         ax.set_xticks(x, groups)
         ax.set_ylabel("mean headline R@k")

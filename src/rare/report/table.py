@@ -1,6 +1,6 @@
 """The ablation table: every evaluation's headline numbers, grouped by what each dataset probes.
 
-Rows are evaluations (trained variants, then inference-only ones); columns are dataset-tasks grouped
+Rows are evaluations (the zero-shot pretrained model, trained variants, then inference-only ones); columns are dataset-tasks grouped
 by ``rare.mbeir.Kind`` with a mean per group and the M-BEIR score; cells show deltas against the baseline.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from rare.data.errors import DataError
 from rare.mbeir import DatasetTask, Kind
 
-ROW_ORDER = ("none", "corpus", "query", "both", "infer-corpus", "infer-query", "infer-both")
+ROW_ORDER = ("zero-shot", "none", "corpus", "query", "both", "infer-corpus", "infer-query", "infer-both")
 KIND_ORDER = (Kind.KNOWLEDGE, Kind.COMPOSITIONAL, Kind.PLAIN)
 SCORE = "M-BEIR score"
 
