@@ -181,14 +181,10 @@ def pretrain(
                                                     "loss, held-out recall) here, for DVC.")] = None,
 ) -> None:
     """Pretrain the vision tower CLIP-style on generated alt-text pairs (params `pretrain:`); resumes after a kill."""
-    from rare.config import ConfigError
+    _check("pretrain", params_file)
+    from flows.pretrain import pretrain_flow
 
-    try:
-        from flows.pretrain import pretrain_flow
-
-        pretrain_flow(out, params_file, metrics)
-    except (ConfigError, ValueError, OSError) as exc:
-        _fail(exc)
+    pretrain_flow(out, params_file, metrics)
 
 
 @app.command("zero-shot")
@@ -197,14 +193,10 @@ def zero_shot(
     params_file: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Export the retriever `train` starts from, with no fine-tuning (params `train:`): the zero-shot row."""
-    from rare.config import ConfigError
+    _check("train", params_file)
+    from flows.pretrain import zero_shot_flow
 
-    try:
-        from flows.pretrain import zero_shot_flow
-
-        zero_shot_flow(out, params_file)
-    except (ConfigError, ValueError, OSError) as exc:
-        _fail(exc)
+    zero_shot_flow(out, params_file)
 
 
 # -- train ----------------------------------------------------------------------------------------
@@ -303,7 +295,7 @@ def report(
 # -- serve ----------------------------------------------------------------------------------------
 @app.command()
 def serve(
-    variant: Annotated[list[str], typer.Option("--variant", help="Variant to serve (repeat for two side by side; "
+    variant: Annotated[list[Variant], typer.Option("--variant", help="Variant to serve (repeat for two side by side; "
                                                "default: none and both).")] = ["none", "both"],  # noqa: B006
     models: Annotated[Path, typer.Option("--models", help="Directory of exports (<models>/<variant>).")] = Path("models"),
     data: DataOpt = Path("data/raw"),
@@ -317,21 +309,16 @@ def serve(
                                                "the other cores serve HTTP.")] = 1,
 ) -> None:
     """Search the trained indexes (the evaluation's cached embeddings) from a web page and a JSON API."""
-    from rare.config import ConfigError
-    from rare.data.errors import DataError
+    _check("evaluate", params_file)
+    import torch
+    import uvicorn
 
-    try:
-        import torch
-        import uvicorn
+    torch.set_num_threads(torch_threads)
 
-        torch.set_num_threads(torch_threads)
+    from rare.serve import build_service
+    from rare.serve.app import create_app
 
-        from rare.serve import build_service
-        from rare.serve.app import create_app
-
-        service = build_service(variant, models, data, corpus_enhanced, queries_enhanced, params_file)
-    except (DataError, ConfigError, ValueError, OSError) as exc:
-        _fail(exc)
+    service = build_service(variant, models, data, corpus_enhanced, queries_enhanced, params_file)
     typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} (API docs: /docs)")
     uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
 
