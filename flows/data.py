@@ -29,7 +29,8 @@ from rare.data.layout import POINTER_FILE  # noqa: E402
 from rare.validate import print_report, validate_root  # noqa: E402
 
 
-@task(name="generate-benchmark", task_run_name="generate-benchmark", cache_policy=NO_CACHE, retries=1, retry_condition_fn=transient)
+@task(name="generate-benchmark", task_run_name="generate-benchmark", cache_policy=NO_CACHE, retries=1,
+      retry_condition_fn=transient)
 def generate_task(tmp: Path, params: DataParams) -> dict[str, Any]:
     return generate(tmp, params)
 
@@ -42,7 +43,8 @@ def validate_task(tmp: Path) -> None:
         raise ValueError(f"generated benchmark is invalid ({len(report.errors)} errors), first: {report.errors[0]}")
 
 
-@task(name="point-at-mbeir", task_run_name="point-at-mbeir", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
+@task(name="point-at-mbeir", task_run_name="point-at-mbeir", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=transient)
 def point_task(tmp: Path, root: Path) -> dict[str, Any]:
     """Real M-BEIR (169 GB) is never copied: validate its records and leave a pointer to it.
 

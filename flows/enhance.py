@@ -77,13 +77,13 @@ def write_metrics(outcome: Outcome, path: Path) -> None:
     atomic_write(path.parent / "runtime" / path.name, [(json.dumps(runtime, indent=2, sort_keys=True) + "\n").encode()])
 
 
-def failures_artifact(outcome: Outcome) -> None:
+def failures_artifact(outcome: Outcome, side: str) -> None:
     """A table of failures by cause on the flow run, where a failed enhancement is looked at first."""
     from prefect.artifacts import create_table_artifact
 
     causes = outcome.summary["failures_by_cause"]
     create_table_artifact(
-        key=f"enhance-{outcome.side}-failures",
+        key=f"enhance-{side}-failures",
         table=[{"cause": cause, "items": n} for cause, n in sorted(causes.items())] or [{"cause": "none", "items": 0}],
         description=f"enhance {outcome.side}: {outcome.summary['failed']} of {outcome.summary['enhanceable']} items "
                     f"failed; every one is listed in {outcome.out / FAILURES_FILE}",
@@ -109,7 +109,7 @@ def enhance_flow(side: str, data: Path, out: Path, params_file: Path = Path("par
     with child_run(tracking, "enhance", f"enhance-{side}", {"rare.side": side}, data=data) as run_id:
         outcome = enhance_side(params, Path(data), Path(out), side, mapper=mapper)
         print_outcome(outcome)
-        failures_artifact(outcome)
+        failures_artifact(outcome, side)
         if run_id:
             log_to_mlflow(outcome, logged)
         check_failures(outcome)  # before the metrics: a failed run replaces no output

@@ -126,19 +126,16 @@ def test_the_batcher_runs_waiting_items_together_and_survives_errors():
         return [i * 10 for i in items]
 
     batcher = MicroBatcher(fn)
-    with ThreadPoolExecutor(5) as pool:
-        first = pool.submit(batcher.submit, 0)
-        while not calls:
-            time.sleep(0.01)
-        rest = [pool.submit(batcher.submit, i) for i in (1, 2, 3)]
-        while batcher._queue.qsize() < 3:
-            time.sleep(0.01)
-        gate.set()
-        assert first.result() == 0 and [f.result() for f in rest] == [10, 20, 30]
+    first = batcher.submit(0)
+    while not calls:  # the worker is inside the first batch: the next three wait together
+        time.sleep(0.01)
+    rest = [batcher.submit(i) for i in (1, 2, 3)]
+    gate.set()
+    assert first.result() == 0 and [f.result() for f in rest] == [10, 20, 30]
     assert calls == [[0], [1, 2, 3]]
     with pytest.raises(ValueError, match="bad item"):
-        batcher.submit(-1)
-    assert batcher.submit(4) == 40
+        batcher.submit(-1).result()
+    assert batcher.submit(4).result() == 40
 
 
 def test_text_only_queries_are_not_enhanced(client: httpx.Client):

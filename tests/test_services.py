@@ -32,3 +32,29 @@ def test_start_failure_is_reported(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(services, "_command", lambda *a: ["python3", "-c", "import sys; sys.exit(4)"])
     with pytest.raises(RuntimeError, match=r"mlflow server exited with code 4; see .*m.log"):
         services.start(svc, wait_s=20)
+
+
+def test_a_port_in_use_is_not_free():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind((services.HOST, 0))
+        taken.listen()
+        assert not services.port_free(taken.getsockname()[1])
+    assert services.port_free(services.free_port())
+
+
+def test_log_lines_off_a_terminal_are_never_wrapped(capfd: pytest.CaptureFixture[str]):
+    """A stage under DVC or the pipeline logs to a pipe: a "View at" link must stay one line."""
+    import logging
+
+    from rare import runtime
+
+    url = "http://127.0.0.1:4200/runs/flow-run/0693e7e3-5f4b-7c5a-8000-b2f0a0b7a0a3"
+    runtime.setup_logging()
+    try:
+        logging.getLogger("prefect.flow_runs").info(f"View at {url}")
+    finally:
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+    lines = [line for line in capfd.readouterr().err.splitlines() if "View at" in line]
+    assert len(lines) == 1 and lines[0].endswith(f"View at {url}")

@@ -65,8 +65,8 @@ def _example(image: Path | None) -> pd.DataFrame:
                          "image": ["", encode_image(image) if image else ""]})
 
 
-def log_retriever(run_id: str, model_dir: Path, variant: str, fingerprint: str, example_image: Path | None = None,
-                  ) -> Any:
+def log_retriever(run_id: str, model_dir: Path, variant: str, fingerprint: str,
+                  example_image: Path | None = None) -> Any:
     """Log ``model_dir`` as a pyfunc model of ``run_id`` and register it as a new version of ``rare-<variant>``.
 
     ``example_image`` (any image of the training data) makes the input example show both columns in use.
@@ -83,7 +83,8 @@ def log_retriever(run_id: str, model_dir: Path, variant: str, fingerprint: str, 
     example = _example(example_image)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="retriever", python_model=str(Path(__file__).with_name("registry_model.py")), artifacts={"retriever": str(model_dir)}, signature=signature,
+            name="retriever", python_model=str(Path(__file__).with_name("registry_model.py")),
+            artifacts={"retriever": str(model_dir)}, signature=signature,
             input_example=example, registered_model_name=model_name(variant),
             pip_requirements=_requirements(), tags={FINGERPRINT_TAG: fingerprint},
         )
@@ -105,13 +106,8 @@ def tag_scores(variant: str, fingerprint: str, evaluation: str, scores: dict[str
     """Tag the newest registered version of ``rare-<variant>`` with this export's fingerprint with an
     evaluation's scores (``score.<evaluation>.<pool>``); None when no version matches (an export that was
     trained with tracking off, or a model from elsewhere)."""
-    from mlflow.exceptions import MlflowException
-
     client = mlflow.MlflowClient()
-    try:
-        versions = client.search_model_versions(f"name = '{model_name(variant)}'")
-    except MlflowException:
-        return None
+    versions = client.search_model_versions(f"name = '{model_name(variant)}'")
     found = [v for v in versions if v.tags.get(FINGERPRINT_TAG) == fingerprint]
     if not found:
         return None

@@ -57,8 +57,9 @@ def _upload(upload: UploadFile | None, service: Service) -> Iterator[QueryImage 
 
 def create_app(service: Service) -> FastAPI:
     app = FastAPIOffline(title="rare serve",
-                  description="Search trained rare indexes (the evaluation's cached candidate embeddings, exact "
-                              "search), one or two variants side by side, with query enhancement on the fly.")
+                         description="Search trained rare indexes (the evaluation's cached candidate embeddings, "
+                                     "exact search), one or two variants side by side, with query enhancement on "
+                                     "the fly.")
 
     @app.exception_handler(BadInput)
     def _bad_input(_: Request, exc: BadInput) -> JSONResponse:

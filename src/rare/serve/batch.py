@@ -1,8 +1,8 @@
 """Micro-batching: queries that arrive while a batch is being embedded go through together in the next one.
 
 A single query costs a retriever forward pass that is mostly fixed overhead on a CPU: on 2 cores, 8
-text queries in one forward take about twice the time of one (bench/serve_bench.py). One worker thread
-runs the batches, so the model never runs two forwards at once and the other cores serve HTTP.
+text queries in one forward take about twice the time of one. One worker thread per model runs its
+batches, so a model never runs two forwards at once, and two served models run theirs side by side.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ R = TypeVar("R")
 
 
 class MicroBatcher(Generic[T, R]):
-    """``submit(item)`` blocks until ``fn`` has run on a batch holding ``item`` and returns its result."""
+    """``submit(item)`` queues ``item``; its future gets ``fn``'s result for it once a batch holding it has run."""
 
     def __init__(self, fn: Callable[[list[T]], list[R]], max_batch: int = 32):
         self.fn, self.max_batch = fn, max_batch
         self._queue: queue.SimpleQueue[tuple[T, Future[R]]] = queue.SimpleQueue()
         threading.Thread(target=self._loop, name="rare-serve-batcher", daemon=True).start()
 
-    def submit(self, item: T) -> R:
+    def submit(self, item: T) -> Future[R]:
         future: Future[R] = Future()
         self._queue.put((item, future))
-        return future.result()
+        return future
 
     def _loop(self) -> None:
         while True:

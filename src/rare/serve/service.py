@@ -6,6 +6,7 @@ Typed contracts (pydantic) are the API's response bodies, so FastAPI documents t
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -116,9 +117,9 @@ class InfoOut(BaseModel):
 
 @dataclass(frozen=True)
 class Job:
-    """One query's work for the batcher: what each chosen variant embeds, and where it searches."""
+    """One query's work for one variant's batcher: what the model embeds, and where it searches."""
 
-    inputs: dict[str, EncodeInput]  # variant -> its input
+    input: EncodeInput
     pool: str
     task: str
     k: int
@@ -151,7 +152,8 @@ class Service:
         first = next(iter(variants.values()))
         self.instructions = first.plan.query_view.instructions
         self.instruction_seed = first.plan.query_view.instruction_seed
-        self.batcher: MicroBatcher[Job, dict[str, Ranked]] = MicroBatcher(self._rank)
+        self.batchers: dict[str, MicroBatcher[Job, Ranked]] = {
+            name: MicroBatcher(functools.partial(_rank, v)) for name, v in variants.items()}
 
     def info(self) -> InfoOut:
         tasks = [TaskOut(name=dt.name, dataset=dt.dataset, task_id=dt.task_id, query_modality=TASKS[dt.task_id][0],
@@ -259,34 +261,11 @@ class Service:
         texts = {v.name: query_text(record, instruction, v.plan.query_view.use_enhanced, v.plan.query_view.mode)
                  for v in chosen}
         pil = image.image if image else None
-        ranked = self.batcher.submit(Job({v: EncodeInput(t, pil) for v, t in texts.items()}, pool, dt.name, k))
-        columns = [self._column(v, texts[v.name], ranked[v.name], positives) for v in chosen]
+        futures = {v: self.batchers[v].submit(Job(EncodeInput(t, pil), pool, dt.name, k)) for v, t in texts.items()}
+        columns = [self._column(v, texts[v.name], futures[v.name].result(), positives) for v in chosen]
         return SearchOut(query=self._query_out(qid or None, dt, text, image is not None), instruction=instruction,
                          enhancement=self._enhancement_out(enhanced), pool=pool, k=k, results=columns,
                          total_ms=_ms(t0))
-
-    def _rank(self, jobs: list[Job]) -> list[dict[str, Ranked]]:
-        """The batcher's work: per variant one forward for every waiting query, one search per pool searched."""
-        out: list[dict[str, Ranked]] = [{} for _ in jobs]
-        for name, v in self.variants.items():
-            mine = [i for i, job in enumerate(jobs) if name in job.inputs]
-            if not mine:
-                continue
-            t0 = time.perf_counter()
-            vecs = v.embed([jobs[i].inputs[name] for i in mine])
-            embed_ms = _ms(t0)
-            groups: dict[tuple[str, str], list[int]] = {}
-            for row, i in enumerate(mine):
-                groups.setdefault((jobs[i].pool, jobs[i].task), []).append(row)
-            for (pool, task), rows in groups.items():
-                t1 = time.perf_counter()
-                # Exact search with a fixed tie-break: the top k of a larger k is the top k.
-                scores, dids = v.pool(pool, task).search(vecs[rows], max(jobs[mine[r]].k for r in rows))
-                search_ms = _ms(t1)
-                for j, r in enumerate(rows):
-                    k = jobs[mine[r]].k
-                    out[mine[r]][name] = Ranked(scores[j, :k], dids[j, :k], len(mine), embed_ms, search_ms)
-        return out
 
     def _column(self, v: Variant, embedded: str, ranked: Ranked, positives: set[str]) -> Column:
         hits = [_candidate_out(self._candidate(str(did)), Hit, rank=r + 1, score=float(s), positive=did in positives)
@@ -301,6 +280,25 @@ class Service:
                  "failed": f"the backend could not enhance this query ({e.cause}): the original text is used"}
         return EnhancementOut(op=e.op, status=e.status, text=e.txt if e.ok else None, cause=e.cause,
                               backend=e.backend, note=notes[e.status])
+
+
+def _rank(v: Variant, jobs: list[Job]) -> list[Ranked]:
+    """A batcher's work: one forward for every waiting query, one exact search per pool they search."""
+    t0 = time.perf_counter()
+    vecs = v.embed([job.input for job in jobs])
+    embed_ms = _ms(t0)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault((job.pool, job.task), []).append(i)
+    out: dict[int, Ranked] = {}
+    for (pool, task), rows in groups.items():
+        t1 = time.perf_counter()
+        # Exact search with a fixed tie-break: the top k of a larger k is the top k.
+        scores, dids = v.pool(pool, task).search(vecs[rows], max(jobs[i].k for i in rows))
+        search_ms = _ms(t1)
+        for j, i in enumerate(rows):
+            out[i] = Ranked(scores[j, :jobs[i].k], dids[j, :jobs[i].k], len(jobs), embed_ms, search_ms)
+    return [out[i] for i in range(len(jobs))]
 
 
 def _check_modality(dt: DatasetTask, text: str, image: QueryImage | None) -> None:
