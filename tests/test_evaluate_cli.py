@@ -93,4 +93,4 @@ def test_cli_errors_are_one_clear_line(prefect_harness, tiny_root: Path, tmp_pat
     assert result.exit_code == 1 and "nope' does not exist" in result.output
     result = CliRunner().invoke(app, ["report", "--evals", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
                                       "--data", str(tiny_root), "--params", str(params)])
-    assert result.exit_code == 1 and "no evaluations found" in result.output
+    assert result.exit_code == 1 and "none' does not exist" in result.output

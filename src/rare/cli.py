@@ -43,11 +43,10 @@ class _Rare(TyperGroup):
             sys.exit(1)
         except Exception as exc:
             line = errors.expected(exc)
-            if line is None or errors.debug():
+            if line is None or errors.debug():  # a bug keeps its traceback
                 errors.print_traceback(exc)
-            if line is None:
-                sys.exit(1)
-            errors.print_error(line)
+            if line is not None:
+                errors.print_error(line)
             sys.exit(1)
         if isinstance(code, int) and code:
             sys.exit(code)
