@@ -304,8 +304,8 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind (another than 127.0.0.1 exposes it).")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8000,
-    torch_threads: Annotated[int, typer.Option("--torch-threads", help="Threads of the one batched forward pass; "
-                                               "the other cores serve HTTP.")] = 1,
+    torch_threads: Annotated[int, typer.Option("--torch-threads", help="Threads of each model's batched forward "
+                                               "pass (one per served variant runs at a time).")] = 1,
 ) -> None:
     """Search the trained indexes (the evaluation's cached embeddings) from a web page and a JSON API."""
     _check("evaluate", params_file)
