@@ -45,10 +45,11 @@ class EnhanceResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(ConnectionError):
     """The engine behind the backend could not answer (a server down past its retries).
 
-    Not an item failure: the shard fails and is retried or rerun. ``done`` maps a request's index to
+    Not an item failure: the shard fails and is retried or rerun. An OSError, so the user reads it as
+    one ``error:`` line (an expected failure of the environment, not a bug). ``done`` maps a request's index to
     the results that did complete, which the engine caches before failing, so nothing finished is lost.
     """
 
