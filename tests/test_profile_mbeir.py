@@ -199,7 +199,8 @@ def test_mbeir_profile_runs_end_to_end_on_a_tiny_root(prefect_api: str, tmp_path
             else:
                 assert b["status"] == "ok" and b["txt"].startswith(ANSWER_PREFIX)
         ops[side] = {b["op"] for b in blocks}
-        summary = json.loads(Path(f"metrics/enhance_{side}.json").read_text())
+        assert json.loads(Path(f"metrics/enhance_{side}.json").read_text()) == {"failure_rate": 0.0}
+        summary = json.loads(Path(f"metrics/runtime/enhance_{side}.json").read_text())
         assert summary["failed"] == 0 and summary["ok"] == sum(b["status"] == "ok" for b in blocks)
     assert ops == {"corpus": {"caption", "refine", "none"}, "queries": {"caption", "resolve", "rewrite", "none"}}
 
@@ -245,9 +246,10 @@ def test_mbeir_profile_runs_end_to_end_on_a_tiny_root(prefect_api: str, tmp_path
     for run in client.search_runs([client.get_experiment_by_name("rare").experiment_id]):
         if run.data.tags.get("rare.role") == "stage":
             stages[(run.data.tags["rare.stage"], run.info.run_name)] = run
-    assert set(stages) == {("enhance", "enhance-corpus"), ("enhance", "enhance-query"), ("train", "both"),
-                           ("evaluate", "both")}
-    trained = stages[("train", "both")].data.params
+    assert set(stages) == {("enhance", "enhance-corpus"), ("enhance", "enhance-queries"), ("train", "train-both"),
+                           ("evaluate", "eval-both"), ("report", "report"), ("data", "data")}
+    assert {run.info.status for run in stages.values()} == {"FINISHED"}
+    trained = stages[("train", "train-both")].data.params
     assert (trained["train.model.family"], trained["train.strategy"], trained["train.precision"]) == (
         "clip", "ddp", "bf16-mixed")
     assert len({run.data.tags["mlflow.parentRunId"] for run in stages.values()}) == 1
