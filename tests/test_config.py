@@ -15,8 +15,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_repo_params_validate():
     sections = load_all(REPO_PARAMS)
-    assert set(sections) == {"data", "enhance", "train", "evaluate", "report", "tracking"}
+    assert set(sections) == {"data", "enhance", "pretrain", "train", "evaluate", "report", "tracking"}
     assert sections["tracking"].tracking_uri.startswith("sqlite:///")
+    # train fine-tunes what pretrain writes, on the text tower the vision tower was aligned with
+    assert sections["train"].model.vision.pretrained == "models/pretrain"
+    assert sections["train"].model.text == sections["pretrain"].model.text
 
 
 def test_unknown_key_names_key_and_allowed(tmp_path):

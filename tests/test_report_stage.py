@@ -69,6 +69,19 @@ def test_table_rows_columns_and_deltas(paper_like: Path):
     assert rows["both"] == {"knowledge-intensive": 37.0, "compositional": 26.0, "plain": 53.0, "M-BEIR score": 38.25}
 
 
+def test_zero_shot_row_comes_first_is_no_baseline_and_leaves_the_findings_alone(paper_like: Path, tmp_path: Path):
+    findings = assess(load_evaluations(paper_like), "local", 1.0)
+    write_eval(paper_like, "zero-shot", "none", "zero-shot", [5, 6, 40, 30])
+    evals = load_evaluations(paper_like)
+    assert [e.name for e in evals] == ["zero-shot", *ROWS]
+    lines = markdown_table(evals, "local").splitlines()
+    zero = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert zero[:3] == ["zero-shot", "zero-shot", "5.0 (-15.0)"]  # deltas still against the trained none
+    assert assess(evals, "local", 1.0) == findings
+    out = build_report(paper_like, tmp_path / "report", tmp_path, ReportParams(gallery_compare="absent"))
+    assert "zero-shot (zero-shot)" in out.read_text() and (tmp_path / "report/scores.png").stat().st_size > 0
+
+
 def test_findings_reproduced_on_paper_like_numbers(paper_like: Path):
     findings = assess(load_evaluations(paper_like), "local", min_gain=1.0)
     assert [f.verdict for f in findings] == [REPRODUCED, REPRODUCED, REPRODUCED]
