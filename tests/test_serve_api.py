@@ -210,8 +210,11 @@ def test_other_bad_requests(client: httpx.Client):
 def test_cli_names_what_is_missing(tmp_path: Path):
     from rare.cli import app
 
-    r = CliRunner().invoke(app, ["serve", "--models", str(tmp_path / "nomodels"), "--data", str(tmp_path)])
+    r = CliRunner().invoke(app, ["serve", "--models", str(tmp_path / "nomodels"), "--data", str(tmp_path),
+                                 "--corpus-enhanced", str(tmp_path), "--queries-enhanced", str(tmp_path)])
     assert r.exit_code == 1 and "not a retriever export" in r.output
+    r = CliRunner().invoke(app, ["serve", "--data", str(tmp_path), "--corpus-enhanced", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "nothing' does not exist" in r.output
 
 
 def test_zz_serving_wrote_nothing_into_data_models_or_caches(client: httpx.Client, live_server: LiveServer,

@@ -292,9 +292,17 @@ def report(
 
 
 # -- serve ----------------------------------------------------------------------------------------
+def _variants(values: list[str]) -> list[str]:
+    """typer has no list-of-choices option type: the same parse-time check, by hand."""
+    for value in values:
+        if value not in VARIANTS:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, VARIANTS))}")
+    return values
+
+
 @app.command()
 def serve(
-    variant: Annotated[list[Variant], typer.Option("--variant", help="Variant to serve (repeat for two side by side; "
+    variant: Annotated[list[str], typer.Option("--variant", callback=_variants, help="Variant to serve (repeat for two side by side; "
                                                "default: none and both).")] = ["none", "both"],  # noqa: B006
     models: Annotated[Path, typer.Option("--models", help="Directory of exports (<models>/<variant>).")] = Path("models"),
     data: DataOpt = Path("data/raw"),
