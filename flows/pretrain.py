@@ -7,7 +7,6 @@ from rare import runtime
 runtime.configure()
 
 import json  # noqa: E402
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -15,17 +14,25 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows import transient  # noqa: E402
+from rare.atomic import atomic_write  # noqa: E402
 from rare.config import load_section  # noqa: E402
+
+RUNTIME = ("text_seconds", "fit_seconds", "pretrain_seconds", "steps", "batch_size", "pairs", "captions",
+           "holdout_pairs", "holdout_captions")
 
 
 def _write_metrics(figures: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Split as the other stages split it: ``path`` (the DVC metric) holds quality figures only, the loss
+    curve goes to ``loss/pretrain.json`` for `dvc plots`, timings and counts to the untracked ``runtime/``."""
+    def write(target: Path, obj: Any) -> None:
+        atomic_write(target, [(json.dumps(obj, indent=2) + "\n").encode()])
+
+    write(path, {k: v for k, v in figures.items() if k not in RUNTIME and k != "loss"})
+    write(path.parent / "loss" / "pretrain.json", [{"step": i, "loss": v} for i, v in enumerate(figures["loss"])])
+    write(path.parent / "runtime" / path.name, {k: figures[k] for k in RUNTIME if k in figures})
 
 
-@task(name="pretrain-vision", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
+@task(name="pretrain-vision", task_run_name="pretrain-vision", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
 def pretrain_task(out: Path, params_file: Path, metrics: Path | None) -> dict[str, Any]:
     """A retry resumes from the last checkpoint in pretrain.cache_dir."""
     import mlflow
@@ -47,7 +54,7 @@ def pretrain_task(out: Path, params_file: Path, metrics: Path | None) -> dict[st
     return figures
 
 
-@flow(name="pretrain", log_prints=False)
+@flow(name="pretrain", flow_run_name="pretrain", log_prints=False)
 def pretrain_flow(out: Path, params_file: Path = Path("params.yaml"), metrics: Path | None = None) -> dict[str, Any]:
     """Pretrain the vision tower (params `pretrain:`) and write its HF checkpoint to ``out``."""
     figures = pretrain_task(out, params_file, metrics)
@@ -56,14 +63,14 @@ def pretrain_flow(out: Path, params_file: Path = Path("params.yaml"), metrics: P
     return figures
 
 
-@task(name="export-zero-shot", cache_policy=NO_CACHE)
+@task(name="export-zero-shot", task_run_name="export-zero-shot", cache_policy=NO_CACHE)
 def zero_shot_task(out: Path, params_file: Path) -> Path:
     from rare.pretrain.stage import export_zero_shot
 
     return export_zero_shot(load_section("train", params_file), Path(out))
 
 
-@flow(name="zero-shot", log_prints=False)
+@flow(name="zero-shot", flow_run_name="zero-shot", log_prints=False)
 def zero_shot_flow(out: Path, params_file: Path = Path("params.yaml")) -> Path:
     """Export the retriever `train` starts from, with no fine-tuning (params `train:`), to ``out``."""
     return zero_shot_task(out, params_file)
