@@ -36,6 +36,15 @@ def _sqlite_path(tracking_uri: str) -> str:
     return str(make_url(tracking_uri).database)
 
 
+def store_uri(tracking_uri: str) -> str:
+    """A relative sqlite URI made absolute against the current directory. MLflow caches one store per
+    URI string in a process, so a relative one would keep pointing at the folder it was first used in."""
+    if not tracking_uri.startswith("sqlite:"):
+        return tracking_uri
+    path = Path(_sqlite_path(tracking_uri))
+    return tracking_uri if path.is_absolute() else f"sqlite:///{path.resolve()}"
+
+
 def setup(params: TrackingParams) -> str:
     """Point MLflow at the sqlite store and return the experiment id.
 
@@ -47,7 +56,8 @@ def setup(params: TrackingParams) -> str:
     import mlflow
 
     Path("mlruns").mkdir(exist_ok=True)
-    mlflow.set_tracking_uri(params.tracking_uri)
+    uri = store_uri(params.tracking_uri)
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(params.experiment)
     if exp is not None:
         for key, value in EXPERIMENT_TAGS.items():
@@ -55,8 +65,8 @@ def setup(params: TrackingParams) -> str:
                 mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     exp_id = mlflow.create_experiment(params.experiment, tags=EXPERIMENT_TAGS)
-    if params.tracking_uri.startswith("sqlite:"):
-        with sqlite3.connect(_sqlite_path(params.tracking_uri)) as db:
+    if uri.startswith("sqlite:"):
+        with sqlite3.connect(_sqlite_path(uri)) as db:
             db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
                         (params.artifact_root, int(exp_id)))
     return exp_id
