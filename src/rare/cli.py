@@ -327,7 +327,9 @@ def serve(
 
     service = build_service(variant, models, data, corpus_enhanced, queries_enhanced, params_file)
     typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} (API docs: /docs)")
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    # C parser and loop, no access log: on 2 cores the HTTP layer shares the CPU with the forward passes.
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", http="httptools", loop="uvloop",
+                access_log=False)
 
 
 def run_cli() -> None:
