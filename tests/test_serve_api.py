@@ -207,6 +207,17 @@ def test_other_bad_requests(client: httpx.Client):
     assert r.status_code == 422 and r.json()["field"] == "task" and "belongs to glyphcaps_task" in r.json()["detail"]
 
 
+def test_a_variant_reading_the_enhanced_corpus_can_be_served_first(served_index: ServedIndex):
+    """The catalog comes from the first variant's plan, whose global pool may already be the enhanced mirror."""
+    from rare.serve import build_service
+
+    idx = served_index
+    service = build_service(["both", "none"], idx.models, idx.data, idx.corpus, idx.queries, idx.params)
+    assert service.catalog.candidates and all(c.enhanced is not None for c in service.catalog.candidates.values())
+    out = service.search(qid=next(iter(service.catalog.queries)), k=3)
+    assert [c.variant for c in out.results] == ["both", "none"] and all(len(c.hits) == 3 for c in out.results)
+
+
 def test_cli_names_what_is_missing(tmp_path: Path):
     from rare.cli import app
 

@@ -169,7 +169,8 @@ def load_catalog(p: Plan, corpus_enhanced: Path | None) -> Catalog:
     """
     root = p.root
     use_mirror = corpus_enhanced is not None
-    files = [p.global_pool] if p.global_pool.exists() else []
+    raw_global = root.global_pool(p.split)  # p.global_pool may already be the enhanced mirror
+    files = [raw_global] if raw_global.exists() else []
     files += [root.local_pool(t.dt, p.split) for t in p.tasks]
     candidates: dict[str, Candidate] = {}
     for f in files:
