@@ -57,6 +57,27 @@ def test_a_copied_checkout_writes_artifacts_only_into_itself(project: Path, monk
     assert (copy / "mlruns/artifacts" / parent / "artifacts/parent.txt").is_file()
 
 
+def test_a_store_with_absolute_locations_is_moved_into_the_checkout(project: Path, monkeypatch: pytest.MonkeyPatch):
+    """A store made before locations were relative (or copied from one) points every run and model at
+    the checkout it was made in; the first use in this checkout points them at its own mlruns/."""
+    import sqlite3
+
+    first = _log_a_file("first")
+    old = f"file://{project.parent / 'elsewhere' / 'mlruns/artifacts'}"
+    with sqlite3.connect(project / "mlruns/mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE name = 'rare-test'", (old,))
+        db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, length('mlruns/artifacts') + 1)", (old,))
+    assert MlflowClient().get_run(first).info.artifact_uri.startswith(old)
+
+    T.setup(TrackingParams(experiment="rare-test"))
+    client = MlflowClient()
+    assert client.get_experiment_by_name("rare-test").artifact_location == "mlruns/artifacts"
+    assert client.get_run(first).info.artifact_uri == f"mlruns/artifacts/{first}/artifacts"
+    client.log_text(first, "again", "again.txt")
+    assert (project / "mlruns/artifacts" / first / "artifacts/again.txt").is_file()
+    assert not (project.parent / "elsewhere").exists()
+
+
 def test_runs_end_with_their_outcome_and_end_the_parent_under_dvc(project: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(T.DVC_EXP_ENV, "lr5e-4")
     tracking = TrackingParams(experiment="rare-test")

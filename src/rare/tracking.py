@@ -63,13 +63,34 @@ def setup(params: TrackingParams) -> str:
         for key, value in EXPERIMENT_TAGS.items():
             if exp.tags.get(key) != value:  # a store made before the tag existed
                 mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+        if uri.startswith("sqlite:") and exp.artifact_location != params.artifact_root:
+            _relocate(_sqlite_path(uri), exp.experiment_id, exp.artifact_location, params.artifact_root)
         return exp.experiment_id
     exp_id = mlflow.create_experiment(params.experiment, tags=EXPERIMENT_TAGS)
     if uri.startswith("sqlite:"):
-        with sqlite3.connect(_sqlite_path(uri)) as db:
-            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                        (params.artifact_root, int(exp_id)))
+        _relocate(_sqlite_path(uri), exp_id, None, params.artifact_root)
     return exp_id
+
+
+# Where MLflow stores an artifact location derived from the experiment's, per table.
+_DERIVED_LOCATIONS = {"runs": "artifact_uri", "logged_models": "artifact_location"}
+
+
+def _relocate(db_path: str, exp_id: str, old: str | None, new: str) -> None:
+    """Set the experiment's artifact location to ``new``; with ``old`` (a store made before locations
+    were kept relative, or copied from one), also move the runs, logged models and model versions that
+    MLflow derived from it, so none of them keeps writing into, or loading from, another checkout."""
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(exp_id)))
+        if old is None:
+            return
+        moved = "? || substr({col}, length(?) + 1)"
+        for table, col in _DERIVED_LOCATIONS.items():
+            db.execute(f"UPDATE {table} SET {col} = {moved.format(col=col)} "
+                       f"WHERE experiment_id = ? AND substr({col}, 1, length(?)) = ?", (new, old, int(exp_id), old, old))
+        db.execute(f"UPDATE model_versions SET storage_location = {moved.format(col='storage_location')} "
+                   "WHERE substr(storage_location, 1, length(?)) = ? AND run_id IN "
+                   "(SELECT run_uuid FROM runs WHERE experiment_id = ?)", (new, old, old, old, int(exp_id)))
 
 
 @functools.cache
