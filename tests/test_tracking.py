@@ -124,3 +124,35 @@ def test_runs_record_the_commit_dirty_flag_and_the_data_digest(project: Path, ti
     changed = shutil.copytree(tiny_root, project / "changed-root")
     (changed / "qrels").rename(changed / "qrels-moved")
     assert T.data_digest(changed) != tags["rare.data_digest"]
+
+
+def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project: Path):
+    """Each stage rewrites dvc.lock and its committed metrics; that alone is no change of code or params."""
+    (project / "metrics").mkdir()
+    (project / "metrics/train_none.json").write_text('{"loss": 1}')
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train_none:\n    cmd: rare train none\n"
+                                      "    outs:\n    - path: metrics/train_none.json\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+
+    def dirty() -> str:
+        T._git.cache_clear()
+        return T.run_tags()["rare.git_dirty"]
+
+    (project / "metrics/train_none.json").write_text('{"loss": 0.5}')
+    with (project / "dvc.lock").open("a") as lock:
+        lock.write("  eval_none:\n    cmd: rare evaluate none\n")
+    assert dirty() == "false"
+    (project / "params.yaml").write_text("tracking: {experiment: rare-test, enabled: true}\n")
+    assert dirty() == "true"
+
+    def parent_of(run_id: str) -> str:
+        return MlflowClient().get_run(run_id).data.tags["mlflow.parentRunId"]
+
+    before = parent_of(_log_a_file("data"))
+    assert parent_of(_log_a_file("data")) == before  # the same commit and params: the same pipeline run
+    subprocess.run([*git, "commit", "-q", "-am", "y"], check=True)
+    T._git.cache_clear()
+    assert parent_of(_log_a_file("data")) != before  # a `dvc repro` after a commit: a new parent run
