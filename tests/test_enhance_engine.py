@@ -316,3 +316,15 @@ def test_long_texts_are_cut_in_the_prompt_only(tiny_root, tmp_path):
     assert rows[did].txt == long_text and rows[did].enhanced.ok  # the record keeps every character
     _, again = run(tiny_root, tmp_path / "out", tmp_path / "cache", max_text_chars=200)
     assert [r.text for r in again.requests] == [long_text[:200]]  # a new cut is a new input: finished shards don't lie
+
+
+def test_samples_show_each_sides_own_text_and_image_before_and_after(tiny_root, tmp_path):
+    """The MLflow samples table: a query's request and image, a candidate's passage, beside the enhanced text."""
+    from rare.enhance.run import samples
+
+    for side, op_with_text in (("queries", "rewrite"), ("corpus", "refine")):
+        outcome, _ = run(tiny_root, tmp_path / side, tmp_path / "cache", side=side)
+        rows = samples(outcome)
+        assert {row["op"] for row in rows} == set(outcome.summary["by_op"]) - {"none"}
+        assert all(row["image"].startswith("mbeir_images/") for row in rows)  # every op here reads an image
+        assert all(row["before"] and row["after"] for row in rows if row["op"] == op_with_text)
