@@ -1,6 +1,7 @@
 """The enhancement engine on the tiny M-BEIR root with a scriptable fake backend."""
 
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -291,13 +292,17 @@ def test_printed_stats_show_counts_throughput_cache_and_failures(tiny_root, tmp_
     pool = tiny_root / "cand_pool/local/mbeir_webqa_task2_cand_pool.jsonl"
     _set_field(pool, 0, "REFUSE this")
     outcome, backend = run(tiny_root, tmp_path / "out", tmp_path / "cache", max_failure_rate=1.0)
-    console = Console(record=True, width=200)
-    print_outcome(outcome, console)
-    text = console.export_text()
-    assert "refine" in text and "caption" in text
-    assert f"{outcome.summary['items']} items in" in text and "items/s" in text
-    assert f"generated {len(backend.requests)}, cache hits {outcome.runtime['cache_hits']}" in text
-    assert "failure rate 1.04% (refusal 1)" in text
+    log = io.StringIO()  # a stage's output under DVC or Prefect: not a terminal, so rich's 80 columns
+    print_outcome(outcome, Console(file=log))
+    lines = log.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[0] == f"enhance corpus: fake / fake-v1 / prompts {outcome.summary['prompt_version']}"
+    assert any(line.startswith("│ refine") for line in lines) and any(line.startswith("│ caption") for line in lines)
+    # each figure whole on its own line, never wrapped mid-line
+    assert any(line.startswith(f"{outcome.summary['items']} items in ") and line.endswith(" items/s)") for line in lines)
+    assert f"generated {len(backend.requests)}, cache hits {outcome.runtime['cache_hits']}, shards reused " \
+           f"{outcome.runtime['shards_reused']}/{outcome.runtime['shards']}" in lines
+    assert "failure rate 1.04% (refusal 1)" in lines
 
 
 def test_long_texts_are_cut_in_the_prompt_only(tiny_root, tmp_path):
@@ -311,3 +316,15 @@ def test_long_texts_are_cut_in_the_prompt_only(tiny_root, tmp_path):
     assert rows[did].txt == long_text and rows[did].enhanced.ok  # the record keeps every character
     _, again = run(tiny_root, tmp_path / "out", tmp_path / "cache", max_text_chars=200)
     assert [r.text for r in again.requests] == [long_text[:200]]  # a new cut is a new input: finished shards don't lie
+
+
+def test_samples_show_each_sides_own_text_and_image_before_and_after(tiny_root, tmp_path):
+    """The MLflow samples table: a query's request and image, a candidate's passage, beside the enhanced text."""
+    from rare.enhance.run import samples
+
+    for side, op_with_text in (("queries", "rewrite"), ("corpus", "refine")):
+        outcome, _ = run(tiny_root, tmp_path / side, tmp_path / "cache", side=side)
+        rows = samples(outcome)
+        assert {row["op"] for row in rows} == set(outcome.summary["by_op"]) - {"none"}
+        assert all(row["image"].startswith("mbeir_images/") for row in rows)  # every op here reads an image
+        assert all(row["before"] and row["after"] for row in rows if row["op"] == op_with_text)

@@ -44,12 +44,18 @@ def test_a_port_in_use_is_not_free():
     assert services.port_free(services.free_port())
 
 
-def test_log_lines_off_a_terminal_are_never_wrapped(capfd: pytest.CaptureFixture[str]):
-    """A stage under DVC or the pipeline logs to a pipe: a "View at" link must stay one line."""
+@pytest.mark.parametrize("terminal", [False, True])
+def test_log_lines_are_never_wrapped(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                     terminal: bool):
+    """A stage under DVC or the pipeline logs to a pipe, `rare train` in an 80-column terminal to a tty:
+    either way a "View at" link must stay one line."""
     import logging
+    import sys
 
     from rare import runtime
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    monkeypatch.setenv("COLUMNS", "80")
     url = "http://127.0.0.1:4200/runs/flow-run/0693e7e3-5f4b-7c5a-8000-b2f0a0b7a0a3"
     runtime.setup_logging()
     try:

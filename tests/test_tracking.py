@@ -57,6 +57,27 @@ def test_a_copied_checkout_writes_artifacts_only_into_itself(project: Path, monk
     assert (copy / "mlruns/artifacts" / parent / "artifacts/parent.txt").is_file()
 
 
+def test_a_store_with_absolute_locations_is_moved_into_the_checkout(project: Path, monkeypatch: pytest.MonkeyPatch):
+    """A store made before locations were relative (or copied from one) points every run and model at
+    the checkout it was made in; the first use in this checkout points them at its own mlruns/."""
+    import sqlite3
+
+    first = _log_a_file("first")
+    old = f"file://{project.parent / 'elsewhere' / 'mlruns/artifacts'}"
+    with sqlite3.connect(project / "mlruns/mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE name = 'rare-test'", (old,))
+        db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, length('mlruns/artifacts') + 1)", (old,))
+    assert MlflowClient().get_run(first).info.artifact_uri.startswith(old)
+
+    T.setup(TrackingParams(experiment="rare-test"))
+    client = MlflowClient()
+    assert client.get_experiment_by_name("rare-test").artifact_location == "mlruns/artifacts"
+    assert client.get_run(first).info.artifact_uri == f"mlruns/artifacts/{first}/artifacts"
+    client.log_text(first, "again", "again.txt")
+    assert (project / "mlruns/artifacts" / first / "artifacts/again.txt").is_file()
+    assert not (project.parent / "elsewhere").exists()
+
+
 def test_runs_end_with_their_outcome_and_end_the_parent_under_dvc(project: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(T.DVC_EXP_ENV, "lr5e-4")
     tracking = TrackingParams(experiment="rare-test")
@@ -103,3 +124,35 @@ def test_runs_record_the_commit_dirty_flag_and_the_data_digest(project: Path, ti
     changed = shutil.copytree(tiny_root, project / "changed-root")
     (changed / "qrels").rename(changed / "qrels-moved")
     assert T.data_digest(changed) != tags["rare.data_digest"]
+
+
+def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project: Path):
+    """Each stage rewrites dvc.lock and its committed metrics; that alone is no change of code or params."""
+    (project / "metrics").mkdir()
+    (project / "metrics/train_none.json").write_text('{"loss": 1}')
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train_none:\n    cmd: rare train none\n"
+                                      "    outs:\n    - path: metrics/train_none.json\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+
+    def dirty() -> str:
+        T._git.cache_clear()
+        return T.run_tags()["rare.git_dirty"]
+
+    (project / "metrics/train_none.json").write_text('{"loss": 0.5}')
+    with (project / "dvc.lock").open("a") as lock:
+        lock.write("  eval_none:\n    cmd: rare evaluate none\n")
+    assert dirty() == "false"
+    (project / "params.yaml").write_text("tracking: {experiment: rare-test, enabled: true}\n")
+    assert dirty() == "true"
+
+    def parent_of(run_id: str) -> str:
+        return MlflowClient().get_run(run_id).data.tags["mlflow.parentRunId"]
+
+    before = parent_of(_log_a_file("data"))
+    assert parent_of(_log_a_file("data")) == before  # the same commit and params: the same pipeline run
+    subprocess.run([*git, "commit", "-q", "-am", "y"], check=True)
+    T._git.cache_clear()
+    assert parent_of(_log_a_file("data")) != before  # a `dvc repro` after a commit: a new parent run

@@ -64,18 +64,14 @@ def configure(project_dir: str | Path | None = None) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Rich output in a terminal; one plain line per record otherwise (a stage under DVC or the pipeline
-    flow, CI), where rich would wrap at 80 columns and break a "View at" link mid-UUID."""
+    """One plain line per record, in a terminal too: rich's handler wraps at the terminal's width (80
+    columns off a terminal) and breaks a "View at" link mid-UUID; a terminal wraps a long line whole,
+    and the link stays one line to click or copy."""
     import sys
 
-    from rich.logging import RichHandler
-
-    if sys.stderr.isatty():
-        handler: logging.Handler = RichHandler(rich_tracebacks=False, show_path=verbose)
-        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
+    handler = logging.StreamHandler(sys.stderr)
+    name = " %(name)s:" if verbose else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s{name} %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore", "urllib3", "alembic", "filelock", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -2,7 +2,7 @@
 
 DVC runs each stage in its own process, so the parent is found, not inherited:
 ``RARE_PARENT_RUN_ID`` (set by ``flows/pipeline.py``, which also ends it) wins; a bare ``dvc repro`` or
-``dvc exp run`` attaches to the parent of the same params.yaml content (and DVC experiment), creating it
+``dvc exp run`` attaches to the parent of the same commit, params.yaml content and DVC experiment, creating it
 on first use, and every child run that ends also ends that parent with its status, so it never stays
 RUNNING after the last stage.
 
@@ -63,13 +63,34 @@ def setup(params: TrackingParams) -> str:
         for key, value in EXPERIMENT_TAGS.items():
             if exp.tags.get(key) != value:  # a store made before the tag existed
                 mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+        if uri.startswith("sqlite:") and exp.artifact_location != params.artifact_root:
+            _relocate(_sqlite_path(uri), exp.experiment_id, exp.artifact_location, params.artifact_root)
         return exp.experiment_id
     exp_id = mlflow.create_experiment(params.experiment, tags=EXPERIMENT_TAGS)
     if uri.startswith("sqlite:"):
-        with sqlite3.connect(_sqlite_path(uri)) as db:
-            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                        (params.artifact_root, int(exp_id)))
+        _relocate(_sqlite_path(uri), exp_id, None, params.artifact_root)
     return exp_id
+
+
+# Where MLflow stores an artifact location derived from the experiment's, per table.
+_DERIVED_LOCATIONS = {"runs": "artifact_uri", "logged_models": "artifact_location"}
+
+
+def _relocate(db_path: str, exp_id: str, old: str | None, new: str) -> None:
+    """Set the experiment's artifact location to ``new``; with ``old`` (a store made before locations
+    were kept relative, or copied from one), also move the runs, logged models and model versions that
+    MLflow derived from it, so none of them keeps writing into, or loading from, another checkout."""
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(exp_id)))
+        if old is None:
+            return
+        moved = "? || substr({col}, length(?) + 1)"
+        for table, col in _DERIVED_LOCATIONS.items():
+            db.execute(f"UPDATE {table} SET {col} = {moved.format(col=col)} "
+                       f"WHERE experiment_id = ? AND substr({col}, 1, length(?)) = ?", (new, old, int(exp_id), old, old))
+        db.execute(f"UPDATE model_versions SET storage_location = {moved.format(col='storage_location')} "
+                   "WHERE substr(storage_location, 1, length(?)) = ? AND run_id IN "
+                   "(SELECT run_uuid FROM runs WHERE experiment_id = ?)", (new, old, old, old, int(exp_id)))
 
 
 @functools.cache
@@ -93,12 +114,28 @@ def data_digest(root: str | Path) -> str:
     return h.hexdigest()
 
 
+LOCK_FILE = Path("dvc.lock")
+
+
+def pipeline_outputs(lock: Path = LOCK_FILE) -> list[str]:
+    """The tracked files a pipeline run rewrites itself: dvc.lock and every stage output it lists
+    (metrics, plots, committed checkpoints). Changing them is the run's result, not a change of the code
+    or params it ran, so the dirty flag leaves them out: else every stage after the first reads dirty."""
+    import yaml
+
+    if not lock.exists():
+        return []
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    return [lock.as_posix(), *sorted({out["path"] for stage in stages.values() for out in stage.get("outs", [])})]
+
+
 def run_tags(data: str | Path | None = None) -> dict[str, str]:
     """What every run records about where it came from."""
     commit = _git("rev-parse", "HEAD")
     tags = {}
     if commit:
-        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        excluded = [f":(exclude){path}" for path in pipeline_outputs()]
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded))
         tags |= {"mlflow.source.git.commit": commit, "rare.git_commit": commit, "rare.git_dirty": str(dirty).lower()}
     if os.environ.get(DVC_EXP_ENV):
         tags["rare.dvc_experiment"] = os.environ[DVC_EXP_ENV]
@@ -110,7 +147,8 @@ def run_tags(data: str | Path | None = None) -> dict[str, str]:
 def _config_key(params_file: str | Path) -> str:
     path = Path(params_file)
     content = path.read_bytes() if path.exists() else b""
-    return hashlib.sha256(content + os.environ.get(DVC_EXP_ENV, "").encode()).hexdigest()[:16]
+    extra = f"{_git('rev-parse', 'HEAD') or ''}\0{os.environ.get(DVC_EXP_ENV, '')}"
+    return hashlib.sha256(content + extra.encode()).hexdigest()[:16]
 
 
 def parent_run_id(params: TrackingParams, params_file: str | Path = "params.yaml") -> str:

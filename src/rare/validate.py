@@ -334,6 +334,8 @@ def print_report(report: Report, max_report: int = 200) -> None:
     if hidden > 0:
         console.print(f"... and {hidden} more")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(report.counts.items()))
+    if report.errors and not counts:  # nothing could be read: the error lines say why, a verdict would repeat it
+        return
     verdict = "[red]FAILED[/]" if report.errors else "[green]OK[/]"
     checked = f"; checked {counts}" if counts else ""
     console.print(f"{verdict}: {len(report.errors)} error(s), {len(report.warnings)} warning(s){checked}")

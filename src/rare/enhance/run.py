@@ -144,7 +144,7 @@ def samples(outcome: Outcome, per_op: int = 5) -> list[dict[str, Any]]:
     """The first ``per_op`` enhanced records of each operation, the text before and after: what a reader
     checks first (is the caption right? did the rewrite keep the constraint?). Reading stops as soon as
     every operation has its rows, so a 5.6M-line pool is not read to the end."""
-    text_field, image_field = ("query_txt", "query_img_path") if outcome.side == "queries" else ("txt", "img_path")
+    text_field, image_field = ("query_txt", "query_img_path") if outcome.side == "query" else ("txt", "img_path")
     wanted = {op: min(per_op, sum(counts.values())) for op, counts in outcome.summary["by_op"].items() if op != "none"}
     taken = dict.fromkeys(wanted, 0)
     rows: list[dict[str, Any]] = []
@@ -188,20 +188,23 @@ def check_failures(outcome: Outcome) -> None:
 
 
 def print_outcome(outcome: Outcome, console: Console | None = None) -> None:
+    """A narrow table and short plain lines: stage output is mostly read in logs (DVC, Prefect, CI), where
+    rich wraps at 80 columns, so a line is never broken mid-figure and only a long list of causes passes 80."""
     s, r = outcome.summary, outcome.runtime
-    table = Table(title=f"enhance {outcome.side}: {s['backend']} / {s['model']} / prompts {s['prompt_version']}")
+    console = console or Console()
+    causes = ", ".join(f"{k} {v}" for k, v in sorted(s["failures_by_cause"].items())) or "none"
+    lines = (f"{s['items']} items in {r['seconds']:.1f} s ({r['items_per_s']:.0f} items/s)",
+             f"generated {r['generated']}, cache hits {r['cache_hits']}, shards reused {r['shards_reused']}/{r['shards']}",
+             f"tokens in/out this run {r['gen_tokens_in']}/{r['gen_tokens_out']}",
+             f"failure rate {s['failure_rate']:.2%} ({causes})")
+    table = Table()
     table.add_column("op")
     for status in ("ok", "failed", "skipped"):
         table.add_column(status, justify="right")
     for op, counts in sorted(s["by_op"].items()):
         table.add_row(op, *(str(counts.get(k, 0)) for k in ("ok", "failed", "skipped")))
-    console = console or Console()
+    plain = {"soft_wrap": True, "highlight": False, "markup": False}
+    console.print(f"enhance {outcome.side}: {s['backend']} / {s['model']} / prompts {s['prompt_version']}", **plain)
     console.print(table)
-    causes = ", ".join(f"{k} {v}" for k, v in sorted(s["failures_by_cause"].items())) or "none"
-    console.print(
-        f"{s['items']} items in {r['seconds']:.1f} s ({r['items_per_s']:.0f} items/s); "
-        f"generated {r['generated']}, cache hits {r['cache_hits']}, shards reused {r['shards_reused']}/{r['shards']}; "
-        f"tokens in/out this run {r['gen_tokens_in']}/{r['gen_tokens_out']}; "
-        f"failure rate {s['failure_rate']:.2%} ({causes})",
-        highlight=False,
-    )
+    for line in lines:
+        console.print(line, **plain)
