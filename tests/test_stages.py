@@ -131,3 +131,9 @@ def test_check_flag_reports_a_stale_dvc_yaml(tmp_path: Path) -> None:
         f"error: {stale}: differs from rare.stages; run `rare dvc-yaml` to regenerate it")
     fresh = subprocess.run([sys.executable, "-m", "rare", "dvc-yaml", str(stale)], capture_output=True, text=True)
     assert fresh.returncode == 0 and stale.read_text(encoding="utf-8") == stages.dvc_yaml()
+
+
+def test_rare_never_imports_the_flows_package() -> None:
+    """flows/ (the pipeline and the UIs) imports rare, never the other way round."""
+    for module in ("rare.cli", "rare.stageflow", *(s.module for s in stages.STEPS.values())):
+        assert not [p for p in _finder_closure(module) if p.is_relative_to(ROOT / "flows")], module

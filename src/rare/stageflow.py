@@ -2,9 +2,11 @@
 
     rare train none ...  ->  flow "train" (run "train-none")  ->  task "train-none"  ->  rare.train.entry.run
 
-Prefect is imported here, after the CLI has checked the arguments and the params section. A DDP worker
-process (Lightning starts one per extra GPU by re-running the command) runs the function bare: rank 0
-holds the flow run.
+Only when a Prefect server takes the run: the pipeline's (`make run`), `make ui`'s (found by
+``runtime.configure``) or the one PREFECT_API_URL names. Otherwise the function runs bare, so a stage
+run by hand or by plain `dvc repro` starts no temporary server (10-40 s on 2 cores) and imports no
+Prefect. A DDP worker process (Lightning starts one per extra GPU by re-running the command) runs the
+function bare too: rank 0 holds the flow run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +69,34 @@ def is_ddp_worker() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+def server_configured() -> bool:
+    """A Prefect server to report to: PREFECT_API_URL in the environment, or in the settings of a Prefect
+    this process already imported (a test harness sets it there)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def in_run() -> bool:
+    """Inside a Prefect flow run (the stage's own, when a server takes it)."""
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.context import FlowRunContext
+
+    return FlowRunContext.get() is not None
+
+
 def logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run's logger inside a stage run (its lines reach the UI), a plain one outside."""
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
+    if not in_run():
         return logging.getLogger("rare")
+    from prefect import get_run_logger
+
+    return get_run_logger()
 
 
 def function(step: Step) -> Any:
@@ -93,7 +115,7 @@ def _retries(step: Step, params_file: Path) -> int:
 def run(step: Step, run_name: str, **kwargs: Any) -> Any:
     """``step``'s function on ``kwargs`` (the command's options, ``params_file`` among them)."""
     fn = function(step)
-    if is_ddp_worker():
+    if is_ddp_worker() or not server_configured():
         return fn(**kwargs)
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE

@@ -84,7 +84,7 @@ def run(side: str, data: Path, out: Path, params_file: Path, metrics: Path | Non
     from rare.tracking import child_run
 
     params = load_section("enhance", params_file)
-    mapper = None if params.ray.enabled else prefect_mapper(params.retries)
+    mapper = prefect_mapper(params.retries) if stageflow.in_run() and not params.ray.enabled else None
     logged = {"backend": params.backend, "model": params.model, "prompt_version": params.prompt_version,
               "shard_size": params.shard_size, "batch_size": params.batch_size, "seed": params.seed,
               "ray": params.ray.enabled, **{f"noise_{k}": v for k, v in params.noise.model_dump().items()}}
@@ -92,7 +92,8 @@ def run(side: str, data: Path, out: Path, params_file: Path, metrics: Path | Non
     with child_run(tracking, "enhance", f"enhance-{side}", {"rare.side": side}, data=data) as run_id:
         outcome = enhance_side(params, Path(data), Path(out), side, mapper=mapper)
         print_outcome(outcome)
-        failures_artifact(outcome, side)
+        if stageflow.in_run():
+            failures_artifact(outcome, side)
         if run_id:
             log_to_mlflow(outcome, logged)
         check_failures(outcome)  # before the metrics: a failed run replaces no output

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rare import stageflow
 from rare.config import load_section
 
 
 def run(evals: Path, out: Path, data: Path, params_file: Path, corpus_enhanced: Path | None = None,
         queries_enhanced: Path | None = None) -> Path:
-    from prefect.artifacts import create_markdown_artifact
-
     from rare.report.stage import build_report, log_report, markdown_summary
     from rare.tracking import child_run
 
@@ -21,6 +20,9 @@ def run(evals: Path, out: Path, data: Path, params_file: Path, corpus_enhanced: 
                               corpus_enhanced, queries_enhanced)
         if run_id:
             log_report(Path(out), tracking, Path(params_file), run_id)
-    create_markdown_artifact(key="rare-report", markdown=markdown_summary(Path(out)),
-                             description="Scores and the paper's findings")
+    if stageflow.in_run():
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(key="rare-report", markdown=markdown_summary(Path(out)),
+                                 description="Scores and the paper's findings")
     return report
