@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rare.data.views import VARIANTS
 
@@ -68,7 +68,7 @@ class Out:
 
     path: str
     cache: bool = True
-    kind: str = "outs"
+    kind: Literal["outs", "metrics", "plots"] = "outs"
     plot: dict[str, str] = field(default_factory=dict)
 
     def entry(self) -> str | dict[str, dict[str, Any]]:
@@ -130,7 +130,7 @@ def _evaluate(name: str, model: str, inputs: str) -> Stage:
     return Stage(f"eval_{name.replace('-', '_')}", EVALUATE, (name,),
                  {"--model": model, "--data": RAW, **_enhanced_inputs(inputs)}, {"--inputs": inputs, "--out": out},
                  outs=(Out(f"{out}/runs"), Out(f"{out}/info.json"), Out(f"{out}/metrics.json", cache=False),
-                       Out(f"{out}/headline.json", cache=False), Out(f"{out}/scores.json", False, "metrics")))
+                       Out(f"{out}/headline.json", cache=False), Out(f"{out}/scores.json", cache=False, kind="metrics")))
 
 
 def _bar(x: str, y: str) -> dict[str, str]:
