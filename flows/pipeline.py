@@ -46,12 +46,12 @@ ENTRYPOINT = "flows.pipeline.pipeline"  # the deployment's flow, resolved by __g
 def build_flow():  # noqa: ANN201 - returns a prefect Flow
     from prefect import flow, get_run_logger, task
 
-    from flows import transient
     from rare import pipeline as dvc_pipeline
     from rare import tracking
     from rare.config import load_section
 
-    @task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
+    # No retries here: the stage's own flow run retries its work (rare.stageflow, the one place).
+    @task(name="dvc-stage", task_run_name="{stage}")
     def run_stage(stage: str, force: bool) -> float:
         logger = get_run_logger()
         return dvc_pipeline.run_stage(stage, force=force, echo=lambda line: logger.info(line))

@@ -30,10 +30,11 @@ def tiny_params(tmp_path, tiny_vlm, tracking=True, **enhance):  # noqa: F811
 def test_flow_maps_shards_writes_outputs_and_logs_to_mlflow(prefect_harness, tiny_root, tiny_vlm, tmp_path):  # noqa: F811
     from mlflow.tracking import MlflowClient
 
-    from flows.enhance import enhance_flow
+    from rare import stageflow, stages
 
     params = tiny_params(tmp_path, tiny_vlm, max_failure_rate=1.0)
-    summary = enhance_flow("corpus", tiny_root, tmp_path / "out", params, metrics=tmp_path / "metrics/corpus.json")
+    summary = stageflow.run(stages.ENHANCE, "enhance-corpus", side="corpus", data=tiny_root, out=tmp_path / "out",
+                            params_file=params, metrics=tmp_path / "metrics/corpus.json")
     assert summary == json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert json.loads((tmp_path / "metrics/corpus.json").read_text()) == {"failure_rate": summary["failure_rate"]}
     runtime = json.loads((tmp_path / "metrics/runtime/corpus.json").read_text())
@@ -83,8 +84,8 @@ def test_cli_fails_loudly_with_the_failure_report_written(prefect_harness, tiny_
 def test_only_transient_shard_failures_are_retried():
     from prefect.states import Failed
 
-    from flows.enhance import transient
     from rare.data.errors import DataError
+    from rare.stageflow import transient
 
     assert transient(None, None, Failed(data=RuntimeError("CUDA out of memory"))) is True
     assert transient(None, None, Failed(data=DataError("pool.jsonl", 3, "malformed JSON"))) is False

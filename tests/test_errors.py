@@ -45,7 +45,7 @@ def test_bugs_keep_their_traceback() -> None:
 
 
 def test_prefect_logs_an_expected_failure_as_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows import OneLineFailures
+    from rare.stageflow import OneLineFailures
 
     monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
     try:

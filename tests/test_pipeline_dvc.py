@@ -76,7 +76,7 @@ class Raised:
 
 
 def test_retry_condition_follows_the_cause():
-    from flows import transient
+    from rare.stageflow import transient
 
     bad_input = StageFailed("data", 1, "ERROR: failed to run: rare data data/raw, exited with 1")
     killed = StageFailed("train_none", 1, "ERROR: failed to run: rare train none, exited with -9")

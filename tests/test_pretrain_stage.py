@@ -129,11 +129,11 @@ def test_zero_shot_export_is_evaluated_by_the_ordinary_evaluation(
 
 def test_pretrain_metrics_split_scores_curve_and_runtime(tmp_path: Path) -> None:
     """The DVC metric holds quality only: a rebuild with other timings leaves it (and git) unchanged."""
-    from flows.pretrain import _write_metrics
+    from rare.pretrain.entry import write_metrics
 
     figures = {"holdout_t2i_r5": 94.4, "loss_start": 5.5, "loss_final": 2.5, "loss": [5.5, 4.0, 2.5],
                "steps": 3, "fit_seconds": 12.5, "pretrain_seconds": 20.0}
-    _write_metrics(figures, tmp_path / "metrics/pretrain.json")
+    write_metrics(figures, tmp_path / "metrics/pretrain.json")
     assert json.loads((tmp_path / "metrics/pretrain.json").read_text()) == {
         "holdout_t2i_r5": 94.4, "loss_start": 5.5, "loss_final": 2.5}
     assert json.loads((tmp_path / "metrics/loss/pretrain.json").read_text()) == [

@@ -1,4 +1,5 @@
-"""The ``rare`` command. Each stage command runs its Prefect flow from ``flows/``.
+"""The ``rare`` command. Each stage command runs its stage's function (declared in ``rare.stages``) as
+one Prefect flow run (``rare.stageflow``); ``rare dvc-yaml`` writes dvc.yaml from the same declarations.
 
 Heavy imports (torch, prefect, mlflow) happen inside the commands, after the arguments and the
 stage's params section are checked, so a mistake costs a second, not a Prefect run. Every
@@ -16,8 +17,8 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from rare import errors, runtime
-from rare.data.views import VARIANTS
+from rare import errors, runtime, stages
+from rare.stages import VARIANTS, Step
 
 HELP = ("rare: reasoning-augmented multimodal retrieval on M-BEIR-format data. Generate or validate the data, "
         "enhance it with a VLM, train the retriever per ablation variant, evaluate by the M-BEIR protocol, report.")
@@ -95,6 +96,14 @@ def _check(section: str, params_file: Path) -> None:
     load_section(section, params_file)
 
 
+def _run(step: Step, run_name: str, **kwargs: Any) -> Any:
+    """``step``'s function as one Prefect flow run named ``run_name``, after its params are checked."""
+    _check(step.params[0], kwargs["params_file"])
+    from rare import stageflow
+
+    return stageflow.run(step, run_name, **kwargs)
+
+
 def _enhanced_given(variant: str, corpus_enhanced: Path | None, queries_enhanced: Path | None) -> None:
     use_corpus, use_queries = VARIANTS[variant]
     for needed, given, option in ((use_corpus, corpus_enhanced, "--corpus-enhanced"),
@@ -129,6 +138,23 @@ def params(path: Annotated[Path, typer.Argument(help="params file", **InFile)] =
     print_json(data={k: v.model_dump(mode="json") for k, v in sections.items()})
 
 
+@app.command("dvc-yaml")
+def dvc_yaml(
+    path: Annotated[Path, typer.Argument(help="Where to write it.")] = Path("dvc.yaml"),
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 when PATH differs.")] = False,
+) -> None:
+    """Write dvc.yaml from the stage declarations in rare.stages (the one place a stage is declared)."""
+    from rare.atomic import atomic_write
+
+    text = stages.dvc_yaml()
+    if check:
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            raise ValueError(f"{path}: differs from rare.stages; run `rare dvc-yaml` to regenerate it")
+        return
+    atomic_write(path, [text.encode()])
+    typer.echo(f"{path}: {sum(1 for _ in stages.stages())} stages")
+
+
 # -- data ---------------------------------------------------------------------------------------
 @app.command()
 def data(
@@ -136,10 +162,7 @@ def data(
     params_file: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Generate the embedded benchmark (params `data:` section: preset, seed, sizes) into OUT."""
-    _check("data", params_file)
-    from flows.data import data_flow
-
-    data_flow(out, params_file)
+    _run(stages.DATA, "data", out=out, params_file=params_file)
 
 
 # -- enhance ----------------------------------------------------------------------------------
@@ -150,10 +173,7 @@ MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics", help="Also writ
 
 
 def _enhance(side: str, data: Path, out: Path, params_file: Path, metrics: Optional[Path]) -> None:
-    _check("enhance", params_file)
-    from flows.enhance import enhance_flow
-
-    enhance_flow(side, data, out, params_file, metrics)
+    _run(stages.ENHANCE, f"enhance-{side}", side=side, data=data, out=out, params_file=params_file, metrics=metrics)
 
 
 @enhance_app.command("corpus")
@@ -180,10 +200,7 @@ def pretrain(
                                                     "loss, held-out recall) here, for DVC.")] = None,
 ) -> None:
     """Pretrain the vision tower CLIP-style on generated alt-text pairs (params `pretrain:`); resumes after a kill."""
-    _check("pretrain", params_file)
-    from flows.pretrain import pretrain_flow
-
-    pretrain_flow(out, params_file, metrics)
+    _run(stages.PRETRAIN, "pretrain", out=out, params_file=params_file, metrics=metrics)
 
 
 @app.command("zero-shot")
@@ -192,10 +209,7 @@ def zero_shot(
     params_file: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Export the retriever `train` starts from, with no fine-tuning (params `train:`): the zero-shot row."""
-    _check("train", params_file)
-    from flows.pretrain import zero_shot_flow
-
-    zero_shot_flow(out, params_file)
+    _run(stages.ZERO_SHOT_EXPORT, "zero-shot", out=out, params_file=params_file)
 
 
 # -- train ----------------------------------------------------------------------------------------
@@ -213,10 +227,8 @@ def train(
 ) -> None:
     """Train the retriever for one variant (params `train:`); resumes from its last checkpoint after a kill."""
     _enhanced_given(variant, corpus_enhanced, queries_enhanced)
-    _check("train", params_file)
-    from flows.train import train_entry
-
-    train_entry(variant, data, out, corpus_enhanced, queries_enhanced, params_file, metrics)
+    _run(stages.TRAIN, f"train-{variant}", variant=variant, data=data, out=out, params_file=params_file,
+         corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced, metrics=metrics)
 
 
 # --- evaluate, score, report (evaluation and report stages) ---------------------------------------
@@ -233,10 +245,8 @@ def evaluate(
 ) -> None:
     """Evaluate one model on one input variant by the M-BEIR protocol (local and global pools)."""
     _enhanced_given(inputs, corpus_enhanced, queries_enhanced)
-    _check("evaluate", params_file)
-    from flows.evaluate import evaluate_flow
-
-    metrics = evaluate_flow(name, model, inputs, data, out, corpus_enhanced, queries_enhanced, params_file)
+    metrics = _run(stages.EVALUATE, f"evaluate-{name}", name=name, model=model, inputs=inputs, data=data, out=out,
+                   params_file=params_file, corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced)
     typer.echo(f"{name}: M-BEIR score " + ", ".join(f"{p} {v:.2f}" for p, v in metrics["score"].items()))
 
 
@@ -284,10 +294,8 @@ def report(
     params_file: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Ablation table, bar chart, qualitative gallery and the paper's findings, logged to the parent MLflow run."""
-    _check("report", params_file)
-    from flows.report import report_flow
-
-    path = report_flow(evals, out, data, corpus_enhanced, queries_enhanced, params_file)
+    path = _run(stages.REPORT, "report", evals=evals, out=out, data=data, params_file=params_file,
+                corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced)
     typer.echo(f"report: {path}")
 
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 from rare.config.report import ReportParams
 from rare.config.tracking import TrackingParams
-from rare.report.chart import bar_chart
 from rare.report.findings import assess
-from rare.report.gallery import gallery
 from rare.report.table import Evaluation, find_baseline, load_evaluations, markdown_table, scores_csv, summary
 
 log = logging.getLogger(__name__)
@@ -35,6 +33,9 @@ def _headline_note(evals: list[Evaluation]) -> str:
 def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpus_enhanced: Path | None = None,
                  queries_enhanced: Path | None = None) -> Path:
     """Write report.md, scores.png, gallery.png, scores_<pool>.csv and summary.json under ``out``."""
+    from rare.report.chart import bar_chart  # matplotlib: imported when the work starts, not with the command
+    from rare.report.gallery import gallery
+
     evaluations = load_evaluations(evals)
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
     findings = assess(evaluations, params.findings_pool, params.min_gain)

@@ -18,8 +18,9 @@ import numpy as np
 
 from rare.data.errors import DataError
 from rare.mbeir import DatasetTask, Kind
+from rare.stages import EVALUATIONS
 
-ROW_ORDER = ("zero-shot", "none", "corpus", "query", "both", "infer-corpus", "infer-query", "infer-both")
+ROW_ORDER = EVALUATIONS  # declared with the stages: zero-shot, the variants, then the inference-only rows
 KIND_ORDER = (Kind.KNOWLEDGE, Kind.COMPOSITIONAL, Kind.PLAIN)
 SCORE = "M-BEIR score"
 

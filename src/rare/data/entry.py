@@ -1,51 +1,39 @@
-"""Prefect flow of the data stage: generate the embedded benchmark into a fresh directory.
+"""What `rare data` runs: the embedded benchmark generated into a fresh directory, or a pointer to a
+real M-BEIR root (``data.source: mbeir``), either way logged as the MLflow run ``data``.
 
-The benchmark is written to a temporary sibling and renamed into place only once it is whole
-and valid, so a killed run never leaves half a dataset where later stages would read it.
+The output is written to a temporary sibling and renamed into place only once it is whole and valid,
+so a killed run never leaves half a dataset where later stages would read it.
 """
 
 from __future__ import annotations
 
-from rare import runtime
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
 
-runtime.configure()
-
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-
-from flows import transient  # noqa: E402
-from rare.atomic import swap_in  # noqa: E402
-from rare.benchmark import generate  # noqa: E402
-from rare.config import ConfigError, load_section  # noqa: E402
-from rare.config.data import DataParams  # noqa: E402
-from rare.data.layout import POINTER_FILE  # noqa: E402
-from rare.validate import print_report, validate_root  # noqa: E402
+from rare import stageflow
+from rare.atomic import swap_in
+from rare.config import ConfigError, load_section
+from rare.config.data import DataParams
+from rare.data.layout import POINTER_FILE
+from rare.validate import print_report, validate_root
 
 
-@task(name="generate-benchmark", task_run_name="generate-benchmark", cache_policy=NO_CACHE, retries=1,
-      retry_condition_fn=transient)
-def generate_task(tmp: Path, params: DataParams) -> dict[str, Any]:
-    return generate(tmp, params)
+def generate_checked(tmp: Path, params: DataParams) -> dict[str, Any]:
+    """The benchmark's manifest. Images were just written by us; records, pools and qrels are what can go wrong."""
+    from rare.benchmark import generate
 
-
-@task(name="validate-benchmark", task_run_name="validate-benchmark", cache_policy=NO_CACHE)
-def validate_task(tmp: Path) -> None:
-    """Images were just written by us; the records, pools and qrels are what can go wrong."""
+    manifest = generate(tmp, params)
     report = validate_root(tmp, check_images=False)
     if report.errors:
         raise ValueError(f"generated benchmark is invalid ({len(report.errors)} errors), first: {report.errors[0]}")
+    return manifest
 
 
-@task(name="point-at-mbeir", task_run_name="point-at-mbeir", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5,
-      retry_condition_fn=transient)
-def point_task(tmp: Path, root: Path) -> dict[str, Any]:
+def point_at(tmp: Path, root: Path) -> dict[str, Any]:
     """Real M-BEIR (169 GB) is never copied: validate its records and leave a pointer to it.
 
     The pointer lists each JSONL/TSV/qrels file with its size and mtime, so the stage's DVC output
@@ -65,7 +53,7 @@ def point_task(tmp: Path, root: Path) -> dict[str, Any]:
 
 
 def _log(params: DataParams, out: Path, manifest: dict[str, Any] | None, seconds: float) -> None:
-    """Into the active run: the benchmark's settings and sizes, and the data's content digest."""
+    """Into the active run: the settings and sizes, and the data's content digest."""
     import mlflow
 
     from rare.tracking import data_digest
@@ -83,12 +71,8 @@ def _log(params: DataParams, out: Path, manifest: dict[str, Any] | None, seconds
     mlflow.log_dict(manifest, "benchmark.json")
 
 
-@flow(name="data", flow_run_name="data", log_prints=False)
-def data_flow(out: Path, params_file: Path = Path("params.yaml")) -> Path:
-    """Generate the embedded benchmark at ``out`` (replacing what is there) and return ``out``.
-
-    The MLflow run ``data`` spans the work and ends with its outcome.
-    """
+def run(out: Path, params_file: Path) -> Path:
+    """Write the data root at ``out`` (replacing what is there); the MLflow run spans the work."""
     from rare.tracking import child_run
 
     params = load_section("data", params_file)
@@ -102,7 +86,6 @@ def data_flow(out: Path, params_file: Path = Path("params.yaml")) -> Path:
 
 def _build(out: Path, params: DataParams, params_file: Path) -> dict[str, Any] | None:
     """The benchmark's manifest, or None for a pointer to real M-BEIR."""
-    logger = get_run_logger()
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run: ours by name
         shutil.rmtree(stale, ignore_errors=True)
@@ -113,18 +96,17 @@ def _build(out: Path, params: DataParams, params_file: Path) -> dict[str, Any] |
             root = Path(params.mbeir_root or "")
             if not root.is_dir():
                 raise ConfigError(f"{params_file}: data.mbeir_root: {root} is not a directory")
-            summary = point_task(tmp, root)
+            summary = point_at(tmp, root)
             swap_in(tmp, out)
-            logger.info(f"M-BEIR root {root}: {summary['counts']} in {summary['files']} files; pointer at {out}")
+            stageflow.logger().info(f"M-BEIR root {root}: {summary['counts']} in {summary['files']} files; pointer at {out}")
             return None
-        manifest = generate_task(tmp, params)
-        validate_task(tmp)
+        manifest = generate_checked(tmp, params)
         swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     counts = manifest["counts"]
-    logger.info(f"embedded benchmark ({params.preset}, seed {params.seed}) at {out}: "
-                f"{counts['global_pool']} candidates, {counts['union_train']} train queries, "
-                f"{sum(r['test'] for r in counts['dataset_tasks'].values())} test queries, "
-                f"{counts['images']} images in {time.perf_counter() - start:.1f} s")
+    stageflow.logger().info(f"embedded benchmark ({params.preset}, seed {params.seed}) at {out}: "
+                            f"{counts['global_pool']} candidates, {counts['union_train']} train queries, "
+                            f"{sum(r['test'] for r in counts['dataset_tasks'].values())} test queries, "
+                            f"{counts['images']} images in {time.perf_counter() - start:.1f} s")
     return manifest

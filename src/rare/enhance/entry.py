@@ -1,51 +1,37 @@
-"""Prefect flow of the enhance stages: one task per shard (with retries), then assembly and reports.
-
-All logic lives in ``rare.enhance``; this module maps shards onto Prefect tasks, logs the run to
-MLflow, and fails the flow loudly when too many items failed (after the failure report is written).
+"""What `rare enhance corpus|queries` runs: one Prefect task per shard, then assembly, reports and the
+MLflow run ``enhance-<side>``; the stage fails loudly when too many items failed (after the failure
+report is written). The enhancement itself lives in ``rare.enhance.run``.
 """
 
 from __future__ import annotations
 
-from rare import runtime
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-runtime.configure()
-
-import json  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from prefect import flow, task, unmapped  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-
-from flows import transient  # noqa: E402
-from rare.atomic import atomic_write  # noqa: E402
-from rare.config import load_section  # noqa: E402
-from rare.enhance.engine import FAILURES_FILE, Engine, Shard, ShardStats  # noqa: E402
-from rare.enhance.run import (  # noqa: E402
-    WORKERS,
-    Mapper,
-    Outcome,
-    check_failures,
-    enhance_side,
-    failures,
-    print_outcome,
-    samples,
-)
-
-
-@task(name="enhance-shard", task_run_name="enhance {shard.rel}#{shard.index}", cache_policy=NO_CACHE,
-      retries=2, retry_delay_seconds=5, retry_condition_fn=transient)
-def enhance_shard(engine: Engine, shard: Shard, progress: Callable[[int], None]) -> ShardStats:
-    """Retrying is safe: finished batches are in the item cache, a finished shard is in the store."""
-    return engine.process(shard, progress)
+from rare import stageflow
+from rare.atomic import atomic_write
+from rare.config import load_section
+from rare.enhance.engine import FAILURES_FILE, Engine, Shard, ShardStats
+from rare.enhance.run import WORKERS, Mapper, Outcome, check_failures, enhance_side, failures, print_outcome, samples
 
 
 def prefect_mapper(retries: int) -> Mapper:
+    """Each shard a task run; retrying one is safe: finished batches are in the item cache, a finished
+    shard is in the store."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    shard_task = task(lambda engine, shard, progress: engine.process(shard, progress), name="enhance-shard",
+                      task_run_name="enhance {shard.rel}#{shard.index}", cache_policy=NO_CACHE,
+                      **stageflow.retry_options(retries))
+
     def run(engine: Engine, shards: list[Shard], progress: Callable[[int], None]) -> list[ShardStats]:
-        futures = enhance_shard.with_options(retries=retries).map(unmapped(engine), shards, unmapped(progress))
-        return [f.result() for f in futures]
+        with ThreadPoolTaskRunner(max_workers=WORKERS) as runner:
+            futures = [runner.submit(shard_task, {"engine": engine, "shard": s, "progress": progress}) for s in shards]
+            return [f.result() for f in futures]
 
     return run
 
@@ -90,10 +76,7 @@ def failures_artifact(outcome: Outcome, side: str) -> None:
     )
 
 
-@flow(name="enhance", flow_run_name="enhance-{side}", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS),
-      log_prints=False)
-def enhance_flow(side: str, data: Path, out: Path, params_file: Path = Path("params.yaml"),
-                 metrics: Path | None = None) -> dict:
+def run(side: str, data: Path, out: Path, params_file: Path, metrics: Path | None = None) -> dict:
     """Enhance the corpus or the queries of the M-BEIR root ``data`` into ``out``; returns the summary.
 
     The MLflow run ``enhance-<side>`` spans the work and ends FAILED when too many items failed.
@@ -101,7 +84,7 @@ def enhance_flow(side: str, data: Path, out: Path, params_file: Path = Path("par
     from rare.tracking import child_run
 
     params = load_section("enhance", params_file)
-    mapper = None if params.ray.enabled else prefect_mapper(params.retries)
+    mapper = prefect_mapper(params.retries) if stageflow.in_run() and not params.ray.enabled else None
     logged = {"backend": params.backend, "model": params.model, "prompt_version": params.prompt_version,
               "shard_size": params.shard_size, "batch_size": params.batch_size, "seed": params.seed,
               "ray": params.ray.enabled, **{f"noise_{k}": v for k, v in params.noise.model_dump().items()}}
@@ -109,7 +92,8 @@ def enhance_flow(side: str, data: Path, out: Path, params_file: Path = Path("par
     with child_run(tracking, "enhance", f"enhance-{side}", {"rare.side": side}, data=data) as run_id:
         outcome = enhance_side(params, Path(data), Path(out), side, mapper=mapper)
         print_outcome(outcome)
-        failures_artifact(outcome, side)
+        if stageflow.in_run():
+            failures_artifact(outcome, side)
         if run_id:
             log_to_mlflow(outcome, logged)
         check_failures(outcome)  # before the metrics: a failed run replaces no output

@@ -1,0 +1,126 @@
+"""A stage's function as one Prefect flow run holding one task: the one place stage retries are set.
+
+    rare train none ...  ->  flow "train" (run "train-none")  ->  task "train-none"  ->  rare.train.entry.run
+
+Only when a Prefect server takes the run: the pipeline's (`make run`), `make ui`'s (found by
+``runtime.configure``) or the one PREFECT_API_URL names. Otherwise the function runs bare, so a stage
+run by hand or by plain `dvc repro` starts no temporary server (10-40 s on 2 cores) and imports no
+Prefect. A DDP worker process (Lightning starts one per extra GPU by re-running the command) runs the
+function bare too: rank 0 holds the flow run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rare import errors
+from rare.stages import Step
+
+RETRIES, RETRY_DELAY_S = 1, 5
+# Where Prefect logs a failed task or flow run, with the whole traceback.
+PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine")
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition: bad input (DataError) and bad settings (ValueError, ConfigError) fail the same
+    way every time, so retrying only delays the error; anything else (a crashed worker, CUDA OOM, a
+    locked database) may pass on a retry, unless the error itself says otherwise (a failed DVC stage
+    knows its command's exit code)."""
+    try:
+        state.result()
+    except ValueError:
+        return False
+    except Exception as exc:
+        return getattr(exc, "retryable", True)
+    return True
+
+
+def retry_options(retries: int = RETRIES) -> dict[str, Any]:
+    """Task options of a retried unit of work: a stage, or (enhance) a shard, whose retry resumes."""
+    return {"retries": retries, "retry_delay_seconds": RETRY_DELAY_S, "retry_condition_fn": transient}
+
+
+class OneLineFailures(logging.Filter):
+    """An expected failure (bad data, bad params, a missing file) is logged by Prefect as its one
+    ``error:`` line, without the traceback; a bug keeps it, as does ``--debug`` / ``RARE_DEBUG=1``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        line = errors.expected(exc) if exc is not None else None
+        if line is not None and not errors.debug():
+            record.msg, record.args = f"error: {line}", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_failures() -> None:
+    for name in PREFECT_RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OneLineFailures) for f in logger.filters):
+            logger.addFilter(OneLineFailures())
+
+
+def is_ddp_worker() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def server_configured() -> bool:
+    """A Prefect server to report to: PREFECT_API_URL in the environment, or in the settings of a Prefect
+    this process already imported (a test harness sets it there)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def in_run() -> bool:
+    """Inside a Prefect flow run (the stage's own, when a server takes it)."""
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.context import FlowRunContext
+
+    return FlowRunContext.get() is not None
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a stage run (its lines reach the UI), a plain one outside."""
+    if not in_run():
+        return logging.getLogger("rare")
+    from prefect import get_run_logger
+
+    return get_run_logger()
+
+
+def function(step: Step) -> Any:
+    module, _, name = step.run.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _retries(step: Step, params_file: Path) -> int:
+    """Under DDP the other ranks are separate processes: an in-process retry on rank 0 alone would wait
+    for peers that are gone, so a failed DDP run fails (and resumes on rerun)."""
+    from rare.config import load_section
+
+    return 0 if getattr(load_section(step.params[0], params_file), "strategy", None) == "ddp" else RETRIES
+
+
+def run(step: Step, run_name: str, **kwargs: Any) -> Any:
+    """``step``'s function on ``kwargs`` (the command's options, ``params_file`` among them)."""
+    fn = function(step)
+    if is_ddp_worker() or not server_configured():
+        return fn(**kwargs)
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    quiet_expected_failures()
+    work = task(fn, name=step.command, task_run_name=run_name, cache_policy=NO_CACHE,
+                **retry_options(_retries(step, kwargs["params_file"])))
+    return flow(lambda: work(**kwargs), name=step.command, flow_run_name=run_name, log_prints=False)()

@@ -1,0 +1,19 @@
+"""What `rare train <variant>` runs: one retriever per ablation variant (``rare.train.stage``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rare import stageflow
+from rare.config import load_section
+
+
+def run(variant: str, data: Path, out: Path, params_file: Path, corpus_enhanced: Path | None = None,
+        queries_enhanced: Path | None = None, metrics: Path | None = None) -> Path:
+    """Train ``variant`` on ``data`` and export the retriever to ``out``; a retry resumes from the last checkpoint."""
+    from rare.train.stage import train_variant
+
+    out = train_variant(variant, Path(data), Path(out), load_section("train", params_file),
+                        load_section("tracking", params_file), corpus_enhanced, queries_enhanced, metrics=metrics)
+    stageflow.logger().info(f"retriever for variant {variant!r} exported to {out}")
+    return out
