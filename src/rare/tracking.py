@@ -84,7 +84,7 @@ def _git(*args: str) -> str | None:
 def data_digest(root: str | Path) -> str:
     """Content digest of an M-BEIR root (every file's bytes and path), or of the pointer DVC tracks for
     an external one: the same data gives the same digest in any checkout."""
-    from rare.enhance.cache import file_digest
+    from rare.hashing import file_digest
 
     root = Path(root)
     h = hashlib.blake2b(digest_size=16)

@@ -29,16 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from rare.atomic import atomic_write, remove_stale_temps
-from rare.config.enhance import NEEDS_IMAGE, EnhanceParams, RouteRule
+from rare.config.enhance import EnhanceParams, RouteRule
 from rare.data.errors import DataError
-from rare.data.images import ImageLoadError, resolve_image
+from rare.data.images import ImageLoadError, ImageRoot
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Enhanced, dumps, loads_line, parse_candidate, parse_query
-from rare.enhance.backends.base import NONE, Backend, BackendUnavailable, EnhanceRequest, EnhanceResult
+from rare.enhance.backends.base import Backend, BackendUnavailable, EnhanceRequest, EnhanceResult
 from rare.enhance.cache import Cache
 from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
+from rare.enhance.ops import NEEDS_IMAGE, NONE
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
+from rare.hashing import key_digest
 from rare.mbeir import dataset_id_of
 
 FORMAT_VERSION = 1  # bump when the output layout of a shard changes
@@ -57,13 +59,6 @@ def side_of(side: str) -> str:
         return SIDES[side]
     except KeyError:
         raise ValueError(f"unknown side {side!r}; allowed: ['corpus', 'queries']") from None
-
-
-_KEY_JSON = json.JSONEncoder(sort_keys=True).encode  # the same text as json.dumps(.., sort_keys=True), built once
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.blake2b(_KEY_JSON(parts).encode(), digest_size=16).hexdigest()
 
 
 def input_files(root: MBEIRRoot, side: str) -> list[str]:
@@ -197,22 +192,20 @@ class Engine:
         self.config = config
         self.prompts = PromptSet.load(config.prompt_version)
         self.router = Router(config.routing)
-        self.identity = _digest(config.backend, config.model, config.generation, config.prompt_version)
-        self.fingerprint = _digest(FORMAT_VERSION, self.identity, config.side, config.max_new_tokens,
-                                   config.max_text_chars, self.router.digest,
-                                   {k: t.digest for k, t in self.prompts.templates.items()})
+        self.identity = key_digest(config.backend, config.model, config.generation, config.prompt_version)
+        self.fingerprint = key_digest(FORMAT_VERSION, self.identity, config.side, config.max_new_tokens,
+                                       config.max_text_chars, self.router.digest,
+                                       {k: t.digest for k, t in self.prompts.templates.items()})
         self.cache = Cache(config.item_cache)
         self.store = config.cache_dir / "shards"
         self._make_backend = make_backend
         self._backend: Backend | None = None
         self._turn = threading.Lock()  # held by the shard that is generating
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="enhance-commit")
-        self._root_str = str(config.root)
+        self._images = ImageRoot(config.root)
         # Pools repeat images; one Path per image, not per request, also spares CPython's interned-string
         # table the churn of re-interning the same path parts (its rebuilds showed up as memory spikes).
         self._as_path = functools.lru_cache(maxsize=65536)(Path)
-        self._real_root = os.path.join(os.path.realpath(config.root), "")
-        self._real_dirs: dict[str, str] = {}
 
     # -- backend ------------------------------------------------------------------------------
     def _generate(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:
@@ -292,7 +285,7 @@ class Engine:
         for item in items:
             if item.op in NEEDS_IMAGE:
                 try:
-                    item.image = self._image_path(item.obj[img_field])
+                    item.image = self._images.resolve(item.obj[img_field])
                 except ImageLoadError as exc:
                     item.cause = f"{IMAGE_UNREADABLE}: {exc}"
         digests = self.cache.image_digests([it.image for it in items if it.image is not None])
@@ -306,22 +299,9 @@ class Engine:
                     item.cause = f"{IMAGE_UNREADABLE}: {item.image}: file not found or unreadable"
                     continue
             template = self.prompts.template(item.op, self.config.side)
-            item.key = _digest(self.identity, template.name, template.digest, self.config.max_new_tokens,
-                               image_digest, item.text if template.uses_text else "",
-                               item.src if self.config.reads_src_content else None)
-
-    def _image_path(self, rel: str) -> str:
-        """``resolve_image``'s containment rule, fast: this runs per item (5.6M times on M-BEIR), so folders
-        are resolved once and a file only needs to not be a symlink; anything else takes the full check."""
-        if rel and not os.path.isabs(rel) and ".." not in rel.split("/"):
-            path = os.path.join(self._root_str, rel)
-            folder = os.path.dirname(path)
-            real = self._real_dirs.get(folder)
-            if real is None:
-                real = self._real_dirs[folder] = os.path.join(os.path.realpath(folder), "")
-            if real.startswith(self._real_root) and not os.path.islink(path):
-                return path
-        return str(resolve_image(self.config.root, rel))  # raises the precise ImageLoadError, or allows a safe symlink
+            item.key = key_digest(self.identity, template.name, template.digest, self.config.max_new_tokens,
+                                  image_digest, item.text if template.uses_text else "",
+                                  item.src if self.config.reads_src_content else None)
 
     def _request(self, item: _Item) -> EnhanceRequest:
         template = self.prompts.template(item.op, self.config.side)

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.enhance.backends.base import CAPTION, NONE, OPS
+from rare.enhance.ops import CAPTION, NONE, OPS
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 TEXT_SLOT = "{text}"

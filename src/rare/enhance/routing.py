@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 
 from rare.config.enhance import RouteRule
-from rare.enhance.backends.base import CAPTION, NONE, REFINE, RESOLVE, REWRITE
+from rare.enhance.ops import CAPTION, NONE, REFINE, RESOLVE, REWRITE
 
 # The released script's question test: ends with "?" or starts with a wh-word.
 _QUESTION_START = re.compile(r"^\s*(what|where|why|when|which|how)\b", re.IGNORECASE)

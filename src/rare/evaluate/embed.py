@@ -27,6 +27,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rare.atomic import replacing
 from rare.data.columnar import iter_pool_batches
 from rare.data.errors import DataError
 from rare.data.images import load_image
@@ -34,6 +35,7 @@ from rare.data.instructions import InstructionTable
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import TextMode, candidate_text, query_text
 from rare.errors import worker_errors_unwrapped
+from rare.hashing import key_digest
 from rare.mbeir import TASKS, dataset_id_of
 
 log = logging.getLogger(__name__)
@@ -82,14 +84,6 @@ class Embeddings:
         return np.load(self.vectors_path, mmap_mode="r", allow_pickle=False)
 
 
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_precision(precision: str, device: str) -> str:
     """"auto" picks bf16 where the hardware runs it natively (CUDA, or a CPU with AVX512-BF16/AMX)."""
     if precision != "auto":
@@ -111,9 +105,8 @@ def code_version() -> str:
 
 
 def cache_key(fingerprint: str, data_hash: str, side: str, view: TextView, precision: str, extra: str = "") -> str:
-    desc = {"code": code_version(), "model": fingerprint, "data": data_hash, "side": side, "view": view.describe(),
-            "precision": precision, "extra": extra}
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+    return key_digest({"code": code_version(), "model": fingerprint, "data": data_hash, "side": side,
+                       "view": view.describe(), "precision": precision, "extra": extra})
 
 
 def query_items(path: Path, view: TextView) -> list[Item]:
@@ -168,10 +161,8 @@ def _batches(retriever: Any, items: Sequence[Item], image_root: Path, batch_size
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rare.atomic import atomic_write_text
 from rare.config.evaluate import EvaluateParams
 from rare.config.tracking import TrackingParams
 from rare.data.errors import DataError
@@ -28,10 +28,11 @@ from rare.data.layout import MBEIRRoot
 from rare.data.qrels import read_qrels
 from rare.data.records import iter_jsonl
 from rare.data.views import TextMode, side_file, variant_sides
-from rare.evaluate import embed as E
+from rare.evaluate import embed
 from rare.evaluate.metrics import mbeir_score, task_metrics
 from rare.evaluate.runfile import write_run
 from rare.evaluate.search import did_order, search
+from rare.hashing import file_digest
 from rare.mbeir import DatasetTask
 
 log = logging.getLogger(__name__)
@@ -57,17 +58,17 @@ class Plan:
     split: str
     tasks: list[EvalTask]
     global_pool: Path
-    corpus_view: E.TextView
-    query_view: E.TextView
+    corpus_view: embed.TextView
+    query_view: embed.TextView
 
 
 @dataclass
-class Embedded:
-    queries: dict[str, E.Embeddings]
-    pools: dict[str, E.Embeddings]
+class PlanEmbeddings:
+    queries: dict[str, embed.Embeddings]
+    pools: dict[str, embed.Embeddings]
     global_sources: list[Path] = field(default_factory=list)
     global_ids: np.ndarray | None = None
-    stats: E.EmbedStats = field(default_factory=E.EmbedStats)
+    stats: embed.EmbedStats = field(default_factory=embed.EmbedStats)
 
 
 def _positives(qrels_file: Path, queries: Path) -> dict[str, set[str]]:
@@ -129,9 +130,9 @@ def plan(name: str, meta: dict[str, Any], inputs: str, data: Path, params: Evalu
     return Plan(
         name=name, inputs=inputs, model_variant=model_variant, kind=kind_of(model_variant, inputs), root=root,
         split=params.split, tasks=tasks, global_pool=global_pool,
-        corpus_view=E.TextView(use_corpus, corpus_mode),
-        query_view=E.TextView(use_queries, query_mode, InstructionTable.load(instructions),
-                              E.file_hash(instructions), params.instruction_seed),
+        corpus_view=embed.TextView(use_corpus, corpus_mode),
+        query_view=embed.TextView(use_queries, query_mode, InstructionTable.load(instructions),
+                              file_digest(instructions), params.instruction_seed),
     )
 
 
@@ -144,40 +145,40 @@ def resolve_device(device: str) -> str:
 
 
 def candidate_key(p: Plan, pool: Path, fingerprint: str, precision: str,
-                  taken: list[E.Embeddings] | None = None) -> str:
+                  taken: list[embed.Embeddings] | None = None) -> str:
     """Cache key of one pool's candidate embeddings; ``taken``: the local entries the global pool reuses.
     Serving (``rare.serve``) reads the entries back by this key, so the two can never disagree."""
     extra = ",".join(sorted(e.dir.name for e in taken)) if taken else ""
-    return E.cache_key(fingerprint, E.file_hash(pool), "candidate", p.corpus_view, precision, extra)
+    return embed.cache_key(fingerprint, file_digest(pool), "candidate", p.corpus_view, precision, extra)
 
 
-def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cpu") -> Embedded:
+def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cpu") -> PlanEmbeddings:
     """Query embeddings per dataset-task, local pool embeddings, and the global pool assembled from them."""
     cache = Path(params.cache_dir)
     fp = retriever.fingerprint
-    stats = E.EmbedStats()
-    precision = E.resolve_precision(params.precision, device)
+    stats = embed.EmbedStats()
+    precision = embed.resolve_precision(params.precision, device)
     opts = dict(batch_size=params.embed_batch, shard_rows=params.shard_rows, num_workers=params.num_workers,
                 device=device, precision=precision, stats=stats)
     image_root = p.root.path
     queries, pools = {}, {}
     for t in p.tasks:
-        key = E.cache_key(fp, E.file_hash(t.queries), "query", p.query_view, precision)
-        queries[t.dt.name] = E.embed(retriever, partial(E.query_items, t.queries, p.query_view), key, cache,
+        key = embed.cache_key(fp, file_digest(t.queries), "query", p.query_view, precision)
+        queries[t.dt.name] = embed.embed(retriever, partial(embed.query_items, t.queries, p.query_view), key, cache,
                                      image_root, label=f"{t.dt.name} queries", **opts)
         key = candidate_key(p, t.pool, fp, precision)
-        pools[t.dt.name] = E.embed(retriever, partial(E.pool_items, t.pool, p.corpus_view), key, cache,
+        pools[t.dt.name] = embed.embed(retriever, partial(embed.pool_items, t.pool, p.corpus_view), key, cache,
                                    image_root, label=f"{t.dt.name} pool", **opts)
-    out = Embedded(queries, pools, stats=stats)
+    out = PlanEmbeddings(queries, pools, stats=stats)
     if "global" in params.pools:
         locals_ = list(pools.values())
 
-        def embed_rest(dids: set[str]) -> E.Embeddings:
+        def embed_rest(dids: set[str]) -> embed.Embeddings:
             key = candidate_key(p, p.global_pool, fp, precision, locals_)
-            make = partial(E.pool_items, p.global_pool, p.corpus_view, dids)
-            return E.embed(retriever, make, key, cache, image_root, label="global pool rest", **opts)
+            make = partial(embed.pool_items, p.global_pool, p.corpus_view, dids)
+            return embed.embed(retriever, make, key, cache, image_root, label="global pool rest", **opts)
 
-        out.global_sources, out.global_ids = E.pool_sources(p.global_pool, locals_, embed_rest)
+        out.global_sources, out.global_ids = embed.pool_sources(p.global_pool, locals_, embed_rest)
     return out
 
 
@@ -188,7 +189,7 @@ def _score(p: Plan, t: EvalTask, qids: np.ndarray, dids: np.ndarray, scores: np.
     return task_metrics(run, t.positives, t.dt)
 
 
-def search_pool(p: Plan, emb: Embedded, pool: str, params: EvaluateParams, out: Path,
+def search_pool(p: Plan, emb: PlanEmbeddings, pool: str, params: EvaluateParams, out: Path,
                 device: str = "cpu") -> dict[str, dict[str, float]]:
     """Search one pool setting for every dataset-task, write its run files, return metrics per dataset-task."""
     opts = dict(backend=params.search_backend, device=device, query_batch=params.query_batch,
@@ -219,10 +220,7 @@ def search_pool(p: Plan, emb: Embedded, pool: str, params: EvaluateParams, out: 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out: Path,
@@ -281,11 +279,11 @@ def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, para
 
     With ``tracking``, the MLflow run ``eval-<name>`` spans the whole evaluation and ends with its outcome.
     """
-    from rare import tracking as T
+    from rare import tracking as rare_tracking
 
     model_variant = str(retriever.meta.get("variant", "none"))
     tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.kind": kind_of(model_variant, inputs)}
-    run = T.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data) if tracking else nullcontext()
+    run = rare_tracking.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data) if tracking else nullcontext()
     with run as run_id:
         device = resolve_device(params.device)
         t0 = time.perf_counter()
@@ -299,7 +297,7 @@ def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, para
             timings[f"search_{pool}_s"] = time.perf_counter() - t1
         timings["total_s"] = time.perf_counter() - t0
         info = {"model": str(model or ""), "fingerprint": retriever.fingerprint, "device": device,
-                "precision": E.resolve_precision(params.precision, device)}
+                "precision": embed.resolve_precision(params.precision, device)}
         runtime = {"timings": {k: round(v, 3) for k, v in timings.items()}, "embeddings": vars(emb.stats)}
         metrics = write_metrics(p, results, out, info, runtime)
         if run_id:

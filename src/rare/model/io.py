@@ -14,16 +14,15 @@ Writes go to a temp sibling and are renamed into place, so a killed export leave
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
 
-from rare.atomic import atomic_write, remove_stale_temps, swap_in, temp_sibling
+from rare.atomic import atomic_write, replacing_folder
+from rare.model.families import family
 from rare.model.retriever import Retriever
-from rare.model.towers import towers_from_configs
 
 SPEC_FILE, WEIGHTS_FILE, META_FILE = "retriever.json", "model.safetensors", "meta.json"
 FORMAT = 1
@@ -45,16 +44,9 @@ def save_retriever(retriever: Retriever, out: str | Path, meta: dict[str, Any] |
     """Write the export beside ``out`` and swap it in whole. ``meta`` holds what shapes the model, never
     timings, so identical weights give an identical folder."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    tmp = temp_sibling(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with replacing_folder(out) as tmp:
         _write_export(retriever, tmp, meta)
-        return swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _write_export(retriever: Retriever, tmp: Path, meta: dict[str, Any] | None) -> None:
@@ -79,9 +71,9 @@ def load_retriever(model_dir: str | Path, device: str | torch.device = "cpu") ->
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
     if spec.get("format") != FORMAT:
         raise ValueError(f"{spec_file}: unsupported format {spec.get('format')!r}; this code reads format {FORMAT}")
-    names = ["clip"] if spec["family"] == "clip" else ["text", "vision"]
-    configs = {name: AutoConfig.from_pretrained(model_dir / "towers" / name) for name in names}
-    towers = towers_from_configs(spec["family"], configs, spec)
+    tower_cls = family(spec["family"]).towers
+    configs = {name: AutoConfig.from_pretrained(model_dir / "towers" / name) for name in tower_cls.config_names}
+    towers = tower_cls.from_configs(configs, spec)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
     meta_file = model_dir / META_FILE
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}

@@ -20,7 +20,7 @@ from torch import nn
 from rare.config.train import ModelParams
 from rare.model.families import Family, family
 from rare.model.preprocess import Collator
-from rare.model.towers import Towers, build_towers, resolve_source
+from rare.model.towers import Towers, freeze_lower_layers, resolve_source
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned temperature so logits never exceed x100
 
@@ -109,21 +109,20 @@ def build_retriever(params: ModelParams) -> Retriever:
     """A fresh retriever to train, from the training params."""
     from transformers import AutoTokenizer
 
-    towers, new = build_towers(params)
-    tok_source = params.tokenizer or (params.clip.pretrained if params.family == "clip" and params.clip
-                                      else params.text.pretrained)
+    fam = family(params.family)
+    towers, new = fam.towers.build(params)
+    if params.train_text_layers is not None:
+        freeze_lower_layers(towers.text_tower(), params.train_text_layers)
+    tok_source = params.tokenizer or fam.towers.tokenizer_source(params)
     if not tok_source:
         raise ValueError("train.model.tokenizer must be set when the text tower is built from a config")
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(tok_source))
-    if params.family == "clip":
-        image_size = towers.clip.config.vision_config.image_size
-    else:
-        image_size = params.image_size
+    image_size = towers.image_size(params)
     spec = {
         "format": 1, "family": params.family, "embed_dim": towers.embed_dim,
         "text_pooling": params.text_pooling, "image_pooling": params.image_pooling,
         "image_size": image_size, "image_mean": list(params.image_mean), "image_std": list(params.image_std),
-        "max_text_len": params.max_text_len, "text_format": family(params.family).text_format,
+        "max_text_len": params.max_text_len, "text_format": fam.text_format,
     }
     retriever = Retriever(towers, tokenizer, spec, init_temperature=params.init_temperature)
     retriever.new_parameters = {f"towers.{n}" for n in new}

@@ -10,10 +10,7 @@ loads CLIP. Resumable: a checkpoint every few steps in ``pretrain.cache_dir``, k
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -25,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rare.atomic import replacing, replacing_folder
 from rare.benchmark.render import render
 from rare.config.pretrain import PretrainParams
 from rare.config.train import TrainParams
+from rare.hashing import key_digest
 from rare.model import Collator, EncodeInput, Retriever, build_retriever, save_retriever
 from rare.pretrain.corpus import Pair, build_corpus
 from rare.train.module import lr_factor
@@ -123,27 +122,20 @@ def holdout_recall(retriever: Retriever, pairs: Sequence[Pair], image_size: int)
 
 
 def _work_dir(params: PretrainParams) -> Path:
-    key = json.dumps(params.model_dump(mode="json"), sort_keys=True)
-    return Path(params.cache_dir) / f"run-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return Path(params.cache_dir) / f"run-{key_digest(params.model_dump(mode='json'))}"
 
 
 def _save_state(path: Path, step: int, retriever: Retriever, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler, losses: list[float]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"step": step, "model": retriever.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "losses": losses, "rng": torch.get_rng_state()}, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save({"step": step, "model": retriever.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "losses": losses, "rng": torch.get_rng_state()}, tmp)
 
 
 def _export(retriever: Retriever, out: Path) -> None:
-    """The vision tower as an HF checkpoint, written to a temp sibling and renamed into place."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    retriever.towers.vision.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    """The vision tower as an HF checkpoint, written beside ``out`` and swapped in whole."""
+    with replacing_folder(out) as tmp:
+        retriever.towers.vision.save_pretrained(tmp)
 
 
 def pretrain(out: Path, params: PretrainParams, on_step: Any = None) -> dict[str, Any]:

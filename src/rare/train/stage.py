@@ -7,7 +7,6 @@ continues from its last checkpoint and a changed input starts afresh.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,9 @@ from rare.config.train import TrainParams
 from rare.data.layout import MBEIRRoot
 from rare.data.views import variant_sides
 from rare.errors import worker_errors_unwrapped
+from rare.hashing import key_digest
 from rare.model import build_retriever, load_retriever, save_retriever
+from rare.runtime import is_rank_zero_process
 from rare.train.data import Inputs, PairDataModule, TextSettings, resolve_inputs
 from rare.train.module import RetrieverModule
 
@@ -86,15 +87,11 @@ def _file_id(path: Path) -> list[Any]:
 
 
 def work_dir(params: TrainParams, variant: str, inputs: Inputs) -> Path:
-    key = json.dumps({
+    key = key_digest({
         "params": params.model_dump(mode="json"), "variant": variant,
         "files": [_file_id(p) for p in [*inputs.train, inputs.train_pool, *(f for pair in inputs.val for f in pair)]],
-    }, sort_keys=True)
-    return Path(params.cache_dir) / "runs" / f"{variant}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-
-
-def _is_rank_zero_process() -> bool:
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    })
+    return Path(params.cache_dir) / "runs" / f"{variant}-{key}"
 
 
 def _flat(prefix: str, value: Any) -> dict[str, Any]:
@@ -159,7 +156,7 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
     ``train-<variant>`` before any work and ends it with the outcome; the DDP workers Lightning starts
     log into it.
     """
-    if not tracking.enabled or RUN_ENV in os.environ or not _is_rank_zero_process():
+    if not tracking.enabled or RUN_ENV in os.environ or not is_rank_zero_process():
         return _train_variant(variant, data, out, params, tracking, corpus_enhanced, queries_enhanced, callbacks,
                               metrics, os.environ.get(RUN_ENV) if tracking.enabled else None)
     with rare_tracking.child_run(tracking, "train", f"train-{variant}", {"rare.variant": variant}, data=data,
