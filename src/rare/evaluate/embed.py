@@ -10,7 +10,6 @@ embedded a second time (see ``pool_sources``).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import json
 import logging
@@ -35,7 +34,7 @@ from rare.data.instructions import InstructionTable
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import TextMode, candidate_text, query_text
 from rare.errors import worker_errors_unwrapped
-from rare.hashing import key_digest
+from rare.hashing import code_digest, key_digest
 from rare.mbeir import TASKS, dataset_id_of
 
 log = logging.getLogger(__name__)
@@ -96,12 +95,7 @@ def resolve_precision(precision: str, device: str) -> str:
 @functools.cache
 def code_version() -> str:
     """Hash of the code that turns records into embeddings, so editing it never serves stale vectors."""
-    h = hashlib.sha256()
-    for name in EMBEDDING_CODE:
-        path = Path(importlib.import_module(name).__file__)
-        for f in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return code_digest(*(importlib.import_module(name) for name in EMBEDDING_CODE))
 
 
 def cache_key(fingerprint: str, data_hash: str, side: str, view: TextView, precision: str, extra: str = "") -> str:

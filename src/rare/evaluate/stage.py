@@ -64,6 +64,8 @@ class Plan:
 
 @dataclass
 class PlanEmbeddings:
+    """Every vector one evaluation searches: per dataset-task its queries and local pool, and the global pool."""
+
     queries: dict[str, embed.Embeddings]
     pools: dict[str, embed.Embeddings]
     global_sources: list[Path] = field(default_factory=list)
