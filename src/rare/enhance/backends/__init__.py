@@ -7,8 +7,6 @@ cannot share one with Prefect's, see README "Running on real M-BEIR").
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 from rare.config.enhance import EnhanceParams
