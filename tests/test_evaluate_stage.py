@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rare.config.evaluate import EvaluateParams
+from rare.contracts import TextModes
 from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_candidates, iter_queries
@@ -176,6 +177,15 @@ def test_qrels_that_disagree_with_the_queries_fail_loudly(tiny_root: Path, retri
     with pytest.raises(DataError, match="qrels and queries disagree") as err:
         plan("none", retriever.meta, "none", tiny_root, _params(tmp_path))
     assert str(qrels) in str(err.value)
+
+
+def test_evaluation_feeds_the_model_as_its_meta_says(tiny_root_session: Path, retriever, tmp_path: Path):
+    """Text modes and the instruction seed have one source: the model's meta.json, which training wrote."""
+    meta = retriever.meta.model_copy(update={"instruction_seed": 3,
+                                             "text_mode": TextModes(corpus="prepend", query="append")})
+    p = plan("none", meta, "none", tiny_root_session, _params(tmp_path))
+    assert p.query_view.instruction_seed == 3 and p.query_view.mode == "append" and p.corpus_view.mode == "prepend"
+    assert "instruction_seed" not in EvaluateParams.model_fields
 
 
 def test_missing_inputs_are_named(tiny_root: Path, retriever, tmp_path: Path):

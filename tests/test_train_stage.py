@@ -39,7 +39,7 @@ def test_default_model_lowers_val_loss_and_is_tracked(tmp_path: Path, monkeypatc
     assert meta["global_steps"] == 12 and meta["samples"] == 12 * 16
     assert not {"samples_per_sec", "fit_seconds", "train_seconds"} & set(meta)  # no timings in the model folder
     r = load_retriever(out)
-    assert r.embed_dim == 384 and r.meta["instruction_seed"] == 0
+    assert r.embed_dim == 384 and r.meta.instruction_seed == 0
 
     metrics = tmp_path / "metrics/train_none.json"
     assert json.loads(metrics.read_text()) == {"train_loss": meta["train_loss"], "val_loss_final": curve[-1][1]}

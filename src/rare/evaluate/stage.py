@@ -22,12 +22,13 @@ import numpy as np
 from rare.atomic import atomic_write_text
 from rare.config.evaluate import EvaluateParams
 from rare.config.tracking import TrackingParams
+from rare.contracts import ModelMeta
 from rare.data.errors import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import read_qrels
 from rare.data.records import iter_jsonl
-from rare.data.views import TextMode, side_file, variant_sides
+from rare.data.views import side_file, variant_sides
 from rare.evaluate import embed
 from rare.evaluate.metrics import mbeir_score, task_metrics
 from rare.evaluate.runfile import write_run
@@ -94,17 +95,10 @@ def kind_of(model_variant: str, inputs: str) -> str:
     return "trained" if model_variant == inputs else "inference-only"
 
 
-def text_modes(meta: dict[str, Any]) -> tuple[TextMode, TextMode]:
-    """(corpus mode, query mode) from the model's export: one mode for both sides, or one per side."""
-    mode = meta.get("text_mode", "replace")
-    if isinstance(mode, dict):
-        return mode.get("corpus", "replace"), mode.get("query", "replace")
-    return mode, mode
-
-
-def plan(name: str, meta: dict[str, Any], inputs: str, data: Path, params: EvaluateParams,
+def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluateParams,
          corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None) -> Plan:
-    """Resolve every file one evaluation reads; fails before any work if one is missing."""
+    """Resolve every file one evaluation reads; fails before any work if one is missing. Texts are built as
+    the model was trained on them: its text modes and instruction seed come from its ``meta``."""
     use_corpus, use_queries = variant_sides(inputs)
     root = MBEIRRoot.open(data)
     dts = root.eval_tasks(params.split)
@@ -126,15 +120,14 @@ def plan(name: str, meta: dict[str, Any], inputs: str, data: Path, params: Evalu
     global_pool = side_file(root, corpus_enhanced, root.global_pool(params.split), use_corpus)
     if "global" in params.pools and not global_pool.exists():
         raise DataError(global_pool, None, "missing global pool (drop 'global' from evaluate.pools to skip it)")
-    corpus_mode, query_mode = text_modes(meta)
     instructions = root.instructions_file
-    model_variant = str(meta.get("variant", "none"))
+    model_variant = meta.variant
     return Plan(
         name=name, inputs=inputs, model_variant=model_variant, kind=kind_of(model_variant, inputs), root=root,
         split=params.split, tasks=tasks, global_pool=global_pool,
-        corpus_view=embed.TextView(use_corpus, corpus_mode),
-        query_view=embed.TextView(use_queries, query_mode, InstructionTable.load(instructions),
-                              file_digest(instructions), params.instruction_seed),
+        corpus_view=embed.TextView(use_corpus, meta.text_mode.corpus),
+        query_view=embed.TextView(use_queries, meta.text_mode.query, InstructionTable.load(instructions),
+                                  file_digest(instructions), meta.instruction_seed),
     )
 
 
@@ -283,7 +276,7 @@ def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, para
     """
     from rare import tracking as rare_tracking
 
-    model_variant = str(retriever.meta.get("variant", "none"))
+    model_variant = retriever.meta.variant
     tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.kind": kind_of(model_variant, inputs)}
     run = rare_tracking.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data) if tracking else nullcontext()
     with run as run_id:

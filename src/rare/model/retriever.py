@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rare.config.train import ModelParams
+from rare.contracts import ModelMeta
 from rare.model.families import Family, family
 from rare.model.preprocess import Collator
 from rare.model.towers import Towers, freeze_lower_layers, resolve_source
@@ -33,13 +34,13 @@ def _place(x: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Retriever(nn.Module):
-    def __init__(self, towers: Towers, tokenizer: Any, spec: dict[str, Any], meta: dict[str, Any] | None = None,
+    def __init__(self, towers: Towers, tokenizer: Any, spec: dict[str, Any], meta: ModelMeta | None = None,
                  init_temperature: float = 0.07):
         super().__init__()
         self.towers = towers
         self.tokenizer = tokenizer
         self.spec = spec                 # what retriever.json holds: enough to rebuild and preprocess
-        self.meta = dict(meta or {})     # training metadata (variant, text modes, instruction seed, ...)
+        self.meta = meta or ModelMeta()  # meta.json: what it was trained on and how evaluation feeds it
         self.family: Family = family(spec["family"])
         if self.family.own_temperature:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))

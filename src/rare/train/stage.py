@@ -24,6 +24,7 @@ from rare import tracking as rare_tracking
 from rare.atomic import atomic_write
 from rare.config.tracking import TrackingParams
 from rare.config.train import TrainParams
+from rare.contracts import ModelMeta, TextModes, TrainInputs
 from rare.data.layout import MBEIRRoot
 from rare.data.views import variant_sides
 from rare.errors import worker_errors_unwrapped
@@ -230,15 +231,15 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
         return Path(out)
     samples = trainer.global_step * params.batch_size * trainer.world_size
 
-    meta = {
-        "variant": variant, "text_mode": {"corpus": params.text_mode.corpus, "query": params.text_mode.query},
-        "instruction_seed": params.instruction_seed, "seed": params.seed, "train_file": params.train_file,
-        "global_steps": trainer.global_step, "global_batch": params.batch_size * trainer.world_size,
-        "samples": samples, "val_loss": history.history, "train_losses": history.train,
-        "train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
-        "inputs": {"data": str(raw.path), "corpus_enhanced": str(corpus_enhanced) if use_corpus else None,
-                   "queries_enhanced": str(queries_enhanced) if use_queries else None},
-    }
+    meta = ModelMeta(
+        variant=variant, text_mode=TextModes(corpus=params.text_mode.corpus, query=params.text_mode.query),
+        instruction_seed=params.instruction_seed, seed=params.seed, train_file=params.train_file,
+        global_steps=trainer.global_step, global_batch=params.batch_size * trainer.world_size,
+        samples=samples, val_loss=history.history, train_losses=history.train,
+        train_loss=float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        inputs=TrainInputs(data=str(raw.path), corpus_enhanced=str(corpus_enhanced) if use_corpus else None,
+                           queries_enhanced=str(queries_enhanced) if use_queries else None),
+    )
     # Timings change from run to run: they go to the metrics file, never into the model folder.
     timings = {"fit_seconds": round(fit_seconds, 2),
                "train_seconds": round(time.monotonic() - began, 2),  # the whole stage: loading, caches, fit, val
@@ -261,7 +262,7 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
     return Path(out)
 
 
-def write_metrics(meta: dict[str, Any], timings: dict[str, float], path: Path) -> Path:
+def write_metrics(meta: ModelMeta, timings: dict[str, float], path: Path) -> Path:
     """Training figures, split by what they are for.
 
     ``path`` (the DVC metric) holds the losses only, so `dvc exp show` and `dvc metrics diff` compare
@@ -269,14 +270,14 @@ def write_metrics(meta: dict[str, Any], timings: dict[str, float], path: Path) -
     timings and counts go to ``runtime/<name>`` beside it, which neither git nor DVC tracks, so a rerun
     that changes nothing leaves `git status` clean.
     """
-    curve, variant = meta["val_loss"], meta["variant"]
+    curve, variant = meta.val_loss or [], meta.variant
     path = Path(path)
-    _write_json(path, {"train_loss": meta["train_loss"], "val_loss_final": curve[-1][1] if curve else None})
-    for split, points in (("train", meta["train_losses"]), ("val", curve)):
+    _write_json(path, {"train_loss": meta.train_loss, "val_loss_final": curve[-1][1] if curve else None})
+    for split, points in (("train", meta.train_losses or []), ("val", curve)):
         _write_json(path.parent / "loss" / f"{variant}_{split}.json",
                     [{"step": int(step), "loss": value} for step, value in points])
     _write_json(path.parent / "runtime" / path.name,
-                {**timings, "global_steps": meta["global_steps"], "samples": meta["samples"]})
+                {**timings, "global_steps": meta.global_steps, "samples": meta.samples})
     return path
 
 
