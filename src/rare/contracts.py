@@ -113,6 +113,20 @@ class EnhanceSummary(TypedDict):
     failure_rate: float                    # failed / enhanceable
 
 
+class EnhanceRuntime(TypedDict):
+    """One enhancement run's work (not part of the deterministic output): what was generated, reused, cached."""
+
+    shards: int
+    shards_reused: int
+    generated: int
+    cache_hits: int
+    gen_tokens_in: int
+    gen_tokens_out: int
+    workers: int
+    seconds: float
+    items_per_s: float
+
+
 class HoldoutRecall(TypedDict):
     """The pretrained tower on pairs it never trained on (percent)."""
 

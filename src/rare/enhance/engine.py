@@ -30,6 +30,7 @@ from typing import Any
 
 from rare.atomic import atomic_write, remove_stale_temps
 from rare.config.enhance import EnhanceParams, RouteRule
+from rare.contracts import EnhanceRuntime, EnhanceSummary
 from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, ImageRoot
 from rare.data.layout import MBEIRRoot
@@ -377,16 +378,18 @@ class Engine:
         return (dumps(item.obj) + "\n").encode()
 
     # -- the whole side -------------------------------------------------------------------------
-    def assemble(self, files: list[str], shards: list[Shard], out: Path, params_note: dict[str, Any]) -> dict[str, Any]:
+    def assemble(self, files: list[str], shards: list[Shard], out: Path, shard_size: int,
+                 max_failure_rate: float) -> EnhanceSummary:
         """Concatenate stored shards into ``out/<rel>`` (atomically, input order) and write both reports."""
         by_file: dict[str, list[Shard]] = {rel: [] for rel in files}
         for shard in shards:
             by_file[shard.rel].append(shard)
-        summary: dict[str, Any] = {
+        summary: EnhanceSummary = {
             "side": self.config.side, "backend": self.config.backend, "model": self.config.model,
-            "prompt_version": self.config.prompt_version, **params_note,
+            "prompt_version": self.config.prompt_version, "shard_size": shard_size,
+            "max_failure_rate": max_failure_rate,
             "items": 0, "enhanceable": 0, "ok": 0, "failed": 0, "skipped": 0,
-            "by_op": {}, "failures_by_cause": {}, "tokens_in": 0, "tokens_out": 0, "files": {},
+            "by_op": {}, "failures_by_cause": {}, "tokens_in": 0, "tokens_out": 0, "files": {}, "failure_rate": 0.0,
         }
         for rel, parts in by_file.items():
             dst = out / rel
@@ -394,7 +397,8 @@ class Engine:
             atomic_write(dst, _concat(self.shard_paths(s)[0] for s in parts))
             summary["files"][rel] = sum(_merge_counts(summary, self._stored(s)) for s in parts)
         summary["enhanceable"] = summary["ok"] + summary["failed"]
-        summary["failure_rate"] = round(summary["failed"] / summary["enhanceable"], 6) if summary["enhanceable"] else 0.0
+        if summary["enhanceable"]:
+            summary["failure_rate"] = round(summary["failed"] / summary["enhanceable"], 6)
         failures_path, summary_path = out / FAILURES_FILE, out / SUMMARY_FILE
         remove_stale_temps(failures_path)
         atomic_write(failures_path, self._failure_lines(shards))
@@ -421,7 +425,7 @@ def _concat(paths: Iterator[Path]) -> Iterator[bytes]:
                 yield chunk
 
 
-def _merge_counts(summary: dict[str, Any], stored: dict[str, Any]) -> int:
+def _merge_counts(summary: EnhanceSummary, stored: dict[str, Any]) -> int:
     """Add one stored shard's counts to the summary; returns its item count."""
     summary["items"] += stored["items"]
     summary["tokens_in"] += stored["tokens_in"]
@@ -430,18 +434,19 @@ def _merge_counts(summary: dict[str, Any], stored: dict[str, Any]) -> int:
         per_op = summary["by_op"].setdefault(op, {})
         for status, n in statuses.items():
             per_op[status] = per_op.get(status, 0) + n
-            summary[status] += n
+            summary[status] += n  # type: ignore[literal-required]  # ok | failed | skipped
     for cause, n in stored["causes"].items():
         summary["failures_by_cause"][cause] = summary["failures_by_cause"].get(cause, 0) + n
     return stored["items"]
 
 
-def merge_stats(all_stats: list[ShardStats]) -> dict[str, Any]:
+def merge_stats(all_stats: list[ShardStats], items: int, seconds: float) -> EnhanceRuntime:
     """This run's work (not part of the deterministic output): what was generated, reused, served from cache."""
     return {
         "shards": len(all_stats), "shards_reused": sum(s.reused for s in all_stats),
         "generated": sum(s.generated for s in all_stats), "cache_hits": sum(s.cache_hits for s in all_stats),
         "gen_tokens_in": sum(s.gen_tokens_in for s in all_stats),
         "gen_tokens_out": sum(s.gen_tokens_out for s in all_stats),
-        "workers": len({s.worker for s in all_stats}),
+        "workers": len({s.worker for s in all_stats}), "seconds": round(seconds, 3),
+        "items_per_s": round(items / seconds, 1) if seconds else 0.0,
     }
