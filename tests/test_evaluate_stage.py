@@ -96,7 +96,7 @@ def test_cache_reuse_and_inference_only_reuses_query_embeddings(tiny_root_sessio
     headline = json.loads((tmp_path / "a/headline.json").read_text())
     assert [row["task"] for row in headline] == list(first["local"])
     assert all(row["local"] == first["local"][row["task"]]["headline"] for row in headline)
-    assert info["kind"] == "trained" and info["inputs"] == "none"
+    assert info["regime"] == "trained" and info["inputs"] == "none"
     again = evaluate("none", retriever, "none", tiny_root_session, tmp_path / "b", params)
     assert again == first
     assert json.loads((tmp_path / "b/runtime.json").read_text())["embeddings"]["computed"] == 0
@@ -105,7 +105,7 @@ def test_cache_reuse_and_inference_only_reuses_query_embeddings(tiny_root_sessio
     assert (tmp_path / "a" / run).read_bytes() == (tmp_path / "b" / run).read_bytes()
     evaluate("infer-corpus", retriever, "corpus", tiny_root_session, tmp_path / "c", params, corpus, queries)
     info = json.loads((tmp_path / "c/info.json").read_text())
-    assert info["kind"] == "inference-only"
+    assert info["regime"] == "inference-only"
     runtime = json.loads((tmp_path / "c/runtime.json").read_text())
     assert runtime["embeddings"] == {"computed": 9, "reused": 9, "rows": 55}  # only the enhanced pools
 

@@ -122,7 +122,7 @@ def test_zero_shot_export_is_evaluated_by_the_ordinary_evaluation(
     metrics = evaluate("zero-shot", r, "none", tiny_benchmark_root, tmp_path / "eval",
                        EvaluateParams(cache_dir=str(tmp_path / "emb"), pools=["local"]))
     info = json.loads((tmp_path / "eval/info.json").read_text())
-    assert info["kind"] == "zero-shot" and info["inputs"] == "none"
+    assert info["regime"] == "zero-shot" and info["inputs"] == "none"
     assert set(metrics["local"]) == set(info["dataset_tasks"]) and "local" in metrics["score"]
     assert (tmp_path / "eval/runs/local").is_dir()
 

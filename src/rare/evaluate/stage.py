@@ -22,7 +22,7 @@ import numpy as np
 from rare.atomic import atomic_write_text
 from rare.config.evaluate import EvaluateParams
 from rare.config.tracking import TrackingParams
-from rare.contracts import ModelMeta
+from rare.contracts import EvalInfo, ModelMeta, Regime
 from rare.data.errors import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
@@ -54,7 +54,7 @@ class Plan:
     name: str
     inputs: str          # the input variant: which sides are enhanced
     model_variant: str   # the variant the model was trained on
-    kind: str            # "trained" | "inference-only"
+    regime: Regime
     root: MBEIRRoot
     split: str
     tasks: list[EvalTask]
@@ -87,7 +87,7 @@ def _positives(qrels_file: Path, queries: Path) -> dict[str, set[str]]:
     return qrels
 
 
-def kind_of(model_variant: str, inputs: str) -> str:
+def regime_of(model_variant: str, inputs: str) -> Regime:
     """Inputs the model was trained on are "trained"; enhanced inputs it never saw are "inference-only";
     the pretrained model before any fine-tuning (``rare zero-shot``) is "zero-shot"."""
     if model_variant == "zero-shot":
@@ -123,7 +123,7 @@ def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluatePa
     instructions = root.instructions_file
     model_variant = meta.variant
     return Plan(
-        name=name, inputs=inputs, model_variant=model_variant, kind=kind_of(model_variant, inputs), root=root,
+        name=name, inputs=inputs, model_variant=model_variant, regime=regime_of(model_variant, inputs), root=root,
         split=params.split, tasks=tasks, global_pool=global_pool,
         corpus_view=embed.TextView(use_corpus, meta.text_mode.corpus),
         query_view=embed.TextView(use_queries, meta.text_mode.query, InstructionTable.load(instructions),
@@ -236,11 +236,11 @@ def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out:
     _write_json(out / "metrics.json", metrics)
     _write_json(out / "headline.json", [{"task": t.dt.name, **{pool: metrics[pool][t.dt.name]["headline"]
                                                                for pool in results}} for t in p.tasks])
-    _write_json(out / "info.json", {
-        "name": p.name, "inputs": p.inputs, "model_variant": p.model_variant, "kind": p.kind, "split": p.split,
-        "data": str(p.root.path), "dataset_tasks": [t.dt.name for t in p.tasks],
-        "headline": {t.dt.name: f"R@{t.dt.headline_k}" for t in p.tasks}, **info,
-    })
+    _write_json(out / "info.json", EvalInfo(
+        name=p.name, inputs=p.inputs, model_variant=p.model_variant, regime=p.regime, split=p.split,
+        data=str(p.root.path), dataset_tasks=[t.dt.name for t in p.tasks],
+        headline={t.dt.name: f"R@{t.dt.headline_k}" for t in p.tasks}, **info,
+    ).model_dump())
     _write_json(out / "runtime.json", runtime)
     return metrics
 
@@ -277,7 +277,7 @@ def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, para
     from rare import tracking as rare_tracking
 
     model_variant = retriever.meta.variant
-    tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.kind": kind_of(model_variant, inputs)}
+    tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.regime": regime_of(model_variant, inputs)}
     run = rare_tracking.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data) if tracking else nullcontext()
     with run as run_id:
         device = resolve_device(params.device)

@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def _headline_note(evals: list[Evaluation]) -> str:
-    ks = sorted({k for e in evals for k in e.info.get("headline", {}).values()}, key=lambda m: int(m[2:]))
-    r10 = sorted({dt for e in evals for dt, k in e.info.get("headline", {}).items() if k == "R@10"})
+    ks = sorted({k for e in evals for k in e.info.headline.values()}, key=lambda m: int(m[2:]))
+    r10 = sorted({dt for e in evals for dt, k in e.info.headline.items() if k == "R@10"})
     note = f"Cells are each dataset-task's headline metric ({', '.join(ks)})"
     note += f"; R@10 for {', '.join(r10)}" if r10 else ""
     return note + ". Deltas in parentheses are against the baseline (bold row)."
@@ -41,10 +41,10 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
         shown = gallery(base, other, data, out / "gallery.png", params.gallery_queries, params.gallery_top_k,
                         params.seed, corpus_enhanced, queries_enhanced)
 
-    listing = ", ".join(f"{e.name} ({e.kind})" for e in evaluations)
+    listing = ", ".join(f"{e.name} ({e.regime})" for e in evaluations)
     md = ["# Ablation report", "",
           f"Evaluations: {listing}. Baseline: {base.name if base else 'none found'}. "
-          f"Split: {evaluations[0].info.get('split', '?')}.", "",
+          f"Split: {evaluations[0].info.split}.", "",
           "## Findings of the paper", "",
           f"Judged on the {params.findings_pool} pool; a difference counts when it exceeds {params.min_gain:g} points.",
           ""]
@@ -60,7 +60,7 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     atomic_write_text(out / "summary.json", json.dumps({
         "findings": [vars(f) for f in findings],
         "scores": {pool: summary(evaluations, pool) for pool in pools},
-        "evaluations": {e.name: {"kind": e.kind, "inputs": e.inputs, "model_variant": e.info.get("model_variant")}
+        "evaluations": {e.name: {"regime": e.regime, "inputs": e.inputs, "model_variant": e.info.model_variant}
                         for e in evaluations},
     }, indent=2) + "\n")
     return report
