@@ -94,7 +94,7 @@ class EvalInfo(_Contract):
 class EnhanceSummary(TypedDict):
     """One enhanced side, counted; deterministic (this run's throughput goes to the runtime figures)."""
 
-    side: str                              # corpus | queries
+    side: str                              # corpus | query (the side; "queries" names its command and folder)
     backend: str
     model: str
     prompt_version: str

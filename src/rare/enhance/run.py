@@ -49,7 +49,7 @@ class EnhanceFailure(ValueError):
 
 @dataclass
 class Outcome:
-    side: str
+    side: str                 # corpus | query (side_of: the CLI's "queries" is the query side)
     out: Path
     summary: EnhanceSummary   # deterministic counts, also written to out/enhance_summary.json
     runtime: EnhanceRuntime   # this run's throughput, cache hits and tokens
@@ -142,7 +142,7 @@ def samples(outcome: Outcome, per_op: int = 5) -> list[dict[str, Any]]:
     """The first ``per_op`` enhanced records of each operation, the text before and after: what a reader
     checks first (is the caption right? did the rewrite keep the constraint?). Reading stops as soon as
     every operation has its rows, so a 5.6M-line pool is not read to the end."""
-    text_field, image_field = ("query_txt", "query_img_path") if outcome.side == "queries" else ("txt", "img_path")
+    text_field, image_field = ("query_txt", "query_img_path") if outcome.side == "query" else ("txt", "img_path")
     wanted = {op: min(per_op, sum(counts.values())) for op, counts in outcome.summary["by_op"].items() if op != "none"}
     taken = dict.fromkeys(wanted, 0)
     rows: list[dict[str, Any]] = []
