@@ -1,5 +1,6 @@
 """What one stage hands the next, typed once: the writer builds these, every reader reads these.
 
+- ``RetrieverSpec``: a retriever export's ``retriever.json``, enough to rebuild and preprocess it.
 - ``ModelMeta``: a retriever export's ``meta.json`` (train and zero_shot write it; evaluate and serve
   read it to feed the model the text it was trained on).
 - ``EnhanceSummary``: ``enhance_summary.json`` of an enhanced side (the engine writes it; the stage's
@@ -76,6 +77,21 @@ class ModelMeta(_Contract):
         return self.model_dump(exclude_unset=True)
 
 
+class RetrieverSpec(TypedDict):
+    """``retriever.json``; a dict as written, because the model's fingerprint hashes exactly these keys."""
+
+    format: int
+    family: str                            # a key of rare.model.families.FAMILIES
+    embed_dim: int
+    text_pooling: str
+    image_pooling: str
+    image_size: int
+    image_mean: list[float]
+    image_std: list[float]
+    max_text_len: int
+    text_format: str                       # a key of rare.data.views.TEXT_FORMATS
+
+
 class EvalInfo(_Contract):
     """``eval/<name>/info.json``."""
 
@@ -89,6 +105,23 @@ class EvalInfo(_Contract):
     data: str
     dataset_tasks: list[str]
     headline: dict[str, str] = {}      # dataset-task -> its headline metric, e.g. "R@5"
+
+
+PoolScores = dict[str, dict[str, float]]  # dataset-task -> metric (R@k, "headline", "queries") -> value
+# metrics.json: the M-BEIR score per pool, and every dataset-task's metrics per pool ("global" is a keyword).
+EvalMetrics = TypedDict("EvalMetrics", {"score": dict[str, float], "local": PoolScores, "global": PoolScores},
+                        total=False)
+
+
+class StoredShard(TypedDict):
+    """What one finished enhancement shard keeps beside its records: its counts and failures."""
+
+    items: int
+    by_op: dict[str, dict[str, int]]       # op -> status -> records
+    causes: dict[str, int]                 # failure category -> records
+    tokens_in: int
+    tokens_out: int
+    failures: list[dict[str, object]]      # {"index", "id", "op", "cause"} per failed record
 
 
 class EnhanceSummary(TypedDict):

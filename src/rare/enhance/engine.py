@@ -30,7 +30,7 @@ from typing import Any
 
 from rare.atomic import atomic_write, remove_stale_temps
 from rare.config.enhance import EnhanceParams, RouteRule
-from rare.contracts import EnhanceRuntime, EnhanceSummary
+from rare.contracts import EnhanceRuntime, EnhanceSummary, StoredShard
 from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, ImageRoot
 from rare.data.layout import MBEIRRoot
@@ -127,8 +127,8 @@ class ShardStats:
 
     STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures")
 
-    def stored(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k in self.STORED}
+    def stored(self) -> StoredShard:
+        return {k: v for k, v in asdict(self).items() if k in self.STORED}  # type: ignore[return-value]
 
     def count(self, op: str, status: str, cause: str | None) -> None:
         self.items += 1
@@ -406,7 +406,7 @@ class Engine:
         atomic_write(summary_path, [(json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()])
         return summary
 
-    def _stored(self, shard: Shard) -> dict[str, Any]:
+    def _stored(self, shard: Shard) -> StoredShard:
         return json.loads(self.shard_paths(shard)[1].read_text())
 
     def _failure_lines(self, shards: list[Shard]) -> Iterator[bytes]:
@@ -425,7 +425,7 @@ def _concat(paths: Iterator[Path]) -> Iterator[bytes]:
                 yield chunk
 
 
-def _merge_counts(summary: EnhanceSummary, stored: dict[str, Any]) -> int:
+def _merge_counts(summary: EnhanceSummary, stored: StoredShard) -> int:
     """Add one stored shard's counts to the summary; returns its item count."""
     summary["items"] += stored["items"]
     summary["tokens_in"] += stored["tokens_in"]

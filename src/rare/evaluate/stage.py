@@ -22,7 +22,7 @@ import numpy as np
 from rare.atomic import atomic_write_text
 from rare.config.evaluate import EvaluateParams
 from rare.config.tracking import TrackingParams
-from rare.contracts import EvalInfo, ModelMeta, Regime
+from rare.contracts import EvalInfo, EvalMetrics, ModelMeta, Regime
 from rare.data.errors import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
@@ -219,7 +219,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out: Path,
-                  info: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
+                  info: dict[str, str], runtime: dict[str, Any]) -> EvalMetrics:
     """Every output file but the run files, split by what each is for:
 
     ``scores.json``   the M-BEIR score per pool: the DVC metric (`dvc exp show`, `dvc metrics diff`)
@@ -229,9 +229,9 @@ def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out:
     ``runtime.json``  timings and cache counts: neither git nor DVC tracks it, so a rerun that
                       changes nothing leaves `git status` clean
     """
-    metrics: dict[str, Any] = {"score": {pool: round(mbeir_score(r), 4) for pool, r in results.items()}}
+    metrics: EvalMetrics = {"score": {pool: round(mbeir_score(r), 4) for pool, r in results.items()}}
     for pool, per_task in results.items():
-        metrics[pool] = {dt: {k: round(v, 4) for k, v in m.items()} for dt, m in per_task.items()}
+        metrics[pool] = {dt: {k: round(v, 4) for k, v in m.items()} for dt, m in per_task.items()}  # type: ignore[literal-required]
     _write_json(out / "scores.json", metrics["score"])
     _write_json(out / "metrics.json", metrics)
     _write_json(out / "headline.json", [{"task": t.dt.name, **{pool: metrics[pool][t.dt.name]["headline"]
@@ -245,7 +245,7 @@ def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out:
     return metrics
 
 
-def track(p: Plan, metrics: dict[str, Any], out: Path, params: EvaluateParams, model: Path,
+def track(p: Plan, metrics: EvalMetrics, out: Path, params: EvaluateParams, model: Path,
           fingerprint: str) -> None:
     """Log one evaluation into the active MLflow run, and tag the registered model version it evaluated
     (found by the export's fingerprint) with its scores."""

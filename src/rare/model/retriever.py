@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rare.config.train import ModelParams
-from rare.contracts import ModelMeta
+from rare.contracts import ModelMeta, RetrieverSpec
 from rare.model.families import Family, family
 from rare.model.preprocess import Collator
 from rare.model.towers import Towers, freeze_lower_layers, resolve_source
@@ -34,7 +34,7 @@ def _place(x: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Retriever(nn.Module):
-    def __init__(self, towers: Towers, tokenizer: Any, spec: dict[str, Any], meta: ModelMeta | None = None,
+    def __init__(self, towers: Towers, tokenizer: Any, spec: RetrieverSpec, meta: ModelMeta | None = None,
                  init_temperature: float = 0.07):
         super().__init__()
         self.towers = towers
@@ -119,7 +119,7 @@ def build_retriever(params: ModelParams) -> Retriever:
         raise ValueError("train.model.tokenizer must be set when the text tower is built from a config")
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(tok_source))
     image_size = towers.image_size(params)
-    spec = {
+    spec: RetrieverSpec = {
         "format": 1, "family": params.family, "embed_dim": towers.embed_dim,
         "text_pooling": params.text_pooling, "image_pooling": params.image_pooling,
         "image_size": image_size, "image_mean": list(params.image_mean), "image_std": list(params.image_std),

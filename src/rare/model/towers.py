@@ -19,6 +19,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from rare.config.train import ModelParams, Source
+from rare.contracts import RetrieverSpec
 from rare.model import cnn  # noqa: F401  (registers model_type rare-cnn with the Auto classes)
 
 PACKAGE_PREFIX = "package:"
@@ -94,7 +95,7 @@ class DualTowers(nn.Module):
         return towers, new
 
     @classmethod
-    def from_configs(cls, configs: dict[str, PretrainedConfig], spec: dict[str, Any]) -> DualTowers:
+    def from_configs(cls, configs: dict[str, PretrainedConfig], spec: RetrieverSpec) -> DualTowers:
         return cls(hf_model(configs["text"]), hf_model(configs["vision"]), spec["embed_dim"],
                    spec["text_pooling"], spec["image_pooling"])
 
@@ -146,7 +147,7 @@ class ClipTowers(nn.Module):
         return towers, new
 
     @classmethod
-    def from_configs(cls, configs: dict[str, PretrainedConfig], spec: dict[str, Any]) -> ClipTowers:
+    def from_configs(cls, configs: dict[str, PretrainedConfig], spec: RetrieverSpec) -> ClipTowers:
         return cls(hf_model(configs["clip"]))
 
     @staticmethod

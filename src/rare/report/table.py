@@ -12,11 +12,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from rare.contracts import EvalInfo
+from rare.contracts import EvalInfo, EvalMetrics
 from rare.data.errors import DataError
 from rare.mbeir import DatasetTask, Probe
 
@@ -31,7 +30,7 @@ class Evaluation:
 
     name: str
     dir: Path
-    metrics: dict[str, Any]
+    metrics: EvalMetrics
     info: EvalInfo
 
     @property
