@@ -269,7 +269,7 @@ def track(p: Plan, metrics: EvalMetrics, out: Path, params: EvaluateParams, mode
 
 def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, params: EvaluateParams,
              corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
-             tracking: TrackingParams | None = None, model: Path | None = None) -> dict[str, Any]:
+             tracking: TrackingParams | None = None, model: Path | None = None) -> EvalMetrics:
     """All steps of one evaluation; returns the metrics written to ``out/metrics.json``.
 
     With ``tracking``, the MLflow run ``eval-<name>`` spans the whole evaluation and ends with its outcome.
