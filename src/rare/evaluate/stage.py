@@ -99,7 +99,7 @@ def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluatePa
          corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None) -> Plan:
     """Resolve every file one evaluation reads; fails before any work if one is missing. Texts are built as
     the model was trained on them: its text modes and instruction seed come from its ``meta``."""
-    use_corpus, use_queries = variant_sides(inputs)
+    use_corpus, use_query = variant_sides(inputs)
     root = MBEIRRoot.open(data)
     dts = root.eval_tasks(params.split)
     if not dts:
@@ -114,7 +114,7 @@ def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluatePa
         for f in files:
             if not f.exists():
                 raise DataError(f, None, f"missing input of {dt.name}")
-        queries = side_file(root, queries_enhanced, files[0], use_queries)
+        queries = side_file(root, queries_enhanced, files[0], use_query)
         tasks.append(EvalTask(dt, queries, files[1], side_file(root, corpus_enhanced, files[2], use_corpus),
                               _positives(files[1], queries)))
     global_pool = side_file(root, corpus_enhanced, root.global_pool(params.split), use_corpus)
@@ -126,7 +126,7 @@ def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluatePa
         name=name, inputs=inputs, model_variant=model_variant, regime=regime_of(model_variant, inputs), root=root,
         split=params.split, tasks=tasks, global_pool=global_pool,
         corpus_view=embed.TextView(use_corpus, meta.text_mode.corpus),
-        query_view=embed.TextView(use_queries, meta.text_mode.query, InstructionTable.load(instructions),
+        query_view=embed.TextView(use_query, meta.text_mode.query, InstructionTable.load(instructions),
                                   file_digest(instructions), meta.instruction_seed),
     )
 

@@ -173,12 +173,12 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
 
     began = time.monotonic()
     transformers.utils.logging.set_verbosity_error()  # the unused pretrained pooler is expected
-    use_corpus, use_queries = variant_sides(variant)
+    use_corpus, use_query = variant_sides(variant)
     raw = MBEIRRoot.open(data)
     inputs = resolve_inputs(raw, variant, params, corpus_enhanced, queries_enhanced)
     pl.seed_everything(params.seed, workers=True, verbose=False)
     retriever = build_retriever(params.model)
-    text = TextSettings(use_queries, use_corpus, params.text_mode.query, params.text_mode.corpus,
+    text = TextSettings(use_query, use_corpus, params.text_mode.query, params.text_mode.corpus,
                         params.instruction_seed, params.seed)
     datamodule = PairDataModule(raw, inputs, text, params, retriever.collator())
     work = work_dir(params, variant, inputs)
@@ -238,7 +238,7 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
         samples=samples, val_loss=history.history, train_losses=history.train,
         train_loss=float(trainer.callback_metrics.get("train/loss", float("nan"))),
         inputs=TrainInputs(data=str(raw.path), corpus_enhanced=str(corpus_enhanced) if use_corpus else None,
-                           queries_enhanced=str(queries_enhanced) if use_queries else None),
+                           queries_enhanced=str(queries_enhanced) if use_query else None),
     )
     # Timings change from run to run: they go to the metrics file, never into the model folder.
     timings = {"fit_seconds": round(fit_seconds, 2),
