@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rare.atomic import replacing
+from rare.atomic import replacing, temp_sibling
 from rare.data.columnar import iter_pool_batches
 from rare.data.errors import DataError
 from rare.data.images import load_image
@@ -207,7 +207,7 @@ def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, ca
                 _save_npy(parts / f"part-{i:05d}.npy", np.concatenate(chunks))
                 stats.rows += len(shards[i])
     dim = retriever.embed_dim
-    tmp = cache_dir / f"{key}.tmp-{os.getpid()}"
+    tmp = temp_sibling(final.dir)
     tmp.mkdir(parents=True, exist_ok=True)
     out = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float16, shape=(len(items), dim))
     for i, rows in enumerate(shards):
