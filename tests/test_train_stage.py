@@ -101,7 +101,7 @@ def test_cli_trains_through_the_prefect_flow(tmp_path: Path, monkeypatch: pytest
     ok = runner.invoke(app, ["train", "none", "--data", str(tiny_root_session), "--out", "models/none",
                              "--params", str(params), "--metrics", "metrics/none.json"])
     assert ok.exit_code == 0, ok.output
-    assert load_retriever(tmp_path / "models/none").meta["global_steps"] == 3
+    assert load_retriever(tmp_path / "models/none").meta.global_steps == 3
     assert json.loads((tmp_path / "metrics/runtime/none.json").read_text())["global_steps"] == 3
 
     bad = runner.invoke(app, ["train", "corpus", "--data", str(tiny_root_session), "--out", "models/corpus",
@@ -130,7 +130,7 @@ def test_ddp_on_two_cpu_processes_through_the_cli(tmp_path: Path, tiny_root_sess
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     meta = load_retriever(tmp_path / "models/none").meta
-    assert meta["global_batch"] == 8 and meta["global_steps"] == 6
+    assert meta.global_batch == 8 and meta.global_steps == 6
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("rare").experiment_id],
                               filter_string="tags.`rare.variant` = 'none'")
