@@ -21,8 +21,9 @@ from rare.config.enhance import StandinNoise
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Enhanced, iter_candidates, iter_queries
 from rare.data.views import VARIANTS, combine
-from rare.enhance.backends.base import CAPTION, REFINE, RESOLVE, REWRITE, EnhanceRequest
+from rare.enhance.backends.base import EnhanceRequest
 from rare.enhance.backends.standin import StandinBackend
+from rare.enhance.ops import CAPTION, REFINE, RESOLVE, REWRITE
 
 TOKEN = re.compile(r"[a-z0-9]+")
 

@@ -3,7 +3,7 @@ import os
 import pytest
 from PIL import Image
 
-from rare.data.images import ImageLoadError, load_image, resolve_image
+from rare.data.images import ImageLoadError, ImageRoot, load_image, resolve_image
 
 
 @pytest.fixture
@@ -29,16 +29,21 @@ def test_modes_become_rgb(root):
     assert r > 200 and g < 60 and b < 60
 
 
-def test_paths_must_stay_inside_root(root, tmp_path):
+@pytest.mark.parametrize("resolve", [resolve_image, lambda root, rel: ImageRoot(root).resolve(rel)],
+                         ids=["resolve_image", "ImageRoot"])
+def test_paths_must_stay_inside_root(root, tmp_path, resolve):
     outside = tmp_path / "secret.png"
     Image.new("RGB", (2, 2)).save(outside)
     with pytest.raises(ImageLoadError, match="relative to the data root"):
-        resolve_image(root, str(outside))
+        resolve(root, str(outside))
     with pytest.raises(ImageLoadError, match=r"escapes the data root \('..'\)"):
-        resolve_image(root, "mbeir_images/../../secret.png")
+        resolve(root, "mbeir_images/../../secret.png")
     os.symlink(outside, root / "mbeir_images/link.png")
     with pytest.raises(ImageLoadError, match="resolves outside the data root"):
-        load_image(root, "mbeir_images/link.png")
+        resolve(root, "mbeir_images/link.png")
+    os.symlink(root / "mbeir_images", root / "inside")  # a folder link that stays inside the root is allowed
+    Image.new("RGB", (2, 2)).save(root / "mbeir_images/ok.png")
+    assert str(resolve(root, "inside/ok.png")) == str(root / "inside/ok.png")
 
 
 def test_bomb_truncated_corrupt_missing(root):

@@ -7,7 +7,7 @@ import pytest
 
 from rare.config.enhance import EnhanceParams
 from rare.data.records import iter_candidates, iter_jsonl
-from rare.enhance.run import EnhanceFailure, check_failures, enhance_side
+from rare.enhance.run import EnhanceFailure, check_failures, enhance_side, samples
 
 
 def run(root, out, cache, side, **params):
@@ -23,6 +23,12 @@ def test_standin_enhances_every_benchmark_item(tiny_benchmark_root, tmp_path):  
     assert corpus.summary["model"].startswith("rare-standin-")
     check_failures(corpus)
     check_failures(queries)
+    # The samples a reader checks first show each side's own text and image fields, before and after.
+    for outcome in (corpus, queries):
+        rows = samples(outcome, per_op=2)
+        assert {r["op"] for r in rows} == set(outcome.summary["by_op"]) - {"none"}
+        assert all(r["before"] and r["after"] for r in rows if r["op"] != "caption"), rows
+        assert all(r["image"] for r in rows), rows
 
 
 def test_the_annotation_is_part_of_the_standin_input(tiny_benchmark_root, tmp_path):  # noqa: F811

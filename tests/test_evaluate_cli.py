@@ -60,9 +60,9 @@ def test_evaluate_and_report_through_the_cli(prefect_harness, tiny_root: Path, t
     exp = client.get_experiment_by_name("rare-test")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     infer, none = runs["eval-infer-both"], runs["eval-none"]
-    assert infer.data.tags["rare.kind"] == "inference-only"
+    assert infer.data.tags["rare.regime"] == "inference-only"
     assert infer.data.tags["rare.variant"] == "both" and infer.data.tags["rare.model_variant"] == "none"
-    assert none.data.tags["rare.kind"] == "trained" and none.info.status == "FINISHED"
+    assert none.data.tags["rare.regime"] == "trained" and none.info.status == "FINISHED"
     assert none.data.metrics["score/local"] == pytest.approx(metrics["score"]["local"])
     assert none.data.metrics["local/cirr_task7/R_at_5"] == pytest.approx(metrics["local"]["cirr_task7"]["R@5"])
     parent = infer.data.tags["mlflow.parentRunId"]

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from rare.config.evaluate import EvaluateParams
+from rare.contracts import TextModes
 from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import APPEND_PREFIX
-from rare.evaluate import embed as E
+from rare.evaluate import embed
 from rare.evaluate.metrics import score_run
 from rare.evaluate.stage import evaluate, plan
 from rare.model import load_retriever
@@ -67,7 +68,7 @@ def test_global_run_equals_brute_force_over_the_local_embeddings(tiny_evals: Pat
     params = _params(tmp_path)
     evaluate("none", retriever, "none", tiny_root_session, tmp_path / "out", params)
     p = plan("none", retriever.meta, "none", tiny_root_session, params)
-    entries = [E.Embeddings(d) for d in (tmp_path / "cache").iterdir() if (d / "done").exists()]
+    entries = [embed.Embeddings(d) for d in (tmp_path / "cache").iterdir() if (d / "done").exists()]
     pools = [e for e in entries if json.loads((e.dir / "done").read_text())["label"].endswith(" pool")]
     ids = np.concatenate([e.ids() for e in pools])
     vecs = np.concatenate([np.asarray(e.vectors(), dtype=np.float64) for e in pools])
@@ -95,7 +96,7 @@ def test_cache_reuse_and_inference_only_reuses_query_embeddings(tiny_root_sessio
     headline = json.loads((tmp_path / "a/headline.json").read_text())
     assert [row["task"] for row in headline] == list(first["local"])
     assert all(row["local"] == first["local"][row["task"]]["headline"] for row in headline)
-    assert info["kind"] == "trained" and info["inputs"] == "none"
+    assert info["regime"] == "trained" and info["inputs"] == "none"
     again = evaluate("none", retriever, "none", tiny_root_session, tmp_path / "b", params)
     assert again == first
     assert json.loads((tmp_path / "b/runtime.json").read_text())["embeddings"]["computed"] == 0
@@ -104,7 +105,7 @@ def test_cache_reuse_and_inference_only_reuses_query_embeddings(tiny_root_sessio
     assert (tmp_path / "a" / run).read_bytes() == (tmp_path / "b" / run).read_bytes()
     evaluate("infer-corpus", retriever, "corpus", tiny_root_session, tmp_path / "c", params, corpus, queries)
     info = json.loads((tmp_path / "c/info.json").read_text())
-    assert info["kind"] == "inference-only"
+    assert info["regime"] == "inference-only"
     runtime = json.loads((tmp_path / "c/runtime.json").read_text())
     assert runtime["embeddings"] == {"computed": 9, "reused": 9, "rows": 55}  # only the enhanced pools
 
@@ -124,14 +125,14 @@ def test_views_follow_the_variant_and_the_models_text_modes(tiny_root_session: P
     assert (p.corpus_view.mode, p.query_view.mode) == ("append", "replace")  # the tiny model's per-side modes
     t = next(t for t in p.tasks if t.dt.name == "cirr_task7")
     assert t.queries.is_relative_to(queries) and t.pool.is_relative_to(corpus)
-    items = {it.id: it for it in E.query_items(t.queries, p.query_view)}
+    items = {it.id: it for it in embed.query_items(t.queries, p.query_view)}
     for q in iter_queries(t.queries):
         instruction = p.query_view.instructions.choose(q.qid, 8, "image,text", "image", 0)
         body = q.enhanced.txt if q.enhanced.ok else q.txt  # failed enhancement falls back to the original
         assert items[q.qid].text == f"{instruction} {body}"
         assert items[q.qid].image == q.img_path
     mixed = next(t for t in p.tasks if t.dt.name == "webqa_task2")  # image+text candidates: append mode
-    for it, c in zip(E.pool_items(mixed.pool, p.corpus_view), iter_candidates(mixed.pool)):
+    for it, c in zip(embed.pool_items(mixed.pool, p.corpus_view), iter_candidates(mixed.pool)):
         assert it.text == (f"{c.txt} {APPEND_PREFIX} {c.enhanced.txt}" if c.enhanced.ok else c.txt)
     raw = plan("none", retriever.meta, "none", tiny_root_session, _params(tmp_path), corpus, queries)
     assert not raw.tasks[0].pool.is_relative_to(corpus)
@@ -139,8 +140,8 @@ def test_views_follow_the_variant_and_the_models_text_modes(tiny_root_session: P
 
 def test_embedding_resumes_after_a_crash_without_redoing_shards(tiny_root_session: Path, retriever, tmp_path: Path):
     pool = MBEIRRoot(tiny_root_session).local_pool(MBEIRRoot(tiny_root_session).eval_tasks()[0])
-    view = E.TextView(False, "replace")
-    items = E.pool_items(pool, view)
+    view = embed.TextView(False, "replace")
+    items = embed.pool_items(pool, view)
     calls = []
 
     class Flaky:
@@ -158,13 +159,13 @@ def test_embedding_resumes_after_a_crash_without_redoing_shards(tiny_root_sessio
     opts = dict(batch_size=2, shard_rows=2)
     fail = True
     with pytest.raises(RuntimeError):
-        E.embed(Flaky(), lambda: items, "k", tmp_path / "c", tiny_root_session, **opts)
+        embed.embed(Flaky(), lambda: items, "k", tmp_path / "c", tiny_root_session, **opts)
     assert calls == [2, 2]
     fail = False
-    stats = E.EmbedStats()
-    resumed = E.embed(Flaky(), lambda: items, "k", tmp_path / "c", tiny_root_session, stats=stats, **opts)
+    stats = embed.EmbedStats()
+    resumed = embed.embed(Flaky(), lambda: items, "k", tmp_path / "c", tiny_root_session, stats=stats, **opts)
     assert calls == [2, 2, 2, 2] and stats.rows == 4  # shard 1 of 3 was kept
-    straight = E.embed(retriever, lambda: items, "k2", tmp_path / "c", tiny_root_session, batch_size=6)
+    straight = embed.embed(retriever, lambda: items, "k2", tmp_path / "c", tiny_root_session, batch_size=6)
     np.testing.assert_allclose(resumed.vectors(), straight.vectors(), atol=2e-3)
     assert resumed.ids().tolist() == [it.id for it in items]
     assert not (tmp_path / "c/k.parts").exists()
@@ -176,6 +177,15 @@ def test_qrels_that_disagree_with_the_queries_fail_loudly(tiny_root: Path, retri
     with pytest.raises(DataError, match="qrels and queries disagree") as err:
         plan("none", retriever.meta, "none", tiny_root, _params(tmp_path))
     assert str(qrels) in str(err.value)
+
+
+def test_evaluation_feeds_the_model_as_its_meta_says(tiny_root_session: Path, retriever, tmp_path: Path):
+    """Text modes and the instruction seed have one source: the model's meta.json, which training wrote."""
+    meta = retriever.meta.model_copy(update={"instruction_seed": 3,
+                                             "text_mode": TextModes(corpus="prepend", query="append")})
+    p = plan("none", meta, "none", tiny_root_session, _params(tmp_path))
+    assert p.query_view.instruction_seed == 3 and p.query_view.mode == "append" and p.corpus_view.mode == "prepend"
+    assert "instruction_seed" not in EvaluateParams.model_fields
 
 
 def test_missing_inputs_are_named(tiny_root: Path, retriever, tmp_path: Path):
@@ -190,18 +200,18 @@ def test_missing_inputs_are_named(tiny_root: Path, retriever, tmp_path: Path):
 
 
 def test_cache_key_covers_model_data_view_precision_and_code(monkeypatch: pytest.MonkeyPatch):
-    view = E.TextView(False, "replace")
+    view = embed.TextView(False, "replace")
     base = ("fp", "data", "candidate", view, "fp32")
     variants = [base, ("fp2", *base[1:]), ("fp", "data2", *base[2:]), ("fp", "data", "query", view, "fp32"),
-                (*base[:3], E.TextView(True, "replace"), "fp32"), (*base[:3], E.TextView(True, "append"), "fp32"),
+                (*base[:3], embed.TextView(True, "replace"), "fp32"), (*base[:3], embed.TextView(True, "append"), "fp32"),
                 (*base[:4], "bf16")]
-    keys = {E.cache_key(*v) for v in variants}
+    keys = {embed.cache_key(*v) for v in variants}
     assert len(keys) == len(variants)
     # the original text ignores the mode, so both modes share one entry when enhancement is off
-    assert E.cache_key(*base[:3], E.TextView(False, "append"), "fp32") == E.cache_key(*base)
-    E.code_version.cache_clear()
-    monkeypatch.setattr(E, "EMBEDDING_CODE", ("rare.data.views",))
+    assert embed.cache_key(*base[:3], embed.TextView(False, "append"), "fp32") == embed.cache_key(*base)
+    embed.code_version.cache_clear()
+    monkeypatch.setattr(embed, "EMBEDDING_CODE", ("rare.data.views",))
     try:
-        assert E.cache_key(*base) not in keys  # other code, other entry
+        assert embed.cache_key(*base) not in keys  # other code, other entry
     finally:
-        E.code_version.cache_clear()
+        embed.code_version.cache_clear()

@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from rare.config.train import PRETRAINED_TEXT, ModelParams, Source
+from rare.data.errors import DataError
 from rare.model import EncodeInput, build_retriever, load_retriever, save_retriever
 from rare.model.towers import resolve_source
 from tests.fixtures.models import make_tiny_retriever, tiny_model_params
@@ -80,14 +81,15 @@ def test_collator_is_picklable_and_works_in_dataloader_workers(tiny_retriever_di
 
 def test_save_load_roundtrip_is_exact_and_fingerprint_tracks_weights(tmp_path: Path, tiny_retriever_dir: Path) -> None:
     r = load_retriever(tiny_retriever_dir)
-    assert r.meta == {"variant": "none", "text_mode": {"corpus": "append", "query": "replace"}, "instruction_seed": 0}
-    out = save_retriever(r, tmp_path / "copy", {"variant": "both"})
+    assert r.meta.to_json() == {"variant": "none", "text_mode": {"corpus": "append", "query": "replace"},
+                                "instruction_seed": 0}
+    out = save_retriever(r, tmp_path / "copy", r.meta.model_copy(update={"variant": "both"}))
     r2 = load_retriever(out)
     batch = r.collator()(ITEMS)
     with torch.no_grad():
         assert torch.equal(r(batch), r2(batch))
     assert r2.fingerprint == r.fingerprint and len(r.fingerprint) == 32
-    assert r2.meta["variant"] == "both"
+    assert r2.meta.variant == "both" and r2.meta.text_mode == r.meta.text_mode
     # Only safetensors/JSON/tokenizer files: nothing that loading would unpickle.
     suffixes = {p.suffix for p in out.rglob("*") if p.is_file()}
     assert suffixes <= {".json", ".safetensors", ".txt", ".model"}, suffixes
@@ -113,6 +115,10 @@ def test_load_rejects_non_exports_and_mismatched_weights(tmp_path: Path, tiny_re
     spec["embed_dim"] = 16
     (bad / "retriever.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="model.safetensors: weights do not match"):
+        load_retriever(bad)
+    save_retriever(load_retriever(tiny_retriever_dir), bad)
+    (bad / "meta.json").write_text(json.dumps({"variant": "none", "text_mode": {"corpus": "sideways"}}))
+    with pytest.raises(DataError, match=r"meta.json: text_mode.corpus: Input should be 'replace'"):
         load_retriever(bad)
 
 

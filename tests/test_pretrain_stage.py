@@ -116,13 +116,13 @@ def test_zero_shot_export_is_evaluated_by_the_ordinary_evaluation(
     params = _train_params(tiny_tokenizer_dir, checkpoint[0], tmp_path / "cache")
     out = export_zero_shot(params, tmp_path / "zero-shot")
     r = load_retriever(out)
-    assert r.meta["variant"] == "zero-shot" and r.meta["global_steps"] == 0
+    assert r.meta.variant == "zero-shot" and r.meta.global_steps == 0
     weights = load_file(str(checkpoint[0] / "model.safetensors"))
     assert all(torch.equal(r.towers.vision.state_dict()[k], weights[k]) for k in weights)
     metrics = evaluate("zero-shot", r, "none", tiny_benchmark_root, tmp_path / "eval",
                        EvaluateParams(cache_dir=str(tmp_path / "emb"), pools=["local"]))
     info = json.loads((tmp_path / "eval/info.json").read_text())
-    assert info["kind"] == "zero-shot" and info["inputs"] == "none"
+    assert info["regime"] == "zero-shot" and info["inputs"] == "none"
     assert set(metrics["local"]) == set(info["dataset_tasks"]) and "local" in metrics["score"]
     assert (tmp_path / "eval/runs/local").is_dir()
 

@@ -216,9 +216,9 @@ def test_mbeir_profile_runs_end_to_end_on_a_tiny_root(prefect_api: str, tmp_path
         "model_type"] == "clip"
     retriever = load_retriever("models/both")
     meta = retriever.meta
-    assert (meta["variant"], meta["train_file"], meta["global_batch"]) == ("both", "union", 8)  # 4 per rank x 2
-    assert meta["global_steps"] == 8 and [step for step, _ in meta["val_loss"]] == [0, 4, 8]  # 36 queries, 2 epochs
-    assert meta["inputs"]["corpus_enhanced"] == str(enhanced["corpus"])
+    assert (meta.variant, meta.train_file, meta.global_batch) == ("both", "union", 8)  # 4 per rank x 2
+    assert meta.global_steps == 8 and [step for step, _ in meta.val_loss] == [0, 4, 8]  # 36 queries, 2 epochs
+    assert meta.inputs.corpus_enhanced == str(enhanced["corpus"])
 
     # evaluation: the 9 dataset-tasks in their local pools (MSCOCO's _test_ ones) and in the global pool
     rare("evaluate", "both", "--model", "models/both", "--inputs", "both", "--data", "data/raw", "--out", "eval/both",

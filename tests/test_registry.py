@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 
 from rare import registry
-from rare import tracking as T
+from rare import tracking as rare_tracking
 from rare.config.evaluate import EvaluateParams
 from rare.config.tracking import TrackingParams
-from rare.evaluate import embed as E
+from rare.evaluate import embed
 from rare.evaluate.stage import embed_all, evaluate, plan
 from rare.model import load_retriever
 from tests.fixtures.models import make_tiny_retriever
 
 
-def _rows(items: list[E.Item], root: Path) -> pd.DataFrame:
+def _rows(items: list[embed.Item], root: Path) -> pd.DataFrame:
     return pd.DataFrame({"text": [it.text for it in items],
                          "image": [registry.encode_image(root / it.image) if it.image else "" for it in items]})
 
@@ -27,12 +27,12 @@ def _rows(items: list[E.Item], root: Path) -> pd.DataFrame:
 def test_registered_pyfunc_embeds_like_the_evaluation_stage(tiny_root: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(T.PARENT_ENV, raising=False)
+    monkeypatch.delenv(rare_tracking.PARENT_ENV, raising=False)
     tracking = TrackingParams(experiment="rare-test")
     model_dir = make_tiny_retriever(tmp_path / "models/none")
     retriever = load_retriever(model_dir)
     example = next((tiny_root / "mbeir_images").rglob("*.png"))
-    with T.child_run(tracking, "train", "train-none", active=False) as run_id:
+    with rare_tracking.child_run(tracking, "train", "train-none", active=False) as run_id:
         version = registry.log_retriever(run_id, model_dir, "none", retriever.fingerprint, example)
     assert (version.name, str(version.version)) == ("rare-none", "1")
 
@@ -43,9 +43,9 @@ def test_registered_pyfunc_embeds_like_the_evaluation_stage(tiny_root: Path, tmp
     params = EvaluateParams(cache_dir=str(tmp_path / "cache"), top_k=10, pools=["local"])
     p = plan("none", retriever.meta, "none", tiny_root, params)
     emb = embed_all(p, retriever, params)
-    task = next(t for t in p.tasks if any(it.image for it in E.query_items(t.queries, p.query_view)))
-    for items, stored in ((E.query_items(task.queries, p.query_view), emb.queries[task.dt.name]),
-                          (E.pool_items(task.pool, p.corpus_view), emb.pools[task.dt.name])):
+    task = next(t for t in p.tasks if any(it.image for it in embed.query_items(t.queries, p.query_view)))
+    for items, stored in ((embed.query_items(task.queries, p.query_view), emb.queries[task.dt.name]),
+                          (embed.pool_items(task.pool, p.corpus_view), emb.pools[task.dt.name])):
         got = model.predict(_rows(items, tiny_root))
         assert got.shape == (len(items), retriever.embed_dim) and got.dtype == np.float32
         np.testing.assert_allclose(got, np.asarray(stored.vectors(), dtype=np.float32), atol=2e-3)  # cache is fp16

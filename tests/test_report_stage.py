@@ -19,7 +19,7 @@ from rare.report.stage import build_report
 from rare.report.table import load_evaluations, markdown_table, summary
 
 DTS = {"emblemkb_task6": 5, "emblemkb_task8": 5, "tweakset_task7": 10, "glyphcaps_task0": 5}
-ROWS = {  # name: (inputs, kind, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]) -- paper-like numbers
+ROWS = {  # name: (inputs, regime, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]) -- paper-like numbers
     "none": ("none", "trained", [20, 30, 10, 50]),
     "corpus": ("corpus", "trained", [30, 40, 11, 52]),
     "query": ("query", "trained", [21, 31, 25, 50]),
@@ -30,24 +30,31 @@ ROWS = {  # name: (inputs, kind, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]) 
 }
 
 
-def write_eval(evals: Path, name: str, inputs: str, kind: str, values: list[float], pools=("local",)) -> None:
+def write_eval(evals: Path, name: str, inputs: str, regime: str, values: list[float], pools=("local",)) -> None:
     d = evals / name
     d.mkdir(parents=True)
     metrics: dict = {"score": {}}
     for pool in pools:
         metrics[pool] = {dt: {f"R@{k}": v, "headline": v, "queries": 100.0} for (dt, k), v in zip(DTS.items(), values)}
         metrics["score"][pool] = float(np.mean(values))
-    info = {"name": name, "inputs": inputs, "kind": kind, "model_variant": "none" if kind != "trained" else inputs,
-            "split": "test", "dataset_tasks": list(DTS), "headline": {dt: f"R@{k}" for dt, k in DTS.items()}}
+    info = {"name": name, "inputs": inputs, "regime": regime, "model_variant": "none" if regime != "trained" else inputs,
+            "split": "test", "data": "data/raw", "dataset_tasks": list(DTS), "headline": {dt: f"R@{k}" for dt, k in DTS.items()}}
     (d / "metrics.json").write_text(json.dumps(metrics))
     (d / "info.json").write_text(json.dumps(info))
 
 
 @pytest.fixture
 def paper_like(tmp_path: Path) -> Path:
-    for name, (inputs, kind, values) in ROWS.items():
-        write_eval(tmp_path / "evals", name, inputs, kind, values)
+    for name, (inputs, regime, values) in ROWS.items():
+        write_eval(tmp_path / "evals", name, inputs, regime, values)
     return tmp_path / "evals"
+
+
+def test_a_damaged_info_file_is_one_clear_error(paper_like: Path):
+    info = paper_like / "none/info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "regime": "retrained"}))
+    with pytest.raises(DataError, match=r"none/info.json: regime: Input should be 'zero-shot', 'trained'"):
+        load_evaluations(paper_like)
 
 
 def test_table_rows_columns_and_deltas(paper_like: Path):
@@ -55,7 +62,7 @@ def test_table_rows_columns_and_deltas(paper_like: Path):
     assert [e.name for e in evals] == list(ROWS)
     lines = markdown_table(evals, "local").splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["evaluation", "kind", "emblemkb_task6", "emblemkb_task8", "**knowledge-intensive mean**",
+    assert header == ["evaluation", "regime", "emblemkb_task6", "emblemkb_task8", "**knowledge-intensive mean**",
                       "tweakset_task7", "**compositional mean**", "glyphcaps_task0", "**plain mean**",
                       "**M-BEIR score**"]
     base = [c.strip() for c in lines[2].strip("|").split("|")]
@@ -95,8 +102,8 @@ def test_findings_not_reproduced_partly_and_not_assessable(tmp_path: Path):
     rows["corpus"] = ("corpus", "trained", [21, 31, 11, 60])  # corpus helps plain most
     rows["query"] = ("query", "trained", [21, 31, 11.5, 50])  # query barely beats corpus on compositional
     rows["infer-both"] = ("both", "inference-only", [33, 43, 27, 54])  # inference-only beats training here
-    for name, (inputs, kind, values) in rows.items():
-        write_eval(tmp_path / "a", name, inputs, kind, values)
+    for name, (inputs, regime, values) in rows.items():
+        write_eval(tmp_path / "a", name, inputs, regime, values)
     verdicts = [f.verdict for f in assess(load_evaluations(tmp_path / "a"), "local", 1.0)]
     assert verdicts == [NOT_REPRODUCED, NOT_REPRODUCED, PARTLY]
     write_eval(tmp_path / "b", "none", "none", "trained", ROWS["none"][2])
@@ -135,10 +142,10 @@ def test_report_from_real_evaluations(tiny_evals: Path, tiny_root_session: Path,
         rows = list(csv.DictReader(fh))
     assert [r["evaluation"] for r in rows] == ["none", "both", "infer-both"]
     metrics = json.loads((tiny_evals / "both/metrics.json").read_text())
-    assert list(rows[0]) == ["evaluation", "kind", "knowledge_intensive", "compositional", "plain", "score"]
+    assert list(rows[0]) == ["evaluation", "regime", "knowledge_intensive", "compositional", "plain", "score"]
     assert float(rows[1]["score"]) == pytest.approx(metrics["score"]["local"], abs=1e-3)
     summary_json = json.loads((out / "summary.json").read_text())
-    assert summary_json["evaluations"]["infer-both"] == {"kind": "inference-only", "inputs": "both",
+    assert summary_json["evaluations"]["infer-both"] == {"regime": "inference-only", "inputs": "both",
                                                          "model_variant": "none"}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rare import tracking as T
+from rare import tracking as rare_tracking
 from rare.config.tracking import TrackingParams
 
 
@@ -20,13 +20,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root.mkdir()
     (root / "params.yaml").write_text("tracking: {experiment: rare-test}\n")
     monkeypatch.chdir(root)
-    monkeypatch.delenv(T.PARENT_ENV, raising=False)
-    monkeypatch.delenv(T.DVC_EXP_ENV, raising=False)
+    monkeypatch.delenv(rare_tracking.PARENT_ENV, raising=False)
+    monkeypatch.delenv(rare_tracking.DVC_EXP_ENV, raising=False)
     return root
 
 
 def _log_a_file(name: str) -> str:
-    with T.child_run(TrackingParams(experiment="rare-test"), "data", name) as run_id:
+    with rare_tracking.child_run(TrackingParams(experiment="rare-test"), "data", name) as run_id:
         import mlflow
 
         mlflow.log_text("hello", f"{name}.txt")
@@ -69,7 +69,7 @@ def test_a_store_with_absolute_locations_is_moved_into_the_checkout(project: Pat
         db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, length('mlruns/artifacts') + 1)", (old,))
     assert MlflowClient().get_run(first).info.artifact_uri.startswith(old)
 
-    T.setup(TrackingParams(experiment="rare-test"))
+    rare_tracking.setup(TrackingParams(experiment="rare-test"))
     client = MlflowClient()
     assert client.get_experiment_by_name("rare-test").artifact_location == "mlruns/artifacts"
     assert client.get_run(first).info.artifact_uri == f"mlruns/artifacts/{first}/artifacts"
@@ -79,7 +79,7 @@ def test_a_store_with_absolute_locations_is_moved_into_the_checkout(project: Pat
 
 
 def test_runs_end_with_their_outcome_and_end_the_parent_under_dvc(project: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv(T.DVC_EXP_ENV, "lr5e-4")
+    monkeypatch.setenv(rare_tracking.DVC_EXP_ENV, "lr5e-4")
     tracking = TrackingParams(experiment="rare-test")
     ok = _log_a_file("data")
     client = MlflowClient()
@@ -89,7 +89,7 @@ def test_runs_end_with_their_outcome_and_end_the_parent_under_dvc(project: Path,
     assert client.get_run(ok).data.tags["rare.dvc_experiment"] == "lr5e-4"
 
     with pytest.raises(ValueError, match="bad input"):
-        with T.child_run(tracking, "train", "train-none") as failed:
+        with rare_tracking.child_run(tracking, "train", "train-none") as failed:
             raise ValueError("bad input")
     failed_run = client.get_run(failed)
     assert failed_run.info.status == "FAILED" and failed_run.info.end_time >= failed_run.info.start_time
@@ -98,9 +98,9 @@ def test_runs_end_with_their_outcome_and_end_the_parent_under_dvc(project: Path,
 
 
 def test_pipeline_owned_parent_is_left_to_the_pipeline(project: Path, monkeypatch: pytest.MonkeyPatch):
-    exp_id = T.setup(TrackingParams(experiment="rare-test"))
+    exp_id = rare_tracking.setup(TrackingParams(experiment="rare-test"))
     owner = MlflowClient().create_run(exp_id, run_name="pipeline", tags={"rare.role": "pipeline"}).info.run_id
-    monkeypatch.setenv(T.PARENT_ENV, owner)
+    monkeypatch.setenv(rare_tracking.PARENT_ENV, owner)
     child = _log_a_file("data")
     assert MlflowClient().get_run(child).data.tags["mlflow.parentRunId"] == owner
     assert MlflowClient().get_run(owner).info.status == "RUNNING"
@@ -110,9 +110,9 @@ def test_runs_record_the_commit_dirty_flag_and_the_data_digest(project: Path, ti
     subprocess.run(["git", "init", "-q"], check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"],
                    check=True)
-    T._git.cache_clear()
+    rare_tracking._git.cache_clear()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    with T.child_run(TrackingParams(experiment="rare-test"), "evaluate", "eval-none", data=tiny_root) as run_id:
+    with rare_tracking.child_run(TrackingParams(experiment="rare-test"), "evaluate", "eval-none", data=tiny_root) as run_id:
         pass
     tags = MlflowClient().get_run(run_id).data.tags
     assert tags["rare.git_commit"] == commit == tags["mlflow.source.git.commit"]
@@ -120,10 +120,10 @@ def test_runs_record_the_commit_dirty_flag_and_the_data_digest(project: Path, ti
 
     copy = project / "copied-root"
     shutil.copytree(tiny_root, copy)
-    assert tags["rare.data_digest"] == T.data_digest(copy)  # content, not location
+    assert tags["rare.data_digest"] == rare_tracking.data_digest(copy)  # content, not location
     changed = shutil.copytree(tiny_root, project / "changed-root")
     (changed / "qrels").rename(changed / "qrels-moved")
-    assert T.data_digest(changed) != tags["rare.data_digest"]
+    assert rare_tracking.data_digest(changed) != tags["rare.data_digest"]
 
 
 def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project: Path):
@@ -138,8 +138,8 @@ def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project:
     subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
 
     def dirty() -> str:
-        T._git.cache_clear()
-        return T.run_tags()["rare.git_dirty"]
+        rare_tracking._git.cache_clear()
+        return rare_tracking.run_tags()["rare.git_dirty"]
 
     (project / "metrics/train_none.json").write_text('{"loss": 0.5}')
     with (project / "dvc.lock").open("a") as lock:
@@ -154,5 +154,5 @@ def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project:
     before = parent_of(_log_a_file("data"))
     assert parent_of(_log_a_file("data")) == before  # the same commit and params: the same pipeline run
     subprocess.run([*git, "commit", "-q", "-am", "y"], check=True)
-    T._git.cache_clear()
+    rare_tracking._git.cache_clear()
     assert parent_of(_log_a_file("data")) != before  # a `dvc repro` after a commit: a new parent run

@@ -63,8 +63,8 @@ def _datamodule(raw: Path, corpus: Path | None, queries: Path | None, variant: s
     params = TrainParams(cache_dir=str(tmp / "cache"), batch_size=4, num_workers=0, **kw)
     root = MBEIRRoot(raw)
     inputs = resolve_inputs(root, variant, params, corpus, queries)
-    use_corpus, use_queries = {"none": (0, 0), "corpus": (1, 0), "query": (0, 1), "both": (1, 1)}[variant]
-    text = TextSettings(bool(use_queries), bool(use_corpus), params.text_mode.query, params.text_mode.corpus,
+    use_corpus, use_query = {"none": (0, 0), "corpus": (1, 0), "query": (0, 1), "both": (1, 1)}[variant]
+    text = TextSettings(bool(use_query), bool(use_corpus), params.text_mode.query, params.text_mode.corpus,
                         params.instruction_seed, params.seed)
     dm = PairDataModule(root, inputs, text, params, Collator(None, 8, 8, (0, 0, 0), (1, 1, 1)))
     dm.setup()

@@ -61,9 +61,9 @@ def test_resume_after_kill_equals_straight_run(tmp_path: Path, tiny_root_session
     for name in a:
         assert torch.equal(a[name], b[name]), name
     ma, mb = load_retriever(straight).meta, load_retriever(resumed).meta
-    assert ma["global_steps"] == mb["global_steps"] == 6
-    assert ma["train_loss"] == mb["train_loss"]
-    assert ma["val_loss"] == mb["val_loss"] and [s for s, _ in ma["val_loss"]] == [0, 2, 4, 6]
+    assert ma.global_steps == mb.global_steps == 6
+    assert ma.train_loss == mb.train_loss
+    assert ma.val_loss == mb.val_loss and [s for s, _ in ma.val_loss] == [0, 2, 4, 6]
     assert not work.exists()  # checkpoints are dropped once the export is in place
 
     # Training moved the weights away from the seeded init (so the equality above is not trivial).
@@ -85,8 +85,8 @@ def test_resume_from_a_validation_step_keeps_the_whole_curve(tmp_path: Path, tin
                       callbacks=[_KillAt(3)])
     resumed = train_variant("none", tiny_root_session, tmp_path / "resumed", params(tmp_path / "b"), NO_TRACKING)
     ma, mb = load_retriever(straight).meta, load_retriever(resumed).meta
-    assert [s for s, _ in mb["val_loss"]] == [0, 2, 4, 6]
-    assert mb["val_loss"] == ma["val_loss"]
+    assert [s for s, _ in mb.val_loss] == [0, 2, 4, 6]
+    assert mb.val_loss == ma.val_loss
     # Identical weights give an identical export, byte for byte: no timings, a fixed header order.
     for name in ("model.safetensors", "meta.json", "retriever.json"):
         assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name

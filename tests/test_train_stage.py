@@ -39,7 +39,7 @@ def test_default_model_lowers_val_loss_and_is_tracked(tmp_path: Path, monkeypatc
     assert meta["global_steps"] == 12 and meta["samples"] == 12 * 16
     assert not {"samples_per_sec", "fit_seconds", "train_seconds"} & set(meta)  # no timings in the model folder
     r = load_retriever(out)
-    assert r.embed_dim == 384 and r.meta["instruction_seed"] == 0
+    assert r.embed_dim == 384 and r.meta.instruction_seed == 0
 
     metrics = tmp_path / "metrics/train_none.json"
     assert json.loads(metrics.read_text()) == {"train_loss": meta["train_loss"], "val_loss_final": curve[-1][1]}
@@ -101,7 +101,7 @@ def test_cli_trains_through_the_prefect_flow(tmp_path: Path, monkeypatch: pytest
     ok = runner.invoke(app, ["train", "none", "--data", str(tiny_root_session), "--out", "models/none",
                              "--params", str(params), "--metrics", "metrics/none.json"])
     assert ok.exit_code == 0, ok.output
-    assert load_retriever(tmp_path / "models/none").meta["global_steps"] == 3
+    assert load_retriever(tmp_path / "models/none").meta.global_steps == 3
     assert json.loads((tmp_path / "metrics/runtime/none.json").read_text())["global_steps"] == 3
 
     bad = runner.invoke(app, ["train", "corpus", "--data", str(tiny_root_session), "--out", "models/corpus",
@@ -132,7 +132,7 @@ def test_ddp_on_two_cpu_processes_through_the_cli(tmp_path: Path, tiny_root_sess
     output = done.stdout + done.stderr  # a real Trainer's output, as a DVC stage prints it: no tool tips
     assert "Trainer.fit" in output and not any(tip in output for tip in ("Tip:", "litlogger", "litmodels"))
     meta = load_retriever(tmp_path / "models/none").meta
-    assert meta["global_batch"] == 8 and meta["global_steps"] == 6
+    assert meta.global_batch == 8 and meta.global_steps == 6
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("rare").experiment_id],
                               filter_string="tags.`rare.variant` = 'none'")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -32,6 +33,44 @@ def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, [text.encode("utf-8")])
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """For writers that want a file name (``torch.save``, Arrow, an open handle): they write the yielded
+    temp sibling, which is fsynced and renamed onto ``path`` when the block succeeds, removed when it fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def replacing_folder(out: Path) -> Iterator[Path]:
+    """A fresh empty folder beside ``out`` to write into; swapped in whole when the block succeeds
+    (``swap_in``), removed when it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    tmp = temp_sibling(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def swap_in(new: Path, path: Path) -> Path:

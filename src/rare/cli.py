@@ -105,9 +105,9 @@ def _run(step: Step, run_name: str, **kwargs: Any) -> Any:
 
 
 def _enhanced_given(variant: str, corpus_enhanced: Path | None, queries_enhanced: Path | None) -> None:
-    use_corpus, use_queries = VARIANTS[variant]
+    use_corpus, use_query = VARIANTS[variant]
     for needed, given, option in ((use_corpus, corpus_enhanced, "--corpus-enhanced"),
-                                  (use_queries, queries_enhanced, "--queries-enhanced")):
+                                  (use_query, queries_enhanced, "--queries-enhanced")):
         if needed and given is None:
             raise typer.BadParameter(f"variant {variant!r} needs enhanced data: pass {option}")
 

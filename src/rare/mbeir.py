@@ -12,7 +12,7 @@ from enum import Enum
 MODALITIES = ("text", "image", "image,text")
 
 
-class Kind(str, Enum):
+class Probe(str, Enum):
     """What a dataset probes; the report groups dataset-tasks by it."""
 
     KNOWLEDGE = "knowledge-intensive"
@@ -24,27 +24,27 @@ class Kind(str, Enum):
 class Dataset:
     name: str
     id: int
-    kind: Kind
+    probe: Probe
     headline_k: int = 5  # M-BEIR reports R@10 for the fashion datasets, R@5 elsewhere
 
 
 DATASETS: tuple[Dataset, ...] = (
-    Dataset("visualnews", 0, Kind.PLAIN),
-    Dataset("fashion200k", 1, Kind.PLAIN, headline_k=10),
-    Dataset("webqa", 2, Kind.PLAIN),
-    Dataset("edis", 3, Kind.PLAIN),
-    Dataset("nights", 4, Kind.PLAIN),
-    Dataset("oven", 5, Kind.KNOWLEDGE),
-    Dataset("infoseek", 6, Kind.KNOWLEDGE),
-    Dataset("fashioniq", 7, Kind.COMPOSITIONAL, headline_k=10),
-    Dataset("cirr", 8, Kind.COMPOSITIONAL),
-    Dataset("mscoco", 9, Kind.PLAIN),
+    Dataset("visualnews", 0, Probe.PLAIN),
+    Dataset("fashion200k", 1, Probe.PLAIN, headline_k=10),
+    Dataset("webqa", 2, Probe.PLAIN),
+    Dataset("edis", 3, Probe.PLAIN),
+    Dataset("nights", 4, Probe.PLAIN),
+    Dataset("oven", 5, Probe.KNOWLEDGE),
+    Dataset("infoseek", 6, Probe.KNOWLEDGE),
+    Dataset("fashioniq", 7, Probe.COMPOSITIONAL, headline_k=10),
+    Dataset("cirr", 8, Probe.COMPOSITIONAL),
+    Dataset("mscoco", 9, Probe.PLAIN),
     # Embedded benchmark (rare.benchmark); see README "Embedded benchmark".
-    Dataset("glyphcaps", 10, Kind.PLAIN),
-    Dataset("factwiki", 11, Kind.PLAIN),
-    Dataset("twinpix", 12, Kind.PLAIN),
-    Dataset("emblemkb", 13, Kind.KNOWLEDGE),
-    Dataset("tweakset", 14, Kind.COMPOSITIONAL, headline_k=10),
+    Dataset("glyphcaps", 10, Probe.PLAIN),
+    Dataset("factwiki", 11, Probe.PLAIN),
+    Dataset("twinpix", 12, Probe.PLAIN),
+    Dataset("emblemkb", 13, Probe.KNOWLEDGE),
+    Dataset("tweakset", 14, Probe.COMPOSITIONAL, headline_k=10),
 )
 DATASET_BY_NAME = {d.name: d for d in DATASETS}
 DATASET_BY_ID = {d.id: d for d in DATASETS}

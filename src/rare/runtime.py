@@ -44,6 +44,12 @@ def _server_up(url: str) -> bool:
         return False
 
 
+def is_rank_zero_process() -> bool:
+    """The launching process (not a DDP worker). torchrun sets RANK; Lightning's launcher sets LOCAL_RANK
+    and NODE_RANK on the workers it starts: a process is rank zero only when every one that is set is 0."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def configure(project_dir: str | Path | None = None) -> None:
     """Idempotent; call first thing in every entry point.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rare import errors
+from rare.runtime import is_rank_zero_process
 from rare.stages import Step
 
 RETRIES, RETRY_DELAY_S = 1, 5
@@ -63,10 +64,6 @@ def quiet_expected_failures() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, OneLineFailures) for f in logger.filters):
             logger.addFilter(OneLineFailures())
-
-
-def is_ddp_worker() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
 def server_configured() -> bool:
@@ -115,7 +112,7 @@ def _retries(step: Step, params_file: Path) -> int:
 def run(step: Step, run_name: str, **kwargs: Any) -> Any:
     """``step``'s function on ``kwargs`` (the command's options, ``params_file`` among them)."""
     fn = function(step)
-    if is_ddp_worker() or not server_configured():
+    if not is_rank_zero_process() or not server_configured():
         return fn(**kwargs)
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE

@@ -14,7 +14,6 @@ M-BEIR root, that root's content digest.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import sqlite3
 import subprocess
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rare.config.tracking import TrackingParams
+from rare.hashing import file_digest, key_digest
 
 PARENT_ENV = "RARE_PARENT_RUN_ID"
 DVC_EXP_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for the stage commands it runs
@@ -105,13 +105,8 @@ def _git(*args: str) -> str | None:
 def data_digest(root: str | Path) -> str:
     """Content digest of an M-BEIR root (every file's bytes and path), or of the pointer DVC tracks for
     an external one: the same data gives the same digest in any checkout."""
-    from rare.enhance.cache import file_digest
-
     root = Path(root)
-    h = hashlib.blake2b(digest_size=16)
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(root).as_posix()}\0{file_digest(f)}\n".encode())
-    return h.hexdigest()
+    return key_digest({f.relative_to(root).as_posix(): file_digest(f) for f in root.rglob("*") if f.is_file()})
 
 
 LOCK_FILE = Path("dvc.lock")
@@ -146,9 +141,8 @@ def run_tags(data: str | Path | None = None) -> dict[str, str]:
 
 def _config_key(params_file: str | Path) -> str:
     path = Path(params_file)
-    content = path.read_bytes() if path.exists() else b""
-    extra = f"{_git('rev-parse', 'HEAD') or ''}\0{os.environ.get(DVC_EXP_ENV, '')}"
-    return hashlib.sha256(content + extra.encode()).hexdigest()[:16]
+    return key_digest(file_digest(path) if path.exists() else "", _git("rev-parse", "HEAD") or "",
+                      os.environ.get(DVC_EXP_ENV, ""))
 
 
 def parent_run_id(params: TrackingParams, params_file: str | Path = "params.yaml") -> str:

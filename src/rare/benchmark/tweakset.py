@@ -21,13 +21,13 @@ from rare.benchmark.vocab import CELLS, SCENE_COLORS, SHAPES
 
 SLOTS = 4
 MEMBERS = 1 << SLOTS
-KINDS = ("color", "presence", "size", "shape")
+ATTRIBUTES = ("color", "presence", "size", "shape")
 TRAIN_PER_FAMILY = 4
 
 
 @dataclass(frozen=True)
 class Slot:
-    kind: str
+    attribute: str
     index: int  # the object it edits
     off: Any  # attribute value in state 0 (for presence: True = present)
     on: Any  # attribute value in state 1
@@ -45,10 +45,10 @@ class Family:
             value = slot.on if member >> bit & 1 else slot.off
             o = objs[slot.index]
             assert o is not None
-            if slot.kind == "presence":
+            if slot.attribute == "presence":
                 objs[slot.index] = o if value else None
             else:
-                objs[slot.index] = replace(o, **{slot.kind: value})
+                objs[slot.index] = replace(o, **{slot.attribute: value})
         return Scene(tuple(o for o in objs if o is not None), (), self.background)
 
 
@@ -58,20 +58,20 @@ def sample_family(rng: random.Random) -> Family:
     colors = list(SCENE_COLORS)
     objs = tuple(Obj(shapes[i], rng.choice(colors), rng.choice(("small", "large")), cells[i], **jitter(rng, 1.5))
                  for i in range(SLOTS))
-    kinds = list(KINDS)
-    rng.shuffle(kinds)
+    attributes = list(ATTRIBUTES)
+    rng.shuffle(attributes)
     spare = shapes[SLOTS:]
     slots = []
-    for i, kind in enumerate(kinds):
+    for i, attribute in enumerate(attributes):
         o = objs[i]
-        if kind == "color":
-            slots.append(Slot(kind, i, o.color, rng.choice([c for c in colors if c != o.color])))
-        elif kind == "presence":
-            slots.append(Slot(kind, i, True, False) if rng.random() < 0.5 else Slot(kind, i, False, True))
-        elif kind == "size":
-            slots.append(Slot(kind, i, o.size, "small" if o.size == "large" else "large"))
+        if attribute == "color":
+            slots.append(Slot(attribute, i, o.color, rng.choice([c for c in colors if c != o.color])))
+        elif attribute == "presence":
+            slots.append(Slot(attribute, i, True, False) if rng.random() < 0.5 else Slot(attribute, i, False, True))
+        elif attribute == "size":
+            slots.append(Slot(attribute, i, o.size, "small" if o.size == "large" else "large"))
         else:
-            slots.append(Slot(kind, i, o.shape, spare[0]))
+            slots.append(Slot(attribute, i, o.shape, spare[0]))
     background = rng.choices(("white", "cream", "pale blue", "pale gray"), weights=(4, 1, 1, 1))[0]
     return Family(objs, tuple(slots), background)
 
@@ -99,13 +99,13 @@ def edit_of(family: Family, slot: Slot, to_on: bool) -> dict[str, Any]:
     """The atomic edit that moves ``slot`` to its on (or off) state, in the annotation's terms."""
     o = family.objects[slot.index]
     new, old = (slot.on, slot.off) if to_on else (slot.off, slot.on)
-    if slot.kind == "color":
+    if slot.attribute == "color":
         return {"op": "recolor", "shape": o.shape, "from": old, "to": new}
-    if slot.kind == "presence":
+    if slot.attribute == "presence":
         if new:
             return {"op": "add", "shape": o.shape, "color": o.color, "size": o.size}
         return {"op": "remove", "shape": o.shape}
-    if slot.kind == "size":
+    if slot.attribute == "size":
         return {"op": "resize", "shape": o.shape, "from": old, "to": new}
     return {"op": "reshape", "from": old, "to": new, "color": o.color}
 

@@ -7,11 +7,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from rare.config.base import Section
+from rare.enhance.ops import NEEDS_IMAGE, NEEDS_TEXT, Op
 
-Op = Literal["caption", "refine", "resolve", "rewrite", "none"]
 Modality = Literal["text", "image", "image,text"]
-NEEDS_IMAGE = {"caption", "refine", "resolve"}
-NEEDS_TEXT = {"refine", "resolve", "rewrite"}
 
 
 class StandinNoise(Section):

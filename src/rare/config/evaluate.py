@@ -23,6 +23,5 @@ class EvaluateParams(Section):
     embed_batch: int = Field(128, ge=1)
     shard_rows: int = Field(65_536, ge=1)                # embedding rows per resumable shard
     num_workers: int = Field(0, ge=0)                    # DataLoader workers decoding images
-    instruction_seed: int = 0
     # Outside DVC outputs, so reruns and the inference-only rows reuse embeddings.
     cache_dir: str = ".cache/rare/embeddings"

@@ -7,8 +7,6 @@ and dids are looked up through a sorted int64 key, so no per-record Python objec
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,8 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.json as pj
 
+from rare.atomic import replacing
 from rare.data.errors import DataError
 from rare.data.records import Candidate, iter_candidates, parse_enhanced
+from rare.hashing import key_digest
 
 ENHANCED_TYPE = pa.struct([
     ("op", pa.string()), ("status", pa.string()), ("txt", pa.string()), ("cause", pa.string()),
@@ -35,18 +35,14 @@ _BLOCK = 8 << 20
 def cache_file(source: Path, cache_dir: Path, version: str) -> Path:
     """Arrow cache path keyed by the source's path, size and mtime (and the converter's version)."""
     st = source.stat()
-    key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{version}"
-    return cache_dir / f"{source.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.arrow"
+    return cache_dir / f"{source.stem}-{key_digest(str(source.resolve()), st.st_size, st.st_mtime_ns, version)}.arrow"
 
 
 def write_arrow(out: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Path:
     """Write an Arrow IPC file atomically (temp + rename): a killed conversion leaves no half cache."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
+    with replacing(out) as tmp, pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
         for batch in batches:
             writer.write_batch(batch)
-    os.replace(tmp, out)
     return out
 
 

@@ -33,6 +33,29 @@ def resolve_image(root: str | Path, rel: str) -> Path:
     return path
 
 
+class ImageRoot:
+    """``resolve_image``'s rule, fast, for callers that resolve millions of paths under one root (the
+    enhancement engine: 5.6M items on M-BEIR). Folders are resolved once, so a file only needs to not be
+    a symlink; anything else takes the full check, which raises the precise error or allows a safe symlink."""
+
+    def __init__(self, root: str | Path):
+        self.root = root
+        self._root_str = str(root)
+        self._real_root = os.path.join(os.path.realpath(root), "")
+        self._real_dirs: dict[str, str] = {}
+
+    def resolve(self, rel: str) -> str:
+        if rel and not os.path.isabs(rel) and ".." not in rel.split("/"):
+            path = os.path.join(self._root_str, rel)
+            folder = os.path.dirname(path)
+            real = self._real_dirs.get(folder)
+            if real is None:
+                real = self._real_dirs[folder] = os.path.join(os.path.realpath(folder), "")
+            if real.startswith(self._real_root) and not os.path.islink(path):
+                return path
+        return str(resolve_image(self.root, rel))
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Palette/alpha images are composited on white so transparent pixels don't turn black."""
     if img.mode == "RGB":

@@ -7,12 +7,12 @@ objects. Originals are kept verbatim: enhancement adds an ``enhanced`` block bes
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rare.atomic import replacing
 from rare.data.errors import DataError
 from rare.data.lines import OnError, decode_line, iter_lines, strict_int
 from rare.mbeir import MODALITIES, TASKS, dataset_id_of
@@ -241,16 +241,10 @@ def dumps(obj: dict[str, Any]) -> str:
 
 def write_jsonl(path: str | Path, objs: Iterable[dict[str, Any]]) -> int:
     """Write atomically (temp file + rename): a killed writer never leaves a half file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
+    with replacing(Path(path)) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for obj in objs:
             fh.write(dumps(obj))
             fh.write("\n")
             n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return n

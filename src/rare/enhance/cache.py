@@ -15,7 +15,6 @@ rerun or a repeated pool does not re-read hundreds of GB of images just to hash 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rare.enhance.backends.base import EnhanceResult
+from rare.hashing import file_digest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -33,11 +33,6 @@ CREATE TABLE IF NOT EXISTS images (
 );
 """
 _CHUNK = 500  # SQLite's bound-parameter limit is far above this
-
-
-def file_digest(path: str | Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "fuse.glusterfs",

@@ -29,16 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from rare.atomic import atomic_write, remove_stale_temps
-from rare.config.enhance import NEEDS_IMAGE, EnhanceParams, RouteRule
+from rare.config.enhance import EnhanceParams, RouteRule
+from rare.contracts import EnhanceRuntime, EnhanceSummary, StoredShard
 from rare.data.errors import DataError
-from rare.data.images import ImageLoadError, resolve_image
+from rare.data.images import ImageLoadError, ImageRoot
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Enhanced, dumps, loads_line, parse_candidate, parse_query
-from rare.enhance.backends.base import NONE, Backend, BackendUnavailable, EnhanceRequest, EnhanceResult
+from rare.enhance.backends.base import Backend, BackendUnavailable, EnhanceRequest, EnhanceResult
 from rare.enhance.cache import Cache
 from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
+from rare.enhance.ops import NEEDS_IMAGE, NONE
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
+from rare.hashing import key_digest
 from rare.mbeir import dataset_id_of
 
 FORMAT_VERSION = 1  # bump when the output layout of a shard changes
@@ -57,13 +60,6 @@ def side_of(side: str) -> str:
         return SIDES[side]
     except KeyError:
         raise ValueError(f"unknown side {side!r}; allowed: ['corpus', 'queries']") from None
-
-
-_KEY_JSON = json.JSONEncoder(sort_keys=True).encode  # the same text as json.dumps(.., sort_keys=True), built once
-
-
-def _digest(*parts: Any) -> str:
-    return hashlib.blake2b(_KEY_JSON(parts).encode(), digest_size=16).hexdigest()
 
 
 def input_files(root: MBEIRRoot, side: str) -> list[str]:
@@ -131,8 +127,8 @@ class ShardStats:
 
     STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures")
 
-    def stored(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k in self.STORED}
+    def stored(self) -> StoredShard:
+        return {k: v for k, v in asdict(self).items() if k in self.STORED}  # type: ignore[return-value]
 
     def count(self, op: str, status: str, cause: str | None) -> None:
         self.items += 1
@@ -197,22 +193,20 @@ class Engine:
         self.config = config
         self.prompts = PromptSet.load(config.prompt_version)
         self.router = Router(config.routing)
-        self.identity = _digest(config.backend, config.model, config.generation, config.prompt_version)
-        self.fingerprint = _digest(FORMAT_VERSION, self.identity, config.side, config.max_new_tokens,
-                                   config.max_text_chars, self.router.digest,
-                                   {k: t.digest for k, t in self.prompts.templates.items()})
+        self.identity = key_digest(config.backend, config.model, config.generation, config.prompt_version)
+        self.fingerprint = key_digest(FORMAT_VERSION, self.identity, config.side, config.max_new_tokens,
+                                       config.max_text_chars, self.router.digest,
+                                       {k: t.digest for k, t in self.prompts.templates.items()})
         self.cache = Cache(config.item_cache)
         self.store = config.cache_dir / "shards"
         self._make_backend = make_backend
         self._backend: Backend | None = None
         self._turn = threading.Lock()  # held by the shard that is generating
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="enhance-commit")
-        self._root_str = str(config.root)
+        self._images = ImageRoot(config.root)
         # Pools repeat images; one Path per image, not per request, also spares CPython's interned-string
         # table the churn of re-interning the same path parts (its rebuilds showed up as memory spikes).
         self._as_path = functools.lru_cache(maxsize=65536)(Path)
-        self._real_root = os.path.join(os.path.realpath(config.root), "")
-        self._real_dirs: dict[str, str] = {}
 
     # -- backend ------------------------------------------------------------------------------
     def _generate(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:
@@ -292,7 +286,7 @@ class Engine:
         for item in items:
             if item.op in NEEDS_IMAGE:
                 try:
-                    item.image = self._image_path(item.obj[img_field])
+                    item.image = self._images.resolve(item.obj[img_field])
                 except ImageLoadError as exc:
                     item.cause = f"{IMAGE_UNREADABLE}: {exc}"
         digests = self.cache.image_digests([it.image for it in items if it.image is not None])
@@ -306,22 +300,9 @@ class Engine:
                     item.cause = f"{IMAGE_UNREADABLE}: {item.image}: file not found or unreadable"
                     continue
             template = self.prompts.template(item.op, self.config.side)
-            item.key = _digest(self.identity, template.name, template.digest, self.config.max_new_tokens,
-                               image_digest, item.text if template.uses_text else "",
-                               item.src if self.config.reads_src_content else None)
-
-    def _image_path(self, rel: str) -> str:
-        """``resolve_image``'s containment rule, fast: this runs per item (5.6M times on M-BEIR), so folders
-        are resolved once and a file only needs to not be a symlink; anything else takes the full check."""
-        if rel and not os.path.isabs(rel) and ".." not in rel.split("/"):
-            path = os.path.join(self._root_str, rel)
-            folder = os.path.dirname(path)
-            real = self._real_dirs.get(folder)
-            if real is None:
-                real = self._real_dirs[folder] = os.path.join(os.path.realpath(folder), "")
-            if real.startswith(self._real_root) and not os.path.islink(path):
-                return path
-        return str(resolve_image(self.config.root, rel))  # raises the precise ImageLoadError, or allows a safe symlink
+            item.key = key_digest(self.identity, template.name, template.digest, self.config.max_new_tokens,
+                                  image_digest, item.text if template.uses_text else "",
+                                  item.src if self.config.reads_src_content else None)
 
     def _request(self, item: _Item) -> EnhanceRequest:
         template = self.prompts.template(item.op, self.config.side)
@@ -397,16 +378,18 @@ class Engine:
         return (dumps(item.obj) + "\n").encode()
 
     # -- the whole side -------------------------------------------------------------------------
-    def assemble(self, files: list[str], shards: list[Shard], out: Path, params_note: dict[str, Any]) -> dict[str, Any]:
+    def assemble(self, files: list[str], shards: list[Shard], out: Path, shard_size: int,
+                 max_failure_rate: float) -> EnhanceSummary:
         """Concatenate stored shards into ``out/<rel>`` (atomically, input order) and write both reports."""
         by_file: dict[str, list[Shard]] = {rel: [] for rel in files}
         for shard in shards:
             by_file[shard.rel].append(shard)
-        summary: dict[str, Any] = {
+        summary: EnhanceSummary = {
             "side": self.config.side, "backend": self.config.backend, "model": self.config.model,
-            "prompt_version": self.config.prompt_version, **params_note,
+            "prompt_version": self.config.prompt_version, "shard_size": shard_size,
+            "max_failure_rate": max_failure_rate,
             "items": 0, "enhanceable": 0, "ok": 0, "failed": 0, "skipped": 0,
-            "by_op": {}, "failures_by_cause": {}, "tokens_in": 0, "tokens_out": 0, "files": {},
+            "by_op": {}, "failures_by_cause": {}, "tokens_in": 0, "tokens_out": 0, "files": {}, "failure_rate": 0.0,
         }
         for rel, parts in by_file.items():
             dst = out / rel
@@ -414,7 +397,8 @@ class Engine:
             atomic_write(dst, _concat(self.shard_paths(s)[0] for s in parts))
             summary["files"][rel] = sum(_merge_counts(summary, self._stored(s)) for s in parts)
         summary["enhanceable"] = summary["ok"] + summary["failed"]
-        summary["failure_rate"] = round(summary["failed"] / summary["enhanceable"], 6) if summary["enhanceable"] else 0.0
+        if summary["enhanceable"]:
+            summary["failure_rate"] = round(summary["failed"] / summary["enhanceable"], 6)
         failures_path, summary_path = out / FAILURES_FILE, out / SUMMARY_FILE
         remove_stale_temps(failures_path)
         atomic_write(failures_path, self._failure_lines(shards))
@@ -422,7 +406,7 @@ class Engine:
         atomic_write(summary_path, [(json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()])
         return summary
 
-    def _stored(self, shard: Shard) -> dict[str, Any]:
+    def _stored(self, shard: Shard) -> StoredShard:
         return json.loads(self.shard_paths(shard)[1].read_text())
 
     def _failure_lines(self, shards: list[Shard]) -> Iterator[bytes]:
@@ -441,7 +425,7 @@ def _concat(paths: Iterator[Path]) -> Iterator[bytes]:
                 yield chunk
 
 
-def _merge_counts(summary: dict[str, Any], stored: dict[str, Any]) -> int:
+def _merge_counts(summary: EnhanceSummary, stored: StoredShard) -> int:
     """Add one stored shard's counts to the summary; returns its item count."""
     summary["items"] += stored["items"]
     summary["tokens_in"] += stored["tokens_in"]
@@ -450,18 +434,19 @@ def _merge_counts(summary: dict[str, Any], stored: dict[str, Any]) -> int:
         per_op = summary["by_op"].setdefault(op, {})
         for status, n in statuses.items():
             per_op[status] = per_op.get(status, 0) + n
-            summary[status] += n
+            summary[status] += n  # type: ignore[literal-required]  # ok | failed | skipped
     for cause, n in stored["causes"].items():
         summary["failures_by_cause"][cause] = summary["failures_by_cause"].get(cause, 0) + n
     return stored["items"]
 
 
-def merge_stats(all_stats: list[ShardStats]) -> dict[str, Any]:
+def merge_stats(all_stats: list[ShardStats], items: int, seconds: float) -> EnhanceRuntime:
     """This run's work (not part of the deterministic output): what was generated, reused, served from cache."""
     return {
         "shards": len(all_stats), "shards_reused": sum(s.reused for s in all_stats),
         "generated": sum(s.generated for s in all_stats), "cache_hits": sum(s.cache_hits for s in all_stats),
         "gen_tokens_in": sum(s.gen_tokens_in for s in all_stats),
         "gen_tokens_out": sum(s.gen_tokens_out for s in all_stats),
-        "workers": len({s.worker for s in all_stats}),
+        "workers": len({s.worker for s in all_stats}), "seconds": round(seconds, 3),
+        "items_per_s": round(items / seconds, 1) if seconds else 0.0,
     }

@@ -7,11 +7,11 @@ a prompt (even without bumping the version) never serves stale generations.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.enhance.backends.base import CAPTION, NONE, OPS
+from rare.enhance.ops import CAPTION, NONE, OPS
+from rare.hashing import key_digest
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 TEXT_SLOT = "{text}"
@@ -51,8 +51,7 @@ def _parse(path: Path) -> Template:
     system, user = ("\n".join(sections.get(k, [])).strip() for k in ("system", "user"))
     if not user:
         raise ValueError(f"{path}: empty or missing [user] section")
-    digest = hashlib.blake2b(f"{system}\0{user}".encode(), digest_size=8).hexdigest()
-    return Template(path.stem, system, user, digest)
+    return Template(path.stem, system, user, key_digest(system, user))
 
 
 @dataclass(frozen=True)

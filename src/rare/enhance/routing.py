@@ -6,13 +6,12 @@ is empty is captioned rather than "rewritten" from nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Sequence
 
 from rare.config.enhance import RouteRule
-from rare.enhance.backends.base import CAPTION, NONE, REFINE, RESOLVE, REWRITE
+from rare.enhance.ops import CAPTION, NONE, REFINE, RESOLVE, REWRITE
+from rare.hashing import key_digest
 
 # The released script's question test: ends with "?" or starts with a wh-word.
 _QUESTION_START = re.compile(r"^\s*(what|where|why|when|which|how)\b", re.IGNORECASE)
@@ -43,8 +42,7 @@ def carried_modality(text: str, has_image: bool) -> str:
 class Router:
     def __init__(self, overrides: Sequence[RouteRule] = ()):
         self.rules = (*overrides, *DEFAULT_RULES)
-        table = json.dumps([r.model_dump(mode="json") for r in self.rules], sort_keys=True)
-        self.digest = hashlib.blake2b(table.encode(), digest_size=8).hexdigest()
+        self.digest = key_digest([r.model_dump(mode="json") for r in self.rules])
 
     def route(self, side: str, text: str, has_image: bool, task_id: int | None, dataset_id: int) -> str:
         modality = carried_modality(text, has_image)

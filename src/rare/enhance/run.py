@@ -23,6 +23,7 @@ from rich.table import Table
 
 from rare.atomic import remove_stale_temps, swap_in_files, temp_sibling
 from rare.config.enhance import EnhanceParams
+from rare.contracts import EnhanceRuntime, EnhanceSummary
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_jsonl
 from rare.enhance.backends import make_backend as backend_from_params
@@ -48,10 +49,10 @@ class EnhanceFailure(ValueError):
 
 @dataclass
 class Outcome:
-    side: str
+    side: str                 # corpus | query (side_of: the CLI's "queries" is the query side)
     out: Path
-    summary: dict[str, Any]   # deterministic counts, also written to out/enhance_summary.json
-    runtime: dict[str, Any]   # this run's throughput, cache hits and tokens
+    summary: EnhanceSummary   # deterministic counts, also written to out/enhance_summary.json
+    runtime: EnhanceRuntime   # this run's throughput, cache hits and tokens
 
 
 def thread_mapper(engine: Engine, shards: list[Shard], progress: Callable[[int], None]) -> list[ShardStats]:
@@ -101,21 +102,18 @@ def enhance_side(params: EnhanceParams, data: Path, out: Path, side: str, *,
         unique = list({s.digest: s for s in shards}.values())  # identical shards (repeated pools) run once
         with progress_bar(f"enhance {config.side}", sum(s.lines for s in unique), progress) as advance:
             stats = mapper(engine, unique, advance)
-        note = {"shard_size": params.shard_size, "max_failure_rate": params.max_failure_rate}
         out = Path(out)
         remove_stale_temps(out)
         staged = temp_sibling(out)
         try:
-            summary = engine.assemble(files, shards, staged, note)
+            summary = engine.assemble(files, shards, staged, params.shard_size, params.max_failure_rate)
             out = _publish(staged, out, summary)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
     finally:
         engine.close()
     seconds = time.perf_counter() - start
-    runtime = {**merge_stats(stats), "seconds": round(seconds, 3),
-               "items_per_s": round(summary["items"] / seconds, 1) if seconds else 0.0}
-    return Outcome(config.side, out, summary, runtime)
+    return Outcome(config.side, out, summary, merge_stats(stats, summary["items"], seconds))
 
 
 def failed_dir(out: Path) -> Path:
@@ -123,11 +121,11 @@ def failed_dir(out: Path) -> Path:
     return out.with_name(f"{out.name}.failed")
 
 
-def _too_many_failures(summary: dict[str, Any]) -> bool:
+def _too_many_failures(summary: EnhanceSummary) -> bool:
     return summary["failure_rate"] > summary["max_failure_rate"]
 
 
-def _publish(staged: Path, out: Path, summary: dict[str, Any]) -> Path:
+def _publish(staged: Path, out: Path, summary: EnhanceSummary) -> Path:
     """Swap the assembled files in, or, when too many items failed, keep only its two reports in
     ``failed_dir(out)`` so a previous good ``out`` survives. Returns where the reports now are."""
     failed = failed_dir(out)

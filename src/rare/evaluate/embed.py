@@ -10,7 +10,6 @@ embedded a second time (see ``pool_sources``).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import json
 import logging
@@ -27,6 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from rare.atomic import replacing, temp_sibling
 from rare.data.columnar import iter_pool_batches
 from rare.data.errors import DataError
 from rare.data.images import load_image
@@ -34,6 +34,7 @@ from rare.data.instructions import InstructionTable
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import TextMode, candidate_text, query_text
 from rare.errors import worker_errors_unwrapped
+from rare.hashing import code_digest, key_digest
 from rare.mbeir import TASKS, dataset_id_of
 
 log = logging.getLogger(__name__)
@@ -82,14 +83,6 @@ class Embeddings:
         return np.load(self.vectors_path, mmap_mode="r", allow_pickle=False)
 
 
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_precision(precision: str, device: str) -> str:
     """"auto" picks bf16 where the hardware runs it natively (CUDA, or a CPU with AVX512-BF16/AMX)."""
     if precision != "auto":
@@ -102,18 +95,12 @@ def resolve_precision(precision: str, device: str) -> str:
 @functools.cache
 def code_version() -> str:
     """Hash of the code that turns records into embeddings, so editing it never serves stale vectors."""
-    h = hashlib.sha256()
-    for name in EMBEDDING_CODE:
-        path = Path(importlib.import_module(name).__file__)
-        for f in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return code_digest(*(importlib.import_module(name) for name in EMBEDDING_CODE))
 
 
 def cache_key(fingerprint: str, data_hash: str, side: str, view: TextView, precision: str, extra: str = "") -> str:
-    desc = {"code": code_version(), "model": fingerprint, "data": data_hash, "side": side, "view": view.describe(),
-            "precision": precision, "extra": extra}
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
+    return key_digest({"code": code_version(), "model": fingerprint, "data": data_hash, "side": side,
+                       "view": view.describe(), "precision": precision, "extra": extra})
 
 
 def query_items(path: Path, view: TextView) -> list[Item]:
@@ -168,10 +155,8 @@ def _batches(retriever: Any, items: Sequence[Item], image_root: Path, batch_size
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -222,7 +207,7 @@ def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, ca
                 _save_npy(parts / f"part-{i:05d}.npy", np.concatenate(chunks))
                 stats.rows += len(shards[i])
     dim = retriever.embed_dim
-    tmp = cache_dir / f"{key}.tmp-{os.getpid()}"
+    tmp = temp_sibling(final.dir)
     tmp.mkdir(parents=True, exist_ok=True)
     out = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float16, shape=(len(items), dim))
     for i, rows in enumerate(shards):

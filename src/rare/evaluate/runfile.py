@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from rare.atomic import replacing
 from rare.data.errors import DataError
 from rare.data.lines import int_field, iter_lines
 
@@ -18,19 +18,14 @@ def write_run(path: str | Path, qids: Sequence[str], dids: np.ndarray, scores: n
     path = Path(path)
     if " " in run_id or not run_id:
         raise ValueError(f"run_id {run_id!r} must be a non-empty word")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     lines = 0
-    with tmp.open("w", encoding="utf-8") as fh:
+    with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for qid, row_dids, row_scores in zip(qids, dids, scores, strict=True):
             fh.writelines(
                 f"{qid} Q0 {did} {rank} {score:.9g} {run_id}\n"
                 for rank, (did, score) in enumerate(zip(row_dids, row_scores.tolist()), start=1)
             )
             lines += len(row_dids)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return lines
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,18 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from rare.atomic import atomic_write_text
 from rare.config.evaluate import EvaluateParams
 from rare.config.tracking import TrackingParams
+from rare.contracts import EvalInfo, EvalMetrics, ModelMeta, Regime
 from rare.data.errors import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import read_qrels
 from rare.data.records import iter_jsonl
-from rare.data.views import TextMode, side_file, variant_sides
-from rare.evaluate import embed as E
+from rare.data.views import side_file, variant_sides
+from rare.evaluate import embed
 from rare.evaluate.metrics import mbeir_score, task_metrics
 from rare.evaluate.runfile import write_run
 from rare.evaluate.search import did_order, search
+from rare.hashing import file_digest
 from rare.mbeir import DatasetTask
 
 log = logging.getLogger(__name__)
@@ -52,22 +54,24 @@ class Plan:
     name: str
     inputs: str          # the input variant: which sides are enhanced
     model_variant: str   # the variant the model was trained on
-    kind: str            # "trained" | "inference-only"
+    regime: Regime
     root: MBEIRRoot
     split: str
     tasks: list[EvalTask]
     global_pool: Path
-    corpus_view: E.TextView
-    query_view: E.TextView
+    corpus_view: embed.TextView
+    query_view: embed.TextView
 
 
 @dataclass
-class Embedded:
-    queries: dict[str, E.Embeddings]
-    pools: dict[str, E.Embeddings]
+class PlanEmbeddings:
+    """Every vector one evaluation searches: per dataset-task its queries and local pool, and the global pool."""
+
+    queries: dict[str, embed.Embeddings]
+    pools: dict[str, embed.Embeddings]
     global_sources: list[Path] = field(default_factory=list)
     global_ids: np.ndarray | None = None
-    stats: E.EmbedStats = field(default_factory=E.EmbedStats)
+    stats: embed.EmbedStats = field(default_factory=embed.EmbedStats)
 
 
 def _positives(qrels_file: Path, queries: Path) -> dict[str, set[str]]:
@@ -83,7 +87,7 @@ def _positives(qrels_file: Path, queries: Path) -> dict[str, set[str]]:
     return qrels
 
 
-def kind_of(model_variant: str, inputs: str) -> str:
+def regime_of(model_variant: str, inputs: str) -> Regime:
     """Inputs the model was trained on are "trained"; enhanced inputs it never saw are "inference-only";
     the pretrained model before any fine-tuning (``rare zero-shot``) is "zero-shot"."""
     if model_variant == "zero-shot":
@@ -91,18 +95,11 @@ def kind_of(model_variant: str, inputs: str) -> str:
     return "trained" if model_variant == inputs else "inference-only"
 
 
-def text_modes(meta: dict[str, Any]) -> tuple[TextMode, TextMode]:
-    """(corpus mode, query mode) from the model's export: one mode for both sides, or one per side."""
-    mode = meta.get("text_mode", "replace")
-    if isinstance(mode, dict):
-        return mode.get("corpus", "replace"), mode.get("query", "replace")
-    return mode, mode
-
-
-def plan(name: str, meta: dict[str, Any], inputs: str, data: Path, params: EvaluateParams,
+def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluateParams,
          corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None) -> Plan:
-    """Resolve every file one evaluation reads; fails before any work if one is missing."""
-    use_corpus, use_queries = variant_sides(inputs)
+    """Resolve every file one evaluation reads; fails before any work if one is missing. Texts are built as
+    the model was trained on them: its text modes and instruction seed come from its ``meta``."""
+    use_corpus, use_query = variant_sides(inputs)
     root = MBEIRRoot.open(data)
     dts = root.eval_tasks(params.split)
     if not dts:
@@ -117,21 +114,20 @@ def plan(name: str, meta: dict[str, Any], inputs: str, data: Path, params: Evalu
         for f in files:
             if not f.exists():
                 raise DataError(f, None, f"missing input of {dt.name}")
-        queries = side_file(root, queries_enhanced, files[0], use_queries)
+        queries = side_file(root, queries_enhanced, files[0], use_query)
         tasks.append(EvalTask(dt, queries, files[1], side_file(root, corpus_enhanced, files[2], use_corpus),
                               _positives(files[1], queries)))
     global_pool = side_file(root, corpus_enhanced, root.global_pool(params.split), use_corpus)
     if "global" in params.pools and not global_pool.exists():
         raise DataError(global_pool, None, "missing global pool (drop 'global' from evaluate.pools to skip it)")
-    corpus_mode, query_mode = text_modes(meta)
     instructions = root.instructions_file
-    model_variant = str(meta.get("variant", "none"))
+    model_variant = meta.variant
     return Plan(
-        name=name, inputs=inputs, model_variant=model_variant, kind=kind_of(model_variant, inputs), root=root,
+        name=name, inputs=inputs, model_variant=model_variant, regime=regime_of(model_variant, inputs), root=root,
         split=params.split, tasks=tasks, global_pool=global_pool,
-        corpus_view=E.TextView(use_corpus, corpus_mode),
-        query_view=E.TextView(use_queries, query_mode, InstructionTable.load(instructions),
-                              E.file_hash(instructions), params.instruction_seed),
+        corpus_view=embed.TextView(use_corpus, meta.text_mode.corpus),
+        query_view=embed.TextView(use_query, meta.text_mode.query, InstructionTable.load(instructions),
+                                  file_digest(instructions), meta.instruction_seed),
     )
 
 
@@ -144,40 +140,40 @@ def resolve_device(device: str) -> str:
 
 
 def candidate_key(p: Plan, pool: Path, fingerprint: str, precision: str,
-                  taken: list[E.Embeddings] | None = None) -> str:
+                  taken: list[embed.Embeddings] | None = None) -> str:
     """Cache key of one pool's candidate embeddings; ``taken``: the local entries the global pool reuses.
     Serving (``rare.serve``) reads the entries back by this key, so the two can never disagree."""
     extra = ",".join(sorted(e.dir.name for e in taken)) if taken else ""
-    return E.cache_key(fingerprint, E.file_hash(pool), "candidate", p.corpus_view, precision, extra)
+    return embed.cache_key(fingerprint, file_digest(pool), "candidate", p.corpus_view, precision, extra)
 
 
-def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cpu") -> Embedded:
+def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cpu") -> PlanEmbeddings:
     """Query embeddings per dataset-task, local pool embeddings, and the global pool assembled from them."""
     cache = Path(params.cache_dir)
     fp = retriever.fingerprint
-    stats = E.EmbedStats()
-    precision = E.resolve_precision(params.precision, device)
+    stats = embed.EmbedStats()
+    precision = embed.resolve_precision(params.precision, device)
     opts = dict(batch_size=params.embed_batch, shard_rows=params.shard_rows, num_workers=params.num_workers,
                 device=device, precision=precision, stats=stats)
     image_root = p.root.path
     queries, pools = {}, {}
     for t in p.tasks:
-        key = E.cache_key(fp, E.file_hash(t.queries), "query", p.query_view, precision)
-        queries[t.dt.name] = E.embed(retriever, partial(E.query_items, t.queries, p.query_view), key, cache,
+        key = embed.cache_key(fp, file_digest(t.queries), "query", p.query_view, precision)
+        queries[t.dt.name] = embed.embed(retriever, partial(embed.query_items, t.queries, p.query_view), key, cache,
                                      image_root, label=f"{t.dt.name} queries", **opts)
         key = candidate_key(p, t.pool, fp, precision)
-        pools[t.dt.name] = E.embed(retriever, partial(E.pool_items, t.pool, p.corpus_view), key, cache,
+        pools[t.dt.name] = embed.embed(retriever, partial(embed.pool_items, t.pool, p.corpus_view), key, cache,
                                    image_root, label=f"{t.dt.name} pool", **opts)
-    out = Embedded(queries, pools, stats=stats)
+    out = PlanEmbeddings(queries, pools, stats=stats)
     if "global" in params.pools:
         locals_ = list(pools.values())
 
-        def embed_rest(dids: set[str]) -> E.Embeddings:
+        def embed_rest(dids: set[str]) -> embed.Embeddings:
             key = candidate_key(p, p.global_pool, fp, precision, locals_)
-            make = partial(E.pool_items, p.global_pool, p.corpus_view, dids)
-            return E.embed(retriever, make, key, cache, image_root, label="global pool rest", **opts)
+            make = partial(embed.pool_items, p.global_pool, p.corpus_view, dids)
+            return embed.embed(retriever, make, key, cache, image_root, label="global pool rest", **opts)
 
-        out.global_sources, out.global_ids = E.pool_sources(p.global_pool, locals_, embed_rest)
+        out.global_sources, out.global_ids = embed.pool_sources(p.global_pool, locals_, embed_rest)
     return out
 
 
@@ -188,7 +184,7 @@ def _score(p: Plan, t: EvalTask, qids: np.ndarray, dids: np.ndarray, scores: np.
     return task_metrics(run, t.positives, t.dt)
 
 
-def search_pool(p: Plan, emb: Embedded, pool: str, params: EvaluateParams, out: Path,
+def search_pool(p: Plan, emb: PlanEmbeddings, pool: str, params: EvaluateParams, out: Path,
                 device: str = "cpu") -> dict[str, dict[str, float]]:
     """Search one pool setting for every dataset-task, write its run files, return metrics per dataset-task."""
     opts = dict(backend=params.search_backend, device=device, query_batch=params.query_batch,
@@ -219,14 +215,11 @@ def search_pool(p: Plan, emb: Embedded, pool: str, params: EvaluateParams, out: 
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out: Path,
-                  info: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
+                  info: dict[str, str], runtime: dict[str, Any]) -> EvalMetrics:
     """Every output file but the run files, split by what each is for:
 
     ``scores.json``   the M-BEIR score per pool: the DVC metric (`dvc exp show`, `dvc metrics diff`)
@@ -236,23 +229,23 @@ def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out:
     ``runtime.json``  timings and cache counts: neither git nor DVC tracks it, so a rerun that
                       changes nothing leaves `git status` clean
     """
-    metrics: dict[str, Any] = {"score": {pool: round(mbeir_score(r), 4) for pool, r in results.items()}}
+    metrics: EvalMetrics = {"score": {pool: round(mbeir_score(r), 4) for pool, r in results.items()}}
     for pool, per_task in results.items():
-        metrics[pool] = {dt: {k: round(v, 4) for k, v in m.items()} for dt, m in per_task.items()}
+        metrics[pool] = {dt: {k: round(v, 4) for k, v in m.items()} for dt, m in per_task.items()}  # type: ignore[literal-required]
     _write_json(out / "scores.json", metrics["score"])
     _write_json(out / "metrics.json", metrics)
     _write_json(out / "headline.json", [{"task": t.dt.name, **{pool: metrics[pool][t.dt.name]["headline"]
                                                                for pool in results}} for t in p.tasks])
-    _write_json(out / "info.json", {
-        "name": p.name, "inputs": p.inputs, "model_variant": p.model_variant, "kind": p.kind, "split": p.split,
-        "data": str(p.root.path), "dataset_tasks": [t.dt.name for t in p.tasks],
-        "headline": {t.dt.name: f"R@{t.dt.headline_k}" for t in p.tasks}, **info,
-    })
+    _write_json(out / "info.json", EvalInfo(
+        name=p.name, inputs=p.inputs, model_variant=p.model_variant, regime=p.regime, split=p.split,
+        data=str(p.root.path), dataset_tasks=[t.dt.name for t in p.tasks],
+        headline={t.dt.name: f"R@{t.dt.headline_k}" for t in p.tasks}, **info,
+    ).model_dump())
     _write_json(out / "runtime.json", runtime)
     return metrics
 
 
-def track(p: Plan, metrics: dict[str, Any], out: Path, params: EvaluateParams, model: Path,
+def track(p: Plan, metrics: EvalMetrics, out: Path, params: EvaluateParams, model: Path,
           fingerprint: str) -> None:
     """Log one evaluation into the active MLflow run, and tag the registered model version it evaluated
     (found by the export's fingerprint) with its scores."""
@@ -276,16 +269,16 @@ def track(p: Plan, metrics: dict[str, Any], out: Path, params: EvaluateParams, m
 
 def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, params: EvaluateParams,
              corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
-             tracking: TrackingParams | None = None, model: Path | None = None) -> dict[str, Any]:
+             tracking: TrackingParams | None = None, model: Path | None = None) -> EvalMetrics:
     """All steps of one evaluation; returns the metrics written to ``out/metrics.json``.
 
     With ``tracking``, the MLflow run ``eval-<name>`` spans the whole evaluation and ends with its outcome.
     """
-    from rare import tracking as T
+    from rare import tracking as rare_tracking
 
-    model_variant = str(retriever.meta.get("variant", "none"))
-    tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.kind": kind_of(model_variant, inputs)}
-    run = T.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data) if tracking else nullcontext()
+    model_variant = retriever.meta.variant
+    tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.regime": regime_of(model_variant, inputs)}
+    run = rare_tracking.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data) if tracking else nullcontext()
     with run as run_id:
         device = resolve_device(params.device)
         t0 = time.perf_counter()
@@ -299,7 +292,7 @@ def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, para
             timings[f"search_{pool}_s"] = time.perf_counter() - t1
         timings["total_s"] = time.perf_counter() - t0
         info = {"model": str(model or ""), "fingerprint": retriever.fingerprint, "device": device,
-                "precision": E.resolve_precision(params.precision, device)}
+                "precision": embed.resolve_precision(params.precision, device)}
         runtime = {"timings": {k: round(v, 3) for k, v in timings.items()}, "embeddings": vars(emb.stats)}
         metrics = write_metrics(p, results, out, info, runtime)
         if run_id:

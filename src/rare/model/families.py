@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from rare.model.towers import ClipTowers, DualTowers
+
 NoDecay = Callable[[str, nn.Parameter], bool]
 
 
@@ -36,12 +38,14 @@ class Family:
     own_temperature: bool    # a fresh learnable scale on the retriever (else: the towers' pretrained one)
     text_format: str         # key of rare.data.views.TEXT_FORMATS applied to every text before tokenising
     no_decay: NoDecay        # parameters trained without weight decay
+    towers: type[DualTowers] | type[ClipTowers]  # builds, reloads and describes the family's encoders
 
 
 FAMILIES: dict[str, Family] = {
-    "dual": Family(normalise_each=True, own_temperature=True, text_format="none", no_decay=_gain_or_bias),
+    "dual": Family(normalise_each=True, own_temperature=True, text_format="none", no_decay=_gain_or_bias,
+                   towers=DualTowers),
     "clip": Family(normalise_each=False, own_temperature=False, text_format="uniir",
-                   no_decay=_uniir_gain_or_bias),
+                   no_decay=_uniir_gain_or_bias, towers=ClipTowers),
 }
 
 

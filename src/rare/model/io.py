@@ -14,16 +14,15 @@ Writes go to a temp sibling and are renamed into place, so a killed export leave
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
 
-from rare.atomic import atomic_write, remove_stale_temps, swap_in, temp_sibling
+from rare.atomic import atomic_write, replacing_folder
+from rare.contracts import ModelMeta
+from rare.model.families import family
 from rare.model.retriever import Retriever
-from rare.model.towers import towers_from_configs
 
 SPEC_FILE, WEIGHTS_FILE, META_FILE = "retriever.json", "model.safetensors", "meta.json"
 FORMAT = 1
@@ -41,31 +40,23 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     atomic_write(path, [len(fixed).to_bytes(8, "little"), fixed, memoryview(blob)[8 + size:]])
 
 
-def save_retriever(retriever: Retriever, out: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write the export beside ``out`` and swap it in whole. ``meta`` holds what shapes the model, never
-    timings, so identical weights give an identical folder."""
+def save_retriever(retriever: Retriever, out: str | Path, meta: ModelMeta | None = None) -> Path:
+    """Write the export beside ``out`` and swap it in whole, with ``meta`` (default: the retriever's own)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    tmp = temp_sibling(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with replacing_folder(out) as tmp:
         _write_export(retriever, tmp, meta)
-        return swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
-def _write_export(retriever: Retriever, tmp: Path, meta: dict[str, Any] | None) -> None:
+def _write_export(retriever: Retriever, tmp: Path, meta: ModelMeta | None) -> None:
     (tmp / SPEC_FILE).write_text(json.dumps(retriever.spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     state = {k: v.detach().cpu().contiguous() for k, v in retriever.state_dict().items()}
     save_weights(state, tmp / WEIGHTS_FILE)
     for name, config in retriever.towers.configs().items():
         config.save_pretrained(tmp / "towers" / name)
     retriever.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    full_meta = {**retriever.meta, **(meta or {})}
-    (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    meta_json = (meta or retriever.meta).to_json()
+    (tmp / META_FILE).write_text(json.dumps(meta_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_retriever(model_dir: str | Path, device: str | torch.device = "cpu") -> Retriever:
@@ -79,12 +70,12 @@ def load_retriever(model_dir: str | Path, device: str | torch.device = "cpu") ->
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
     if spec.get("format") != FORMAT:
         raise ValueError(f"{spec_file}: unsupported format {spec.get('format')!r}; this code reads format {FORMAT}")
-    names = ["clip"] if spec["family"] == "clip" else ["text", "vision"]
-    configs = {name: AutoConfig.from_pretrained(model_dir / "towers" / name) for name in names}
-    towers = towers_from_configs(spec["family"], configs, spec)
+    tower_cls = family(spec["family"]).towers
+    configs = {name: AutoConfig.from_pretrained(model_dir / "towers" / name) for name in tower_cls.config_names}
+    towers = tower_cls.from_configs(configs, spec)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
     meta_file = model_dir / META_FILE
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    meta = ModelMeta.read(meta_file) if meta_file.is_file() else ModelMeta()
     retriever = Retriever(towers, tokenizer, spec, meta)
     state = load_file(str(model_dir / WEIGHTS_FILE))
     try:

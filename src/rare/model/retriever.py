@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rare.config.train import ModelParams
+from rare.contracts import ModelMeta, RetrieverSpec
 from rare.model.families import Family, family
 from rare.model.preprocess import Collator
-from rare.model.towers import Towers, build_towers, resolve_source
+from rare.model.towers import Towers, freeze_lower_layers, resolve_source
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips the learned temperature so logits never exceed x100
 
@@ -33,13 +34,13 @@ def _place(x: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Retriever(nn.Module):
-    def __init__(self, towers: Towers, tokenizer: Any, spec: dict[str, Any], meta: dict[str, Any] | None = None,
+    def __init__(self, towers: Towers, tokenizer: Any, spec: RetrieverSpec, meta: ModelMeta | None = None,
                  init_temperature: float = 0.07):
         super().__init__()
         self.towers = towers
         self.tokenizer = tokenizer
         self.spec = spec                 # what retriever.json holds: enough to rebuild and preprocess
-        self.meta = dict(meta or {})     # training metadata (variant, text modes, instruction seed, ...)
+        self.meta = meta or ModelMeta()  # meta.json: what it was trained on and how evaluation feeds it
         self.family: Family = family(spec["family"])
         if self.family.own_temperature:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
@@ -109,21 +110,20 @@ def build_retriever(params: ModelParams) -> Retriever:
     """A fresh retriever to train, from the training params."""
     from transformers import AutoTokenizer
 
-    towers, new = build_towers(params)
-    tok_source = params.tokenizer or (params.clip.pretrained if params.family == "clip" and params.clip
-                                      else params.text.pretrained)
+    fam = family(params.family)
+    towers, new = fam.towers.build(params)
+    if params.train_text_layers is not None:
+        freeze_lower_layers(towers.text_tower(), params.train_text_layers)
+    tok_source = params.tokenizer or fam.towers.tokenizer_source(params)
     if not tok_source:
         raise ValueError("train.model.tokenizer must be set when the text tower is built from a config")
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(tok_source))
-    if params.family == "clip":
-        image_size = towers.clip.config.vision_config.image_size
-    else:
-        image_size = params.image_size
-    spec = {
+    image_size = towers.image_size(params)
+    spec: RetrieverSpec = {
         "format": 1, "family": params.family, "embed_dim": towers.embed_dim,
         "text_pooling": params.text_pooling, "image_pooling": params.image_pooling,
         "image_size": image_size, "image_mean": list(params.image_mean), "image_std": list(params.image_std),
-        "max_text_len": params.max_text_len, "text_format": family(params.family).text_format,
+        "max_text_len": params.max_text_len, "text_format": fam.text_format,
     }
     retriever = Retriever(towers, tokenizer, spec, init_temperature=params.init_temperature)
     retriever.new_parameters = {f"towers.{n}" for n in new}

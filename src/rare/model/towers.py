@@ -19,6 +19,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from rare.config.train import ModelParams, Source
+from rare.contracts import RetrieverSpec
 from rare.model import cnn  # noqa: F401  (registers model_type rare-cnn with the Auto classes)
 
 PACKAGE_PREFIX = "package:"
@@ -66,6 +67,8 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Te
 
 
 class DualTowers(nn.Module):
+    config_names = ("text", "vision")  # the HF configs saved with an export, one folder each
+
     def __init__(self, text: PreTrainedModel, vision: PreTrainedModel, embed_dim: int,
                  text_pooling: str = "mean", image_pooling: str = "cls"):
         super().__init__()
@@ -74,6 +77,34 @@ class DualTowers(nn.Module):
         self.text_proj = nn.Linear(text.config.hidden_size, embed_dim, bias=False)
         self.image_proj = nn.Linear(vision.config.hidden_size, embed_dim, bias=False)
         self.embed_dim = embed_dim
+
+    @classmethod
+    def build(cls, params: ModelParams) -> tuple[DualTowers, set[str]]:
+        """Towers from the training params, plus the names of parameters that start from scratch."""
+        text = hf_model(source_config(params.text), params.text.pretrained)
+        vision = hf_model(source_config(params.vision), params.vision.pretrained)
+        towers = cls(text, vision, params.embed_dim, params.text_pooling, params.image_pooling)
+        if params.text.pretrained:
+            towers.identity_projection(towers.text_proj)
+        if params.vision.pretrained:
+            towers.identity_projection(towers.image_proj)
+        new = {n for n, _ in towers.named_parameters()
+               if n.startswith(("text_proj.", "image_proj."))
+               or (n.startswith("text.") and not params.text.pretrained)
+               or (n.startswith("vision.") and not params.vision.pretrained)}
+        return towers, new
+
+    @classmethod
+    def from_configs(cls, configs: dict[str, PretrainedConfig], spec: RetrieverSpec) -> DualTowers:
+        return cls(hf_model(configs["text"]), hf_model(configs["vision"]), spec["embed_dim"],
+                   spec["text_pooling"], spec["image_pooling"])
+
+    @staticmethod
+    def tokenizer_source(params: ModelParams) -> str | None:
+        return params.text.pretrained
+
+    def image_size(self, params: ModelParams) -> int:
+        return params.image_size
 
     @staticmethod
     def identity_projection(proj: nn.Linear) -> None:
@@ -101,10 +132,31 @@ class DualTowers(nn.Module):
 
 
 class ClipTowers(nn.Module):
+    config_names = ("clip",)
+
     def __init__(self, clip: PreTrainedModel):
         super().__init__()
         self.clip = clip
         self.embed_dim = clip.config.projection_dim
+
+    @classmethod
+    def build(cls, params: ModelParams) -> tuple[ClipTowers, set[str]]:
+        assert params.clip is not None  # ModelParams checks it
+        towers = cls(hf_model(source_config(params.clip), params.clip.pretrained))
+        new = set() if params.clip.pretrained else {n for n, _ in towers.named_parameters()}
+        return towers, new
+
+    @classmethod
+    def from_configs(cls, configs: dict[str, PretrainedConfig], spec: RetrieverSpec) -> ClipTowers:
+        return cls(hf_model(configs["clip"]))
+
+    @staticmethod
+    def tokenizer_source(params: ModelParams) -> str | None:
+        return params.clip.pretrained if params.clip else None
+
+    def image_size(self, params: ModelParams) -> int:
+        """CLIP's own input size, whatever the params say."""
+        return self.clip.config.vision_config.image_size
 
     @property
     def logit_scale(self) -> nn.Parameter:
@@ -125,38 +177,6 @@ class ClipTowers(nn.Module):
 
 
 Towers = DualTowers | ClipTowers
-
-
-def build_towers(params: ModelParams) -> tuple[Towers, set[str]]:
-    """Towers from the training params, plus the names of parameters that start from scratch."""
-    if params.family == "clip":
-        assert params.clip is not None
-        clip = hf_model(source_config(params.clip), params.clip.pretrained)
-        towers: Towers = ClipTowers(clip)
-        new = set() if params.clip.pretrained else {n for n, _ in towers.named_parameters()}
-    else:
-        text = hf_model(source_config(params.text), params.text.pretrained)
-        vision = hf_model(source_config(params.vision), params.vision.pretrained)
-        towers = DualTowers(text, vision, params.embed_dim, params.text_pooling, params.image_pooling)
-        if params.text.pretrained:
-            towers.identity_projection(towers.text_proj)
-        if params.vision.pretrained:
-            towers.identity_projection(towers.image_proj)
-        new = {n for n, _ in towers.named_parameters()
-               if n.startswith(("text_proj.", "image_proj."))
-               or (n.startswith("text.") and not params.text.pretrained)
-               or (n.startswith("vision.") and not params.vision.pretrained)}
-    if params.train_text_layers is not None:
-        freeze_lower_layers(towers.text_tower(), params.train_text_layers)
-    return towers, new
-
-
-def towers_from_configs(family: str, configs: dict[str, PretrainedConfig], spec: dict[str, Any]) -> Towers:
-    """Empty towers with the exported architecture (weights come from the safetensors file)."""
-    if family == "clip":
-        return ClipTowers(hf_model(configs["clip"]))
-    return DualTowers(hf_model(configs["text"]), hf_model(configs["vision"]), spec["embed_dim"],
-                      spec["text_pooling"], spec["image_pooling"])
 
 
 def freeze_lower_layers(tower: nn.Module, trainable: int) -> None:

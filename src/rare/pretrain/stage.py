@@ -10,10 +10,7 @@ loads CLIP. Resumable: a checkpoint every few steps in ``pretrain.cache_dir``, k
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -25,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rare.atomic import replacing, replacing_folder
 from rare.benchmark.render import render
 from rare.config.pretrain import PretrainParams
 from rare.config.train import TrainParams
+from rare.contracts import HoldoutRecall, ModelMeta, PretrainFigures, TextModes
+from rare.hashing import key_digest
 from rare.model import Collator, EncodeInput, Retriever, build_retriever, save_retriever
 from rare.pretrain.corpus import Pair, build_corpus
 from rare.train.module import lr_factor
@@ -108,7 +108,7 @@ def contrastive(images: torch.Tensor, texts: torch.Tensor, caption_ids: torch.Te
     return (image_to_text + text_to_image) / 2
 
 
-def holdout_recall(retriever: Retriever, pairs: Sequence[Pair], image_size: int) -> dict[str, float]:
+def holdout_recall(retriever: Retriever, pairs: Sequence[Pair], image_size: int) -> HoldoutRecall:
     """Retrieval among held-out pairs: text->image R@5 (any image with that caption is a hit),
     image->text R@1 (over the distinct captions)."""
     captions = sorted({p.caption for p in pairs})
@@ -123,30 +123,23 @@ def holdout_recall(retriever: Retriever, pairs: Sequence[Pair], image_size: int)
 
 
 def _work_dir(params: PretrainParams) -> Path:
-    key = json.dumps(params.model_dump(mode="json"), sort_keys=True)
-    return Path(params.cache_dir) / f"run-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return Path(params.cache_dir) / f"run-{key_digest(params.model_dump(mode='json'))}"
 
 
 def _save_state(path: Path, step: int, retriever: Retriever, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler, losses: list[float]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"step": step, "model": retriever.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "losses": losses, "rng": torch.get_rng_state()}, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save({"step": step, "model": retriever.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "losses": losses, "rng": torch.get_rng_state()}, tmp)
 
 
 def _export(retriever: Retriever, out: Path) -> None:
-    """The vision tower as an HF checkpoint, written to a temp sibling and renamed into place."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    retriever.towers.vision.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    """The vision tower as an HF checkpoint, written beside ``out`` and swapped in whole."""
+    with replacing_folder(out) as tmp:
+        retriever.towers.vision.save_pretrained(tmp)
 
 
-def pretrain(out: Path, params: PretrainParams, on_step: Any = None) -> dict[str, Any]:
+def pretrain(out: Path, params: PretrainParams, on_step: Any = None) -> PretrainFigures:
     """Train, export the vision tower to ``out``; returns the stage's figures. ``on_step(step, loss)``
     sees every step (MLflow logging)."""
     import transformers
@@ -208,16 +201,17 @@ def pretrain(out: Path, params: PretrainParams, on_step: Any = None) -> dict[str
             _save_state(work / LAST, step + 1, retriever, opt, sched, losses)
     fit_seconds = time.monotonic() - fit_began
     retriever.eval()
-    figures = {
-        **holdout_recall(retriever, held, size),
-        "steps": params.steps, "batch_size": params.batch_size, "pairs": len(train), "captions": len(captions),
-        "loss_start": losses[0], "loss_final": losses[-1], "loss": losses,
-        "temperature": round(1.0 / float(retriever.scale()), 5),
-        "text_seconds": round(text_seconds, 2), "fit_seconds": round(fit_seconds, 2),
-    }
+    recall = holdout_recall(retriever, held, size)
+    temperature = round(1.0 / float(retriever.scale()), 5)
     _export(retriever, out)
     shutil.rmtree(work, ignore_errors=True)
-    figures["pretrain_seconds"] = round(time.monotonic() - began, 2)
+    figures: PretrainFigures = {
+        **recall,
+        "steps": params.steps, "batch_size": params.batch_size, "pairs": len(train), "captions": len(captions),
+        "loss_start": losses[0], "loss_final": losses[-1], "loss": losses, "temperature": temperature,
+        "text_seconds": round(text_seconds, 2), "fit_seconds": round(fit_seconds, 2),
+        "pretrain_seconds": round(time.monotonic() - began, 2),
+    }
     log.info("pretrained %s: %d steps in %.1f s, loss %.3f -> %.3f, held-out text->image R@5 %.1f", out,
              params.steps, figures["pretrain_seconds"], losses[0], losses[-1], figures["holdout_t2i_r5"])
     return figures
@@ -231,6 +225,6 @@ def export_zero_shot(params: TrainParams, out: Path) -> Path:
     fine-tuning step: the zero-shot row, as UniIR reports zero-shot CLIP, evaluated like any other."""
     torch.manual_seed(params.seed)
     retriever = build_retriever(params.model)
-    meta = {"variant": ZERO_SHOT, "text_mode": {"corpus": params.text_mode.corpus, "query": params.text_mode.query},
-            "instruction_seed": params.instruction_seed, "seed": params.seed, "global_steps": 0}
+    meta = ModelMeta(variant=ZERO_SHOT, text_mode=TextModes(corpus=params.text_mode.corpus, query=params.text_mode.query),
+                     instruction_seed=params.instruction_seed, seed=params.seed, global_steps=0)
     return save_retriever(retriever, out, meta)

@@ -17,7 +17,7 @@ HATCH = {"inference-only": "//", "zero-shot": ".."}
 
 
 def _color(e: Evaluation) -> str:
-    if e.kind == "zero-shot":
+    if e.regime == "zero-shot":
         return ZERO_SHOT_COLOR
     return TRAINED_COLORS.get(e.inputs, "#9467bd")
 
@@ -38,7 +38,7 @@ def bar_chart(evaluations: Sequence[Evaluation], path: Path) -> Path:
             values = [rows[e.name][g] for g in groups]
             heights = [np.nan if v is None else v for v in values]
             bars = ax.bar(x + (i - (len(evaluations) - 1) / 2) * width, heights, width, label=e.name,
-                          color=_color(e), hatch=HATCH.get(e.kind), edgecolor="white" if e.kind in HATCH else None)
+                          color=_color(e), hatch=HATCH.get(e.regime), edgecolor="white" if e.regime in HATCH else None)
             ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
         ax.set_xticks(x, groups)
         ax.set_ylabel("mean headline R@k")

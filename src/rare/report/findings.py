@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rare.mbeir import Kind
+from rare.mbeir import Probe
 from rare.report.table import SCORE, Evaluation, columns, find_baseline, group_mean
 
 REPRODUCED, PARTLY = "reproduced", "partly reproduced"
@@ -24,20 +24,20 @@ class Finding:
 
 
 def _trained(evals: Sequence[Evaluation], inputs: str) -> Evaluation | None:
-    return next((e for e in evals if e.kind == "trained" and e.inputs == inputs), None)
+    return next((e for e in evals if e.regime == "trained" and e.inputs == inputs), None)
 
 
 def _inference_only(evals: Sequence[Evaluation], inputs: str, model_variant: str) -> Evaluation | None:
-    return next((e for e in evals if e.kind == "inference-only" and e.inputs == inputs
-                 and e.info.get("model_variant") == model_variant), None)
+    return next((e for e in evals if e.regime == "inference-only" and e.inputs == inputs
+                 and e.info.model_variant == model_variant), None)
 
 
-def _gains(e: Evaluation, base: Evaluation, pool: str) -> dict[Kind, float]:
+def _gains(e: Evaluation, base: Evaluation, pool: str) -> dict[Probe, float]:
     out = {}
-    for kind, dts in columns([base, e]).items():
+    for probe, dts in columns([base, e]).items():
         a, b = group_mean(e, pool, dts), group_mean(base, pool, dts)
         if a is not None and b is not None:
-            out[kind] = a - b
+            out[probe] = a - b
     return out
 
 
@@ -47,9 +47,9 @@ def corpus_helps_knowledge(evals: Sequence[Evaluation], pool: str, min_gain: flo
     if base is None or corpus is None:
         return Finding(claim, NOT_ASSESSABLE, "needs the trained 'none' and 'corpus' evaluations")
     gains = _gains(corpus, base, pool)
-    if Kind.KNOWLEDGE not in gains or len(gains) < 2:
+    if Probe.KNOWLEDGE not in gains or len(gains) < 2:
         return Finding(claim, NOT_ASSESSABLE, "needs knowledge-intensive and other dataset-tasks")
-    k = gains.pop(Kind.KNOWLEDGE)
+    k = gains.pop(Probe.KNOWLEDGE)
     others = ", ".join(f"{g.value} {v:+.1f}" for g, v in gains.items())
     ok = k > min_gain and k > max(gains.values())
     evidence = (f"corpus vs none: knowledge-intensive {k:+.1f}; {others} "
@@ -63,10 +63,10 @@ def query_critical_for_compositional(evals: Sequence[Evaluation], pool: str, min
     if base is None or query is None:
         return Finding(claim, NOT_ASSESSABLE, "needs the trained 'none' and 'query' evaluations")
     gains = _gains(query, base, pool)
-    if Kind.COMPOSITIONAL not in gains:
+    if Probe.COMPOSITIONAL not in gains:
         return Finding(claim, NOT_ASSESSABLE, "no compositional dataset-task was evaluated")
-    q = gains[Kind.COMPOSITIONAL]
-    c = _gains(corpus, base, pool).get(Kind.COMPOSITIONAL) if corpus is not None else None
+    q = gains[Probe.COMPOSITIONAL]
+    c = _gains(corpus, base, pool).get(Probe.COMPOSITIONAL) if corpus is not None else None
     ok = q > min_gain and (c is None or q - c > min_gain)
     versus = "" if c is None else f"; corpus vs none on compositional {c:+.1f}"
     rule = f"rule: query gain > {min_gain:g} and exceeds the corpus gain by > {min_gain:g}"
@@ -82,7 +82,7 @@ def training_beats_inference_only(evals: Sequence[Evaluation], pool: str, min_ga
     results = []
     for v in ("corpus", "query", "both"):
         trained = _trained(evals, v)
-        infer = _inference_only(evals, v, base.info.get("model_variant", "none"))
+        infer = _inference_only(evals, v, base.info.model_variant)
         if trained is None or infer is None:
             continue
         a, b = trained.metrics["score"].get(pool), infer.metrics["score"].get(pool)

@@ -42,7 +42,7 @@ def pick_examples(base: Evaluation, other: Evaluation, root: MBEIRRoot, n: int, 
                   seed: int) -> list[Example]:
     """Up to ``n`` queries: first those the other model hits and the baseline misses, then both hit, then any."""
     rng = np.random.default_rng(seed)
-    split = base.info.get("split", "test")
+    split = base.info.split
     tiers: list[list[list[Example]]] = [[], [], []]
     for dts in columns([base, other]).values():
         for name in dts:
@@ -108,7 +108,7 @@ def gallery(base: Evaluation, other: Evaluation, data: Path, path: Path, n: int 
     examples = pick_examples(base, other, root, n, top_k, seed)
     if not examples:
         return None
-    queries, cands = _records(root, examples, base.info.get("split", "test"), corpus_enhanced, queries_enhanced)
+    queries, cands = _records(root, examples, base.info.split, corpus_enhanced, queries_enhanced)
     fig = Figure(figsize=(2.6 + 2.5 * top_k, 2.3 * len(examples)), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(len(examples), 2 * top_k + 1, width_ratios=[2.2] + [1] * (2 * top_k))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from rare.atomic import atomic_write_text
 from rare.config.report import ReportParams
 from rare.config.tracking import TrackingParams
 from rare.report.findings import assess
@@ -15,16 +15,9 @@ from rare.report.table import Evaluation, find_baseline, load_evaluations, markd
 log = logging.getLogger(__name__)
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _headline_note(evals: list[Evaluation]) -> str:
-    ks = sorted({k for e in evals for k in e.info.get("headline", {}).values()}, key=lambda m: int(m[2:]))
-    r10 = sorted({dt for e in evals for dt, k in e.info.get("headline", {}).items() if k == "R@10"})
+    ks = sorted({k for e in evals for k in e.info.headline.values()}, key=lambda m: int(m[2:]))
+    r10 = sorted({dt for e in evals for dt, k in e.info.headline.items() if k == "R@10"})
     note = f"Cells are each dataset-task's headline metric ({', '.join(ks)})"
     note += f"; R@10 for {', '.join(r10)}" if r10 else ""
     return note + ". Deltas in parentheses are against the baseline (bold row)."
@@ -41,7 +34,7 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     findings = assess(evaluations, params.findings_pool, params.min_gain)
     bar_chart(evaluations, out / "scores.png")
     for pool in pools:
-        _write(out / f"scores_{pool}.csv", scores_csv(evaluations, pool))
+        atomic_write_text(out / f"scores_{pool}.csv", scores_csv(evaluations, pool))
     base = find_baseline(evaluations)
     other = next((e for e in evaluations if e.name == params.gallery_compare), None)
     shown = None
@@ -49,10 +42,10 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
         shown = gallery(base, other, data, out / "gallery.png", params.gallery_queries, params.gallery_top_k,
                         params.seed, corpus_enhanced, queries_enhanced)
 
-    listing = ", ".join(f"{e.name} ({e.kind})" for e in evaluations)
+    listing = ", ".join(f"{e.name} ({e.regime})" for e in evaluations)
     md = ["# Ablation report", "",
           f"Evaluations: {listing}. Baseline: {base.name if base else 'none found'}. "
-          f"Split: {evaluations[0].info.get('split', '?')}.", "",
+          f"Split: {evaluations[0].info.split}.", "",
           "## Findings of the paper", "",
           f"Judged on the {params.findings_pool} pool; a difference counts when it exceeds {params.min_gain:g} points.",
           ""]
@@ -64,11 +57,11 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     md.append("![gallery](gallery.png)" if shown else
               f"No gallery: it needs the baseline and the '{params.gallery_compare}' evaluation with local run files.")
     report = out / "report.md"
-    _write(report, "\n".join(md) + "\n")
-    _write(out / "summary.json", json.dumps({
+    atomic_write_text(report, "\n".join(md) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({
         "findings": [vars(f) for f in findings],
         "scores": {pool: summary(evaluations, pool) for pool in pools},
-        "evaluations": {e.name: {"kind": e.kind, "inputs": e.inputs, "model_variant": e.info.get("model_variant")}
+        "evaluations": {e.name: {"regime": e.regime, "inputs": e.inputs, "model_variant": e.info.model_variant}
                         for e in evaluations},
     }, indent=2) + "\n")
     return report
@@ -88,9 +81,9 @@ def log_report(out: Path, tracking: TrackingParams, params_file: Path, run_id: s
         return None
     from mlflow.tracking import MlflowClient
 
-    from rare import tracking as T
+    from rare import tracking as rare_tracking
 
-    parent = T.parent_run_id(tracking, params_file)
+    parent = rare_tracking.parent_run_id(tracking, params_file)
     client = MlflowClient()
     scores = json.loads((out / "summary.json").read_text(encoding="utf-8"))["scores"]
     for target in dict.fromkeys([run_id, parent]):

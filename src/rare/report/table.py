@@ -1,7 +1,7 @@
 """The ablation table: every evaluation's headline numbers, grouped by what each dataset probes.
 
 Rows are evaluations (the zero-shot pretrained model, trained variants, then inference-only ones); columns are dataset-tasks grouped
-by ``rare.mbeir.Kind`` with a mean per group and the M-BEIR score; cells show deltas against the baseline.
+by ``rare.mbeir.Probe`` with a mean per group and the M-BEIR score; cells show deltas against the baseline.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from rare.contracts import EvalInfo, EvalMetrics
 from rare.data.errors import DataError
-from rare.mbeir import DatasetTask, Kind
+from rare.mbeir import DatasetTask, Probe
 from rare.stages import EVALUATIONS
 
 ROW_ORDER = EVALUATIONS  # declared with the stages: zero-shot, the variants, then the inference-only rows
-KIND_ORDER = (Kind.KNOWLEDGE, Kind.COMPOSITIONAL, Kind.PLAIN)
+PROBE_ORDER = (Probe.KNOWLEDGE, Probe.COMPOSITIONAL, Probe.PLAIN)
 SCORE = "M-BEIR score"
 
 
@@ -31,16 +31,16 @@ class Evaluation:
 
     name: str
     dir: Path
-    metrics: dict[str, Any]
-    info: dict[str, Any]
+    metrics: EvalMetrics
+    info: EvalInfo
 
     @property
     def inputs(self) -> str:
-        return self.info["inputs"]
+        return self.info.inputs
 
     @property
-    def kind(self) -> str:
-        return self.info["kind"]
+    def regime(self) -> str:
+        return self.info.regime
 
     def pools(self) -> list[str]:
         return [p for p in ("local", "global") if p in self.metrics]
@@ -60,14 +60,11 @@ def load_evaluations(evals: Path) -> list[Evaluation]:
         d = metrics_file.parent
         try:
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-            info = json.loads((d / "info.json").read_text(encoding="utf-8"))
+            info = EvalInfo.read(d / "info.json")
         except FileNotFoundError as exc:
             raise DataError(d, None, f"incomplete evaluation ({exc.filename} is missing)") from None
         except json.JSONDecodeError as exc:
             raise DataError(d, None, f"unreadable evaluation output ({exc})") from None
-        for key in ("inputs", "kind", "dataset_tasks"):
-            if key not in info:
-                raise DataError(d / "info.json", None, f"missing key {key!r}")
         found.append(Evaluation(d.name, d, metrics, info))
     if not found:
         raise DataError(evals, None, "no evaluations found (expected <evals>/<name>/metrics.json)")
@@ -77,19 +74,19 @@ def load_evaluations(evals: Path) -> list[Evaluation]:
 
 def find_baseline(evaluations: Sequence[Evaluation]) -> Evaluation | None:
     """The model trained and evaluated on original inputs."""
-    return next((e for e in evaluations if e.inputs == "none" and e.kind == "trained"), None)
+    return next((e for e in evaluations if e.inputs == "none" and e.regime == "trained"), None)
 
 
-def kind_of(dt: str) -> Kind:
-    return DatasetTask.parse(dt).info.kind
+def probe_of(dt: str) -> Probe:
+    return DatasetTask.parse(dt).info.probe
 
 
-def columns(evaluations: Sequence[Evaluation]) -> dict[Kind, list[str]]:
-    """Dataset-tasks grouped by kind, in the order the evaluations list them; empty groups dropped."""
+def columns(evaluations: Sequence[Evaluation]) -> dict[Probe, list[str]]:
+    """Dataset-tasks grouped by what they probe, in the order the evaluations list them; empty groups dropped."""
     seen: list[str] = []
     for e in evaluations:
-        seen += [dt for dt in e.info["dataset_tasks"] if dt not in seen]
-    groups = {k: [dt for dt in seen if kind_of(dt) == k] for k in KIND_ORDER}
+        seen += [dt for dt in e.info.dataset_tasks if dt not in seen]
+    groups = {k: [dt for dt in seen if probe_of(dt) == k] for k in PROBE_ORDER}
     return {k: dts for k, dts in groups.items() if dts}
 
 
@@ -99,7 +96,7 @@ def group_mean(e: Evaluation, pool: str, dts: Sequence[str]) -> float | None:
 
 
 def summary(evaluations: Sequence[Evaluation], pool: str) -> dict[str, dict[str, float | None]]:
-    """evaluation -> {kind group label: mean headline, SCORE: M-BEIR score} for one pool."""
+    """evaluation -> {probe group label: mean headline, SCORE: M-BEIR score} for one pool."""
     groups = columns(evaluations)
     out = {}
     for e in evaluations:
@@ -121,16 +118,16 @@ def markdown_table(evaluations: Sequence[Evaluation], pool: str) -> str:
     """One markdown table for one pool; deltas are against the baseline row."""
     groups = columns(evaluations)
     base = find_baseline(evaluations)
-    header = ["evaluation", "kind"]
-    for kind, dts in groups.items():
-        header += dts + [f"**{kind.value} mean**"]
+    header = ["evaluation", "regime"]
+    for probe, dts in groups.items():
+        header += dts + [f"**{probe.value} mean**"]
     header.append(f"**{SCORE}**")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
     for e in evaluations:
         if pool not in e.metrics:
             continue
         is_base = e is base
-        cells = [f"**{e.name}**" if is_base else e.name, e.kind]
+        cells = [f"**{e.name}**" if is_base else e.name, e.regime]
         for dts in groups.values():
             for dt in dts:
                 cells.append(_cell(e.headline(pool, dt), base and base.headline(pool, dt), is_base))
@@ -152,9 +149,9 @@ def scores_csv(evaluations: Sequence[Evaluation], pool: str) -> str:
     groups = [k.value for k in columns(evaluations)] + [SCORE]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["evaluation", "kind", *(csv_column(g) for g in groups)])
+    writer.writerow(["evaluation", "regime", *(csv_column(g) for g in groups)])
     for e in evaluations:
         if pool in e.metrics:
-            writer.writerow([e.name, e.kind, *("" if rows[e.name][g] is None else f"{rows[e.name][g]:.4f}"
+            writer.writerow([e.name, e.regime, *("" if rows[e.name][g] is None else f"{rows[e.name][g]:.4f}"
                                                for g in groups)])
     return buf.getvalue()

@@ -12,15 +12,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from rare.config.enhance import NEEDS_IMAGE, EnhanceParams
+from rare.config.enhance import EnhanceParams
 from rare.data.records import Enhanced
 from rare.enhance.backends import READS_SRC_CONTENT, generation_settings, make_backend
-from rare.enhance.backends.base import NONE, EnhanceRequest
-from rare.enhance.cache import file_digest
+from rare.enhance.backends.base import EnhanceRequest
 from rare.enhance.checks import judge
-from rare.enhance.engine import _digest as request_digest  # the engine's key function: keys match the stage's
+from rare.enhance.ops import NEEDS_IMAGE, NONE
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
+from rare.hashing import file_digest, key_digest  # the engine's recipe: keys match the stage's
 
 SIDE = "query"
 
@@ -34,8 +34,8 @@ class LiveEnhancer:
         self.prompts = PromptSet.load(params.prompt_version)
         self.router = Router(params.routing)
         self.max_new_tokens = params.max_new_tokens.query
-        self.identity = request_digest(self.backend.name, self.backend.model, generation_settings(params),
-                                       params.prompt_version)
+        self.identity = key_digest(self.backend.name, self.backend.model, generation_settings(params),
+                                   params.prompt_version)
         self.reads_src_content = self.backend.name in READS_SRC_CONTENT
         self._lock = threading.Lock()
 
@@ -52,9 +52,9 @@ class LiveEnhancer:
         template = self.prompts.template(op, SIDE)
         image = image if op in NEEDS_IMAGE else None
         src = src_content if self.reads_src_content else None
-        key = request_digest(self.identity, template.name, template.digest, self.max_new_tokens,
-                             file_digest(image) if image is not None else "",
-                             text if template.uses_text else "", src)
+        key = key_digest(self.identity, template.name, template.digest, self.max_new_tokens,
+                         file_digest(image) if image is not None else "",
+                         text if template.uses_text else "", src)
         request = EnhanceRequest(key=key, op=op, side=SIDE, text=text, image=image, system=template.system,
                                  instruction=template.render(text), max_new_tokens=self.max_new_tokens,
                                  src_content=src)

@@ -23,7 +23,7 @@ from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Candidate, Query, iter_candidates, iter_queries
 from rare.data.views import side_file
-from rare.evaluate import embed as E
+from rare.evaluate import embed
 from rare.evaluate.search import did_order, search
 from rare.evaluate.stage import Plan, candidate_key, plan, resolve_device
 from rare.mbeir import DatasetTask
@@ -78,8 +78,8 @@ class Variant:
         return emb.float().cpu().numpy().astype(np.float16).astype(np.float32)
 
 
-def _cached(cache: Path, key: str, what: str) -> E.Embeddings:
-    entry = E.Embeddings(cache / key)
+def _cached(cache: Path, key: str, what: str) -> embed.Embeddings:
+    entry = embed.Embeddings(cache / key)
     if not (entry.dir / "done").exists():
         raise DataError(entry.dir, None, f"no cached embeddings for {what}: run its evaluation "
                         "(`make run` or `rare evaluate`) first; serving never embeds a pool")
@@ -92,7 +92,7 @@ def load_variant(name: str, model_dir: Path, data: Path, params: EvaluateParams,
     device = resolve_device(params.device)
     retriever = load_retriever(model_dir, device=device)
     p = plan(name, retriever.meta, name, data, params, corpus_enhanced, queries_enhanced)
-    precision = E.resolve_precision(params.precision, device)
+    precision = embed.resolve_precision(params.precision, device)
     cache, fp = Path(params.cache_dir), retriever.fingerprint
     entries = {t.dt.name: _cached(cache, candidate_key(p, t.pool, fp, precision), f"{name}: {t.dt.name} pool")
                for t in p.tasks}
@@ -101,10 +101,10 @@ def load_variant(name: str, model_dir: Path, data: Path, params: EvaluateParams,
     if "global" in params.pools:  # the pools its evaluation searched, so the ones it cached
         taken = list(entries.values())
 
-        def rest(_: set[str]) -> E.Embeddings:
+        def rest(_: set[str]) -> embed.Embeddings:
             return _cached(cache, candidate_key(p, p.global_pool, fp, precision, taken), f"{name}: global pool rest")
 
-        global_pool = Pool.of(*E.pool_sources(p.global_pool, taken, rest))
+        global_pool = Pool.of(*embed.pool_sources(p.global_pool, taken, rest))
     fast_paths(retriever, precision)
     return Variant(name, retriever, p, precision, local, global_pool)
 

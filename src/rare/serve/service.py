@@ -267,10 +267,10 @@ class Service:
                          enhancement=self._enhancement_out(enhanced), pool=pool, k=k, results=columns,
                          total_ms=_ms(t0))
 
-    def _column(self, v: Variant, embedded: str, ranked: Ranked, positives: set[str]) -> Column:
+    def _column(self, v: Variant, query_text: str, ranked: Ranked, positives: set[str]) -> Column:
         hits = [_candidate_out(self._candidate(str(did)), Hit, rank=r + 1, score=float(s), positive=did in positives)
                 for r, (s, did) in enumerate(zip(ranked.scores, ranked.dids))]
-        return Column(variant=v.name, query_text=embedded, uses_enhanced_query=v.plan.query_view.use_enhanced,
+        return Column(variant=v.name, query_text=query_text, uses_enhanced_query=v.plan.query_view.use_enhanced,
                       batch=ranked.batch, embed_ms=ranked.embed_ms, search_ms=ranked.search_ms, hits=hits)
 
     @staticmethod

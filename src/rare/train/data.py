@@ -34,7 +34,7 @@ Key = tuple[int, int]  # (row in the dataset, epoch): the epoch picks the positi
 
 @dataclass(frozen=True)
 class TextSettings:
-    enhanced_queries: bool
+    enhanced_query: bool
     enhanced_corpus: bool
     query_mode: str
     corpus_mode: str
@@ -79,7 +79,7 @@ class PairDataset(Dataset):
                                                seed=self.text.instruction_seed)
         return Pair(
             qid=q.qid, did=did,
-            query_text=query_text(q, instruction, self.text.enhanced_queries, self.text.query_mode),
+            query_text=query_text(q, instruction, self.text.enhanced_query, self.text.query_mode),
             query_image=q.img_path,
             cand_text=candidate_text(cand, self.text.enhanced_corpus, self.text.corpus_mode),
             cand_image=cand.img_path,
@@ -163,7 +163,7 @@ class Inputs:
 
 def resolve_inputs(raw: MBEIRRoot, variant: str, params: TrainParams, corpus_enhanced: Path | None,
                    queries_enhanced: Path | None) -> Inputs:
-    use_corpus, use_queries = variant_sides(variant)
+    use_corpus, use_query = variant_sides(variant)
     if params.train_file == "union":
         train = [raw.union_train_file]
     else:
@@ -175,7 +175,7 @@ def resolve_inputs(raw: MBEIRRoot, variant: str, params: TrainParams, corpus_enh
         raise DataError(raw.path / "query/train", None, "no mbeir_*_train.jsonl files")
 
     def q(path: Path) -> Path:
-        return side_file(raw, queries_enhanced, path, use_queries)
+        return side_file(raw, queries_enhanced, path, use_query)
 
     def c(path: Path) -> Path:
         return side_file(raw, corpus_enhanced, path, use_corpus)

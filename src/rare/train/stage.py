@@ -7,7 +7,6 @@ continues from its last checkpoint and a changed input starts afresh.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,10 +24,13 @@ from rare import tracking as rare_tracking
 from rare.atomic import atomic_write
 from rare.config.tracking import TrackingParams
 from rare.config.train import TrainParams
+from rare.contracts import ModelMeta, TextModes, TrainInputs
 from rare.data.layout import MBEIRRoot
 from rare.data.views import variant_sides
 from rare.errors import worker_errors_unwrapped
+from rare.hashing import key_digest
 from rare.model import build_retriever, load_retriever, save_retriever
+from rare.runtime import is_rank_zero_process
 from rare.train.data import Inputs, PairDataModule, TextSettings, resolve_inputs
 from rare.train.module import RetrieverModule
 
@@ -86,15 +88,11 @@ def _file_id(path: Path) -> list[Any]:
 
 
 def work_dir(params: TrainParams, variant: str, inputs: Inputs) -> Path:
-    key = json.dumps({
+    key = key_digest({
         "params": params.model_dump(mode="json"), "variant": variant,
         "files": [_file_id(p) for p in [*inputs.train, inputs.train_pool, *(f for pair in inputs.val for f in pair)]],
-    }, sort_keys=True)
-    return Path(params.cache_dir) / "runs" / f"{variant}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-
-
-def _is_rank_zero_process() -> bool:
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    })
+    return Path(params.cache_dir) / "runs" / f"{variant}-{key}"
 
 
 def _flat(prefix: str, value: Any) -> dict[str, Any]:
@@ -159,7 +157,7 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
     ``train-<variant>`` before any work and ends it with the outcome; the DDP workers Lightning starts
     log into it.
     """
-    if not tracking.enabled or RUN_ENV in os.environ or not _is_rank_zero_process():
+    if not tracking.enabled or RUN_ENV in os.environ or not is_rank_zero_process():
         return _train_variant(variant, data, out, params, tracking, corpus_enhanced, queries_enhanced, callbacks,
                               metrics, os.environ.get(RUN_ENV) if tracking.enabled else None)
     with rare_tracking.child_run(tracking, "train", f"train-{variant}", {"rare.variant": variant}, data=data,
@@ -175,12 +173,12 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
 
     began = time.monotonic()
     transformers.utils.logging.set_verbosity_error()  # the unused pretrained pooler is expected
-    use_corpus, use_queries = variant_sides(variant)
+    use_corpus, use_query = variant_sides(variant)
     raw = MBEIRRoot.open(data)
     inputs = resolve_inputs(raw, variant, params, corpus_enhanced, queries_enhanced)
     pl.seed_everything(params.seed, workers=True, verbose=False)
     retriever = build_retriever(params.model)
-    text = TextSettings(use_queries, use_corpus, params.text_mode.query, params.text_mode.corpus,
+    text = TextSettings(use_query, use_corpus, params.text_mode.query, params.text_mode.corpus,
                         params.instruction_seed, params.seed)
     datamodule = PairDataModule(raw, inputs, text, params, retriever.collator())
     work = work_dir(params, variant, inputs)
@@ -233,15 +231,15 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
         return Path(out)
     samples = trainer.global_step * params.batch_size * trainer.world_size
 
-    meta = {
-        "variant": variant, "text_mode": {"corpus": params.text_mode.corpus, "query": params.text_mode.query},
-        "instruction_seed": params.instruction_seed, "seed": params.seed, "train_file": params.train_file,
-        "global_steps": trainer.global_step, "global_batch": params.batch_size * trainer.world_size,
-        "samples": samples, "val_loss": history.history, "train_losses": history.train,
-        "train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
-        "inputs": {"data": str(raw.path), "corpus_enhanced": str(corpus_enhanced) if use_corpus else None,
-                   "queries_enhanced": str(queries_enhanced) if use_queries else None},
-    }
+    meta = ModelMeta(
+        variant=variant, text_mode=TextModes(corpus=params.text_mode.corpus, query=params.text_mode.query),
+        instruction_seed=params.instruction_seed, seed=params.seed, train_file=params.train_file,
+        global_steps=trainer.global_step, global_batch=params.batch_size * trainer.world_size,
+        samples=samples, val_loss=history.history, train_losses=history.train,
+        train_loss=float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        inputs=TrainInputs(data=str(raw.path), corpus_enhanced=str(corpus_enhanced) if use_corpus else None,
+                           queries_enhanced=str(queries_enhanced) if use_query else None),
+    )
     # Timings change from run to run: they go to the metrics file, never into the model folder.
     timings = {"fit_seconds": round(fit_seconds, 2),
                "train_seconds": round(time.monotonic() - began, 2),  # the whole stage: loading, caches, fit, val
@@ -264,7 +262,7 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
     return Path(out)
 
 
-def write_metrics(meta: dict[str, Any], timings: dict[str, float], path: Path) -> Path:
+def write_metrics(meta: ModelMeta, timings: dict[str, float], path: Path) -> Path:
     """Training figures, split by what they are for.
 
     ``path`` (the DVC metric) holds the losses only, so `dvc exp show` and `dvc metrics diff` compare
@@ -272,14 +270,14 @@ def write_metrics(meta: dict[str, Any], timings: dict[str, float], path: Path) -
     timings and counts go to ``runtime/<name>`` beside it, which neither git nor DVC tracks, so a rerun
     that changes nothing leaves `git status` clean.
     """
-    curve, variant = meta["val_loss"], meta["variant"]
+    curve, variant = meta.val_loss or [], meta.variant
     path = Path(path)
-    _write_json(path, {"train_loss": meta["train_loss"], "val_loss_final": curve[-1][1] if curve else None})
-    for split, points in (("train", meta["train_losses"]), ("val", curve)):
+    _write_json(path, {"train_loss": meta.train_loss, "val_loss_final": curve[-1][1] if curve else None})
+    for split, points in (("train", meta.train_losses or []), ("val", curve)):
         _write_json(path.parent / "loss" / f"{variant}_{split}.json",
                     [{"step": int(step), "loss": value} for step, value in points])
     _write_json(path.parent / "runtime" / path.name,
-                {**timings, "global_steps": meta["global_steps"], "samples": meta["samples"]})
+                {**timings, "global_steps": meta.global_steps, "samples": meta.samples})
     return path
 
 

@@ -7,12 +7,11 @@ cannot share one with Prefect's, see README "Running on real M-BEIR").
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 from rare.config.enhance import EnhanceParams
 from rare.enhance.backends.base import Backend
+from rare.hashing import code_digest
 
 # Backends whose output depends on the record's src_content (the stand-in reads the scene
 # annotation): for them, src_content is part of the input and so of the cache key.
@@ -40,10 +39,7 @@ def generation_settings(params: EnhanceParams) -> dict[str, Any]:
         from rare.benchmark import vocab
         from rare.enhance.backends import standin
 
-        code = hashlib.blake2b(digest_size=8)
-        for module in (standin, vocab):
-            code.update(Path(module.__file__).read_bytes())
-        return {"seed": params.seed, "noise": params.noise.model_dump(), "code": code.hexdigest()}
+        return {"seed": params.seed, "noise": params.noise.model_dump(), "code": code_digest(standin, vocab)}
     if params.backend == "openai":
         o = params.openai
         return {"seed": params.seed, "max_pixels": params.max_pixels, "image_format": o.image_format}

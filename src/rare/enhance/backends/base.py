@@ -13,19 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-# Operations (the routing table maps items to these).
-CAPTION = "caption"    # image-only corpus entry or image-only query: dense caption of the image
-REFINE = "refine"      # image+text corpus entry: keep the original text, add visual context
-RESOLVE = "resolve"    # image+question query: name the visual subject in a few words, never answer
-REWRITE = "rewrite"    # image+modification query: concise target constraints, text only (no image)
-NONE = "none"          # text-only item: left unchanged, never sent to a backend
-OPS = (CAPTION, REFINE, RESOLVE, REWRITE, NONE)
-
 
 @dataclass(frozen=True)
 class EnhanceRequest:
     key: str                     # content-addressed cache key (backend, model, prompt version, input hash)
-    op: str                      # one of OPS except NONE
+    op: str                      # one of rare.enhance.ops.OPS except NONE
     side: str                    # "corpus" | "query"
     text: str                    # the original text ("" when the record has none)
     image: Path | None           # resolved image path, None for text-only operations (REWRITE)
