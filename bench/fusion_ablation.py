@@ -73,14 +73,14 @@ def ablate(model: Path, variant: str, task: str, data: Path, enhanced: Path | No
         raise SystemExit(f"{data}: no test queries for {task!r}")
     cand_enh, query_enh = variant_sides(variant)
     retriever = load_retriever(model)
-    modes = retriever.meta.get("text_mode", {"corpus": "prepend", "query": "replace"})
+    meta = retriever.meta
     table = InstructionTable.load(raw.path / "instructions/query_instructions.tsv")
-    qview = TextView(query_enh, modes["query"], table, instruction_seed=retriever.meta.get("instruction_seed", 0))
+    qview = TextView(query_enh, meta.text_mode.query, table, instruction_seed=meta.instruction_seed)
     qfile = side_file(raw, enhanced / "queries" if enhanced else None, raw.query_file("test", dt.dataset, dt.task_id),
                       query_enh)
     pfile = side_file(raw, enhanced / "corpus" if enhanced else None, raw.local_pool(dt, "test"), cand_enh)
     queries, cands = query_items(qfile, qview), pool_items(pfile, replace(qview, use_enhanced=cand_enh,
-                                                                          mode=modes["corpus"]))
+                                                                          mode=meta.text_mode.corpus))
     index = {c.id: i for i, c in enumerate(cands)}
     positives = [[index[d] for d in q.pos if d in index] for q in iter_queries(qfile)]
     recalls = {}
