@@ -52,8 +52,8 @@ trigger: setup  ## start one run of the served deployment
 bench: setup
 	$(PY) -m bench
 
-serve: setup  ## after `make run`: search page + JSON API for models none vs both on http://127.0.0.1:8000
-	$(BIN)/rare serve
+serve: setup  ## after `make run`: search page + JSON API for models none vs both on http://127.0.0.1:8000 (a worker per core)
+	$(BIN)/rare serve --workers 2
 
 clean:
 	rm -rf data models eval report .cache

@@ -1,6 +1,6 @@
 """`rare serve` under load on the default index: request latency against the bare search (issue 13).
 
-The server is `python -m rare serve` (variants none and both, side by side as the page asks) on
+The server is `python -m rare serve --workers 2` (variants none and both, side by side as the page asks) on
 127.0.0.1, started here in its own process on the index `make run` leaves in the project folder
 (data/, models/, .cache/rare/embeddings). 8 client threads in this process, each with its own keep-alive
 connection (plain http.client), send 2,000 requests of each kind (quick: 200) and time each one:
@@ -49,6 +49,7 @@ runtime.configure()
 from bench.common import print_rows, row  # noqa: E402
 
 CLIENTS, K, VARIANTS = 8, 10, ("none", "both")
+WORKERS = 2  # server processes, one per core, as `make serve` runs it
 Request = dict[str, Any]  # form fields, plus "image" -> (filename, bytes) and "path" (its file) for uploads
 
 
@@ -128,9 +129,11 @@ def load(url: str, requests: list[Request]) -> tuple[list[float], int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), to split the 2 cores between server and clients."""
+    """User + system CPU time so far of a process and its live children (the server's workers), from Linux
+    /proc, to split the 2 cores between server and clients."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(int(c)) for c in children)
 
 
 def bare(service: Any, requests: list[Request]) -> tuple[list[float], list[float]]:
@@ -155,7 +158,7 @@ def bare(service: Any, requests: list[Request]) -> tuple[list[float], list[float
 
 
 def start_server(port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "rare", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "rare", "serve", "--port", str(port), "--workers", str(WORKERS)]
     return subprocess.Popen(cmd, cwd=ROOT)
 
 

@@ -40,7 +40,29 @@ def _ensure_prefect_server() -> services.Service | None:
 
 
 REPORT_DIR = Path("report")  # the report stage's output (dvc.yaml)
+FLOW_RUN_TAG = "rare.prefect_flow_run"  # on the MLflow parent: the Prefect flow run it belongs to
 ENTRYPOINT = "flows.pipeline.pipeline"  # the deployment's flow, resolved by __getattr__ below
+
+
+def mark_cancelled(flow: object, flow_run: object, state: object) -> None:
+    """Prefect's cancellation hook. Cancelling a deployment run kills the flow's process from outside, so
+    the flow's own ``finally`` never ends its MLflow runs: the parent and any child still RUNNING end
+    KILLED here, found by the flow run's id."""
+    import mlflow
+
+    from rare import tracking
+    from rare.config import load_section
+
+    params = load_section("tracking")
+    if not params.enabled:
+        return
+    exp_id = tracking.setup(params)
+    client = mlflow.MlflowClient()
+    for parent in client.search_runs([exp_id], f"tags.`{FLOW_RUN_TAG}` = '{flow_run.id}'"):
+        children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        for run in (parent, *children):
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
 
 
 def build_flow():  # noqa: ANN201 - returns a prefect Flow
@@ -59,12 +81,13 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
     def run_name() -> str:
         return f"pipeline-{datetime.now():%Y%m%d-%H%M%S}"
 
-    @flow(name="rare-pipeline", flow_run_name=run_name, log_prints=True)
+    @flow(name="rare-pipeline", flow_run_name=run_name, log_prints=True, on_cancellation=[mark_cancelled])
     def pipeline(force: bool = False, stages: list[str] | None = None) -> dict[str, float]:
         """Reproduce the DVC pipeline stage by stage; each stage runs its own Prefect flow. The report's
         tables and findings become a markdown artifact of this flow run."""
         import mlflow
         from prefect.artifacts import create_markdown_artifact
+        from prefect.runtime import flow_run
 
         from rare.report.stage import markdown_summary
 
@@ -75,8 +98,9 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
         run_id = None
         if params.enabled:
             exp_id = tracking.setup(params)
-            parent = mlflow.MlflowClient().create_run(exp_id, run_name=run_name(),
-                                                      tags={"rare.role": "pipeline", **tracking.run_tags()})
+            parent = mlflow.MlflowClient().create_run(  # named as the flow run, so the two UIs agree
+                exp_id, run_name=flow_run.name or run_name(),
+                tags={"rare.role": "pipeline", FLOW_RUN_TAG: str(flow_run.id), **tracking.run_tags()})
             run_id = parent.info.run_id
             os.environ[tracking.PARENT_ENV] = run_id
         status = "FAILED"

@@ -19,6 +19,10 @@ def main(action: str) -> None:
         for svc in (prefect, mlflow):
             started = services.start(svc, tracking.tracking_uri, tracking.artifact_root)
             print(f"{svc.name:8s} {'started' if started else 'already up'} at {svc.url}")
+        from rare.tracking import setup
+
+        # MLflow's UI opens on its GenAI views unless the URL asks for the model-training ones.
+        print(f"MLflow runs: {mlflow.url}/#/experiments/{setup(tracking)}?workflowType=machine_learning")
         print("Runs of `make run` / `dvc repro` now report to this Prefect server; `make ui-stop` ends both.")
     elif action == "stop":
         for svc in (prefect, mlflow):

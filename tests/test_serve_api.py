@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import random
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -233,3 +236,35 @@ def test_zz_serving_wrote_nothing_into_data_models_or_caches(client: httpx.Clien
     """Runs last in this module: every request above has been served by now."""
     assert search(client, {"image": ("a.png", png(), "image/png")}, task="twinpix_task4").status_code == 200
     assert tree_state(served_index.watched()) == live_server.before
+
+
+def test_worker_processes_answer_as_the_single_process_server(client: httpx.Client, served_index: ServedIndex):
+    """`rare serve --workers 2`: each worker builds the same service from the environment."""
+    idx = served_index
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "rare", "serve", "--workers", "2", "--port", str(port), "--models", str(idx.models),
+           "--data", str(idx.data), "--corpus-enhanced", str(idx.corpus), "--queries-enhanced", str(idx.queries),
+           "--params", str(idx.params)]
+    proc = subprocess.Popen(cmd, cwd=idx.base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as workers:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if workers.get("/info").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.2)
+            ds, tid = workers.get("/info").json()["tasks"][0]["name"].rsplit("_task", 1)
+            qid = next(iter_queries(idx.data / f"query/test/mbeir_{ds}_task{tid}_test.jsonl")).qid
+            for _ in range(4):  # requests spread over both workers
+                got, want = search(workers, qid=qid, k=10).json(), search(client, qid=qid, k=10).json()
+                assert [[h["did"] for h in c["hits"]] for c in got["results"]] == \
+                       [[h["did"] for h in c["hits"]] for c in want["results"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -156,3 +156,25 @@ def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project:
     subprocess.run([*git, "commit", "-q", "-am", "y"], check=True)
     rare_tracking._git.cache_clear()
     assert parent_of(_log_a_file("data")) != before  # a `dvc repro` after a commit: a new parent run
+
+
+def test_a_cancelled_pipeline_run_ends_its_runs_killed(project: Path, monkeypatch: pytest.MonkeyPatch):
+    """Cancelling a deployment run kills the flow's process: Prefect's hook must end what it left RUNNING."""
+    from types import SimpleNamespace
+
+    from flows.pipeline import FLOW_RUN_TAG, mark_cancelled
+
+    params = TrackingParams(experiment="rare-test")
+    exp_id = rare_tracking.setup(params)
+    client = MlflowClient()
+    parent = client.create_run(exp_id, run_name="pipeline-x", tags={FLOW_RUN_TAG: "flow-run-1"}).info.run_id
+    monkeypatch.setenv(rare_tracking.PARENT_ENV, parent)
+    running = rare_tracking.create_child_run(params, "train", "train-none")
+    finished = rare_tracking.create_child_run(params, "data", "data")
+    client.set_terminated(finished, "FINISHED")
+    other = client.create_run(exp_id, run_name="pipeline-y", tags={FLOW_RUN_TAG: "flow-run-2"}).info.run_id
+
+    mark_cancelled(None, SimpleNamespace(id="flow-run-1"), None)
+
+    status = {r: client.get_run(r).info.status for r in (parent, running, finished, other)}
+    assert status == {parent: "KILLED", running: "KILLED", finished: "FINISHED", other: "RUNNING"}

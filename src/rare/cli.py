@@ -322,6 +322,8 @@ def serve(
     port: Annotated[int, typer.Option("--port")] = 8000,
     torch_threads: Annotated[int, typer.Option("--torch-threads", help="Threads of each model's batched forward "
                                                "pass (one per served variant runs at a time).")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes, each with the whole index "
+                                         "(its embeddings memory-mapped, so shared): one per core.")] = 1,
 ) -> None:
     """Search the trained indexes (the evaluation's cached embeddings) from a web page and a JSON API."""
     _check("evaluate", params_file)
@@ -333,11 +335,25 @@ def serve(
     from rare.serve import build_service
     from rare.serve.app import create_app
 
-    service = build_service(variant, models, data, corpus_enhanced, queries_enhanced, params_file)
-    typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} (API docs: /docs)")
     # C parser and loop, no access log: on 2 cores the HTTP layer shares the CPU with the forward passes.
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning", http="httptools", loop="uvloop",
-                access_log=False)
+    options = {"host": host, "port": port, "log_level": "warning", "http": "httptools", "loop": "uvloop",
+               "access_log": False}
+    # Built here also with workers, so that bad input fails in one line before any worker starts.
+    service = build_service(variant, models, data, corpus_enhanced, queries_enhanced, params_file)
+    if workers > 1:  # uvicorn starts the workers; each builds the service from the environment
+        import json
+
+        from rare.serve import SERVICE_ENV
+
+        os.environ[SERVICE_ENV] = json.dumps({
+            "variants": variant, "models": str(models), "data": str(data), "params_file": str(params_file),
+            "corpus_enhanced": str(corpus_enhanced) if corpus_enhanced else None,
+            "queries_enhanced": str(queries_enhanced) if queries_enhanced else None, "torch_threads": torch_threads})
+        typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} with {workers} workers (API docs: /docs)")
+        uvicorn.run("rare.serve:app_from_environment", factory=True, workers=workers, **options)
+        return
+    typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} (API docs: /docs)")
+    uvicorn.run(create_app(service), **options)
 
 
 def run_cli() -> None:

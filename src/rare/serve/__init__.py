@@ -9,15 +9,22 @@ app       FastAPI routes, error bodies, the static page (static/) and offline AP
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rare.config import load_section
 from rare.serve.enhance import LiveEnhancer
 from rare.serve.index import load_catalog, load_variant
 from rare.serve.service import Limits, Service
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 DEFAULT_VARIANTS = ("none", "both")
+SERVICE_ENV = "RARE_SERVE_SERVICE"  # build_service's arguments and the torch threads, for worker processes
 
 
 def build_service(variants: Sequence[str], models: Path, data: Path, corpus_enhanced: Path | None,
@@ -29,3 +36,18 @@ def build_service(variants: Sequence[str], models: Path, data: Path, corpus_enha
     loaded = {v: load_variant(v, models / v, data, params, corpus_enhanced, queries_enhanced) for v in variants}
     catalog = load_catalog(next(iter(loaded.values())).plan, corpus_enhanced)
     return Service(loaded, catalog, LiveEnhancer(load_section("enhance", params_file)), limits)
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's app factory in each worker process (``rare serve --workers N``). On a CPU one process runs
+    the Python of both models' forward passes and the HTTP layer under one interpreter lock; a worker
+    per core runs them side by side. Each worker loads the index itself: the embeddings are memory-mapped,
+    so the workers share their pages."""
+    import torch
+
+    from rare.serve.app import create_app
+
+    spec = json.loads(os.environ[SERVICE_ENV])
+    torch.set_num_threads(spec.pop("torch_threads"))
+    paths = {k: None if v is None else Path(v) for k, v in spec.items() if k != "variants"}
+    return create_app(build_service(spec["variants"], **paths))
