@@ -59,7 +59,9 @@ def port_free(port: int) -> bool:
         return True
 
 
-def healthy(svc: Service, timeout: float = 0.5) -> bool:
+def healthy(svc: Service, timeout: float = 5.0) -> bool:
+    """A refused connection answers at once; the timeout only bounds a server that is up but slow, as an
+    MLflow server just started on 2 busy cores is (0.5 s was too short there)."""
     try:
         with urllib.request.urlopen(svc.health_url, timeout=timeout) as resp:
             return resp.status == 200
