@@ -121,3 +121,12 @@ def test_a_yaml_bool_is_not_a_number(tmp_path):
         load_section("train", write(tmp_path, "train:\n  batch_size: true\n"))
     with pytest.raises(ConfigError, match=r"params.yaml:2: enhance.max_failure_rate: expected a number, got false"):
         load_section("enhance", write(tmp_path, "enhance:\n  max_failure_rate: false\n"))
+
+
+def test_the_family_choices_are_the_family_registry() -> None:
+    from typing import get_args
+
+    from rare.config.train import ModelParams
+    from rare.model.families import FAMILIES
+
+    assert get_args(ModelParams.model_fields["family"].annotation) == tuple(FAMILIES)

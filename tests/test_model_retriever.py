@@ -146,11 +146,17 @@ def test_clip_family_from_a_tiny_config(tmp_path: Path, tiny_tokenizer_dir: Path
     assert torch.equal(e1, e2) and e1.shape == (4, 24)
 
 
-def test_embedded_default_loads_real_minilm_from_the_installed_wheel() -> None:
-    """Text tower = MiniLM's pretrained blocks; the identity projection keeps its sentence embedding."""
+def test_embedded_default_loads_real_minilm_from_the_installed_wheel(capfd: pytest.CaptureFixture[str],
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Text tower = MiniLM's pretrained blocks; the identity projection keeps its sentence embedding.
+    The 4 upper blocks and the pooler it leaves out are one log line, not transformers' 25-line table."""
     path = Path(resolve_source(PRETRAINED_TEXT))
     assert (path / "model.safetensors").is_file() and "site-packages" in str(path)
-    r = build_retriever(ModelParams()).eval()
+    with caplog.at_level("INFO", logger="rare.model.towers"):
+        r = build_retriever(ModelParams()).eval()
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    assert [rec.getMessage().split(": ", 1)[1] for rec in caplog.records] == [
+        "BertModel loaded, 66 checkpoint weights left unused"]
     assert r.embed_dim == 384 and r.spec["image_size"] == 64
     assert torch.equal(r.towers.text_proj.weight, torch.eye(384))
     frozen = [n for n, p in r.named_parameters() if not p.requires_grad]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,31 @@ def test_runs_end_with_their_outcome_and_end_the_parent_under_dvc(project: Path,
     assert failed_run.info.status == "FAILED" and failed_run.info.end_time >= failed_run.info.start_time
     assert failed_run.data.tags["mlflow.parentRunId"] == parent.info.run_id  # same params, same experiment
     assert client.get_run(parent.info.run_id).info.status == "FAILED"
+
+
+def test_a_deferred_run_spans_its_work_and_ends_with_its_outcome(project: Path):
+    """`rare report` works before MLflow is imported: its run is made afterwards, stamped with the start."""
+    tracking = TrackingParams(experiment="rare-test")
+    before = time.time()
+    with rare_tracking.deferred_child_run(tracking, "report", "report") as run_id:
+        time.sleep(0.3)  # the work, before any run exists
+        made = run_id()
+        assert run_id() == made  # made once
+    client = MlflowClient()  # after the run set the tracking URI
+    run = client.get_run(made)
+    assert run.info.status == "FINISHED" and run.info.run_name == "report"
+    assert before * 1000 - 1 <= run.info.start_time <= before * 1000 + 100  # the block's start, not the creation
+    assert run.info.end_time - run.info.start_time >= 300
+
+    with pytest.raises(OSError, match="disk full"):
+        with rare_tracking.deferred_child_run(tracking, "report", "report-failing"):
+            raise OSError("disk full")  # fails before it ever asked for its run
+    failed = client.search_runs([rare_tracking.setup(tracking)], "attributes.run_name = 'report-failing'")
+    assert [r.info.status for r in failed] == ["FAILED"]
+
+    with rare_tracking.child_run(tracking, "evaluate", "eval-x", started_at=before - 5) as backdated:
+        pass
+    assert client.get_run(backdated).info.start_time == int((before - 5) * 1000)
 
 
 def test_pipeline_owned_parent_is_left_to_the_pipeline(project: Path, monkeypatch: pytest.MonkeyPatch):

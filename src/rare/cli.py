@@ -56,7 +56,7 @@ class _Rare(TyperGroup):
 
 app = typer.Typer(cls=_Rare, add_completion=False, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
 enhance_app = typer.Typer(no_args_is_help=True, help="VLM enhancement of the corpus or the queries.")
-app.add_typer(enhance_app, name="enhance")
+app.add_typer(enhance_app, name=stages.ENHANCE.command)
 
 InFile = {"exists": True, "dir_okay": False, "readable": True}  # checked at parse time
 InDir = {"exists": True, "file_okay": False}
@@ -156,7 +156,7 @@ def dvc_yaml(
 
 
 # -- data ---------------------------------------------------------------------------------------
-@app.command()
+@app.command(stages.DATA.command)
 def data(
     out: Annotated[Path, typer.Argument(help="Where to write the M-BEIR-layout root (replaced if it exists).")],
     params_file: ParamsOpt = Path("params.yaml"),
@@ -191,7 +191,7 @@ def enhance_queries(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = 
 
 
 # -- pretrain -------------------------------------------------------------------------------------
-@app.command()
+@app.command(stages.PRETRAIN.command)
 def pretrain(
     out: Annotated[Path, typer.Argument(help="Checkpoint directory (HF format: config.json, model.safetensors), "
                                         "replaced atomically.")],
@@ -203,7 +203,7 @@ def pretrain(
     _run(stages.PRETRAIN, "pretrain", out=out, params_file=params_file, metrics=metrics)
 
 
-@app.command("zero-shot")
+@app.command(stages.ZERO_SHOT_EXPORT.command)
 def zero_shot(
     out: Annotated[Path, typer.Option("--out", help="Export directory, as `rare train` writes it.")],
     params_file: ParamsOpt = Path("params.yaml"),
@@ -213,7 +213,7 @@ def zero_shot(
 
 
 # -- train ----------------------------------------------------------------------------------------
-@app.command()
+@app.command(stages.TRAIN.command)
 def train(
     variant: Annotated[Variant, typer.Argument(help="Ablation variant.")],
     data: DataOpt,
@@ -232,7 +232,7 @@ def train(
 
 
 # --- evaluate, score, report (evaluation and report stages) ---------------------------------------
-@app.command()
+@app.command(stages.EVALUATE.command)
 def evaluate(
     name: Annotated[str, typer.Argument(help="Evaluation name, e.g. none, corpus, infer-corpus.")],
     model: Annotated[Path, typer.Option("--model", help="Retriever directory exported by `rare train`.", **InDir)],
@@ -283,7 +283,7 @@ def score(
         raise typer.Exit(code=1)
 
 
-@app.command()
+@app.command(stages.REPORT.command)
 def report(
     evals: Annotated[Path, typer.Option("--evals", help="Directory of evaluations (<evals>/<name>/metrics.json).",
                                         **InDir)],

@@ -23,6 +23,7 @@ OFFLINE_ENV = {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a tqdm bar per model download in stage logs
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar, twice per model load
 }
 PREFECT_UI_URL = "http://127.0.0.1:4200/api"
 # Caches and config folders libraries would otherwise create in the home folder: kept in the project.

@@ -17,8 +17,9 @@ import functools
 import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from rare.config.tracking import TrackingParams
@@ -166,15 +167,17 @@ def parent_run_id(params: TrackingParams, params_file: str | Path = "params.yaml
 
 
 def create_child_run(params: TrackingParams, stage: str, name: str, tags: dict[str, str] | None = None,
-                     data: str | Path | None = None) -> str:
-    """Create a RUNNING child run without activating it (Lightning's MLFlowLogger takes the id)."""
+                     data: str | Path | None = None, started_at: float | None = None) -> str:
+    """Create a RUNNING child run without activating it (Lightning's MLFlowLogger takes the id).
+    ``started_at`` (``time.time()``) is when its work began, if that was before the run could be made."""
     from mlflow.tracking import MlflowClient
 
     parent = parent_run_id(params)
     exp_id = setup(params)
     all_tags = {"mlflow.parentRunId": parent, "rare.stage": stage, "rare.role": "stage", **run_tags(data),
                 **(tags or {})}
-    return MlflowClient().create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+    start_ms = None if started_at is None else int(started_at * 1000)
+    return MlflowClient().create_run(exp_id, start_time=start_ms, run_name=name, tags=all_tags).info.run_id
 
 
 def end_run(run_id: str, status: str) -> None:
@@ -191,15 +194,17 @@ def end_run(run_id: str, status: str) -> None:
 
 @contextmanager
 def child_run(params: TrackingParams, stage: str, name: str, tags: dict[str, str] | None = None,
-              data: str | Path | None = None, *, active: bool = True) -> Iterator[str | None]:
+              data: str | Path | None = None, *, active: bool = True,
+              started_at: float | None = None) -> Iterator[str | None]:
     """A child run for the length of the block: FINISHED when it completes, FAILED when it raises,
-    KILLED on Ctrl-C. ``active`` makes it MLflow's active run. Yields the run id (None: tracking is off)."""
+    KILLED on Ctrl-C. ``active`` makes it MLflow's active run; ``started_at`` backdates its start to when
+    the work began. Yields the run id (None: tracking is off)."""
     if not params.enabled:
         yield None
         return
     import mlflow
 
-    run_id = create_child_run(params, stage, name, tags, data)
+    run_id = create_child_run(params, stage, name, tags, data, started_at)
     status = "FAILED"
     try:
         if active:
@@ -213,3 +218,27 @@ def child_run(params: TrackingParams, stage: str, name: str, tags: dict[str, str
         raise
     finally:
         end_run(run_id, status)
+
+
+@contextmanager
+def deferred_child_run(params: TrackingParams, stage: str, name: str, tags: dict[str, str] | None = None,
+                       data: str | Path | None = None) -> Iterator[Callable[[], str | None]]:
+    """``child_run`` (inactive) made when the block first asks for its id, or when the block ends, and
+    stamped with the time the block began. For a light stage: its work starts without waiting 1.6 s for
+    MLflow's import, and its run still spans that work and ends with its outcome."""
+    started = time.time()
+    with ExitStack() as stack:
+        made: list[str | None] = []
+
+        def run_id() -> str | None:
+            if not made:
+                made.append(stack.enter_context(child_run(params, stage, name, tags, data, active=False,
+                                                          started_at=started)))
+            return made[0]
+
+        try:
+            yield run_id
+        except BaseException:
+            run_id()  # the failure ends a run that exists (FAILED, or KILLED on Ctrl-C)
+            raise
+        run_id()

@@ -43,7 +43,8 @@ class Source(Section):
 
 
 class ModelParams(Section):
-    family: Literal["dual", "clip"] = "dual"
+    family: Literal["dual", "clip"] = "dual"  # rare.model.families.FAMILIES' keys (a test keeps them equal;
+    #                                           config imports no torch, so it cannot read them at parse time)
     clip: Source | None = None                              # family clip: an HF CLIPModel
     # family dual: any HF text encoder. Embedded default: MiniLM's first 2 pretrained blocks (of 6), a third
     # of the cost, and no dropout (a few dozen steps don't need it; attention dropout also forces PyTorch's

@@ -269,16 +269,19 @@ def track(p: Plan, metrics: EvalMetrics, out: Path, params: EvaluateParams, mode
 
 def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, params: EvaluateParams,
              corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
-             tracking: TrackingParams | None = None, model: Path | None = None) -> EvalMetrics:
+             tracking: TrackingParams | None = None, model: Path | None = None,
+             started_at: float | None = None) -> EvalMetrics:
     """All steps of one evaluation; returns the metrics written to ``out/metrics.json``.
 
-    With ``tracking``, the MLflow run ``eval-<name>`` spans the whole evaluation and ends with its outcome.
+    With ``tracking``, the MLflow run ``eval-<name>`` spans the whole evaluation and ends with its outcome;
+    ``started_at`` (``time.time()``) backdates its start to work done before, such as loading the model.
     """
     from rare import tracking as rare_tracking
 
     model_variant = retriever.meta.variant
     tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.regime": regime_of(model_variant, inputs)}
-    run = rare_tracking.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data) if tracking else nullcontext()
+    run = (rare_tracking.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data, started_at=started_at)
+           if tracking else nullcontext())
     with run as run_id:
         device = resolve_device(params.device)
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from rare.contracts import RetrieverSpec
 from rare.model import cnn  # noqa: F401  (registers model_type rare-cnn with the Auto classes)
 
 PACKAGE_PREFIX = "package:"
+log = logging.getLogger(__name__)
 
 
 def resolve_source(spec: str) -> str:
@@ -53,8 +55,29 @@ def hf_model(config: PretrainedConfig, pretrained: str | None = None) -> PreTrai
     if "add_pooling_layer" in inspect.signature(cls.__init__).parameters:
         kwargs["add_pooling_layer"] = False
     if pretrained:
-        return cls.from_pretrained(resolve_source(pretrained), config=config, **kwargs)
+        return _load_quietly(cls, resolve_source(pretrained), config, kwargs)
     return cls(config, **kwargs)
+
+
+def _load_quietly(cls: type[PreTrainedModel], path: str, config: PretrainedConfig,
+                  kwargs: dict[str, Any]) -> PreTrainedModel:
+    """``from_pretrained`` with transformers' key-by-key load report folded into one line. The default
+    towers drop checkpoint weights on purpose (MiniLM's upper blocks and pooler), which transformers
+    reports as a 25-line table in every stage's output; weights the model lacks, which then start
+    random, are a warning."""
+    quiet = logging.getLogger("transformers")  # its modules' loggers inherit this level
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        model, info = cls.from_pretrained(path, config=config, output_loading_info=True, **kwargs)
+    finally:
+        quiet.setLevel(level)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        log.warning("%s: %d weights not in the checkpoint start random: %s", path,
+                    len(info["missing_keys"]) + len(info["mismatched_keys"]),
+                    ", ".join(sorted(map(str, [*info["missing_keys"], *info["mismatched_keys"]])))[:300])
+    log.info("%s: %s loaded, %d checkpoint weights left unused", path, cls.__name__, len(info["unexpected_keys"]))
+    return model
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:

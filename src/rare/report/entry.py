@@ -12,14 +12,14 @@ from rare.config import load_section
 def run(evals: Path, out: Path, data: Path, params_file: Path, corpus_enhanced: Path | None = None,
         queries_enhanced: Path | None = None) -> Path:
     from rare.report.stage import build_report, log_report, markdown_summary
-    from rare.tracking import child_run
+    from rare.tracking import deferred_child_run
 
     tracking = load_section("tracking", params_file)
-    with child_run(tracking, "report", "report", data=data, active=False) as run_id:
+    with deferred_child_run(tracking, "report", "report", data=data) as run_id:
         report = build_report(Path(evals), Path(out), Path(data), load_section("report", params_file),
                               corpus_enhanced, queries_enhanced)
-        if run_id:
-            log_report(Path(out), tracking, Path(params_file), run_id)
+        if run_id():
+            log_report(Path(out), tracking, Path(params_file), run_id())
     if stageflow.in_run():
         from prefect.artifacts import create_markdown_artifact
 
