@@ -3,6 +3,7 @@
 index     load once: retrievers, the evaluation's cached candidate embeddings (memory-mapped), records
 enhance   the configured enhancement backend, run per query as the enhancement stage runs it
 batch     micro-batching: one forward pass per model for all the queries waiting for it
+shared    two variants with the same frozen lower text layers compute them once per batch
 service   validate, enhance, embed, search; typed response bodies
 app       FastAPI routes, error bodies, the static page (static/) and offline API docs
 """
