@@ -264,7 +264,7 @@ class Service:
         texts = {v.name: query_text(record, instruction, v.plan.query_view.use_enhanced, v.plan.query_view.mode)
                  for v in chosen}
         pil = image.image if image else None
-        inputs = {name: EncodeInput(t, pil) for name, t in texts.items()}  # one image object: shared.alike
+        inputs = {name: EncodeInput(t, pil) for name, t in texts.items()}  # one image object for all: _alike
         futures = {}
         for batcher in dict.fromkeys(self.batchers[name] for name in inputs):  # one job per group, in order
             mine = {name: x for name, x in inputs.items() if self.batchers[name] is batcher}
@@ -299,10 +299,10 @@ class Group:
     def embed(self, jobs: list[Job]) -> dict[str, tuple[list[int], np.ndarray, float]]:
         """Per variant: the jobs it serves (their indices), their vectors, and the forward pass's time (ms)."""
         rows = {name: [i for i, job in enumerate(jobs) if name in job.inputs] for name in self.variants}
-        if self.shared is not None and _alike(jobs, rows, self.shared.leader.name, self.shared.follower.name):
+        shared = self.shared
+        if shared is not None and _alike(jobs, rows, leader := shared.leader.name, follower := shared.follower.name):
             t0 = time.perf_counter()
-            leader, follower = self.shared.leader.name, self.shared.follower.name
-            vectors = self.shared.embed([jobs[i].inputs[leader] for i in rows[leader]])
+            vectors = shared.embed([jobs[i].inputs[leader] for i in rows[leader]])
             ms = _ms(t0)
             return {leader: (rows[leader], vectors[0], ms), follower: (rows[follower], vectors[1], ms)}
         out = {}
