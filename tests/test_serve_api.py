@@ -268,3 +268,15 @@ def test_worker_processes_answer_as_the_single_process_server(client: httpx.Clie
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_service_spec_travels_through_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """What `rare serve --workers N` hands each worker: every field back as it was, None paths included."""
+    from rare.serve import SERVICE_ENV, ServiceSpec
+
+    monkeypatch.delenv(SERVICE_ENV, raising=False)
+    spec = ServiceSpec(variants=["none", "both"], models=tmp_path / "models", data=tmp_path / "data",
+                       corpus_enhanced=None, queries_enhanced=tmp_path / "q", params_file=tmp_path / "params.yaml",
+                       torch_threads=3)
+    spec.to_env()
+    assert ServiceSpec.from_env() == spec

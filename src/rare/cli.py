@@ -332,23 +332,18 @@ def serve(
 
     torch.set_num_threads(torch_threads)
 
-    from rare.serve import build_service
+    from rare.serve import ServiceSpec
     from rare.serve.app import create_app
 
     # C parser and loop, no access log: on 2 cores the HTTP layer shares the CPU with the forward passes.
     options = {"host": host, "port": port, "log_level": "warning", "http": "httptools", "loop": "uvloop",
                "access_log": False}
+    spec = ServiceSpec(variants=variant, models=models, data=data, corpus_enhanced=corpus_enhanced,
+                       queries_enhanced=queries_enhanced, params_file=params_file, torch_threads=torch_threads)
     # Built here also with workers, so that bad input fails in one line before any worker starts.
-    service = build_service(variant, models, data, corpus_enhanced, queries_enhanced, params_file)
+    service = spec.build()
     if workers > 1:  # uvicorn starts the workers; each builds the service from the environment
-        import json
-
-        from rare.serve import SERVICE_ENV
-
-        os.environ[SERVICE_ENV] = json.dumps({
-            "variants": variant, "models": str(models), "data": str(data), "params_file": str(params_file),
-            "corpus_enhanced": str(corpus_enhanced) if corpus_enhanced else None,
-            "queries_enhanced": str(queries_enhanced) if queries_enhanced else None, "torch_threads": torch_threads})
+        spec.to_env()
         typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} with {workers} workers (API docs: /docs)")
         uvicorn.run("rare.serve:app_from_environment", factory=True, workers=workers, **options)
         return

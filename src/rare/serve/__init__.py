@@ -3,17 +3,19 @@
 index     load once: retrievers, the evaluation's cached candidate embeddings (memory-mapped), records
 enhance   the configured enhancement backend, run per query as the enhancement stage runs it
 batch     micro-batching: one forward pass per model for all the queries waiting for it
+shared    two variants with the same frozen lower text layers compute them once per batch
 service   validate, enhance, embed, search; typed response bodies
 app       FastAPI routes, error bodies, the static page (static/) and offline API docs
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
 
 from rare.config import load_section
 from rare.serve.enhance import LiveEnhancer
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 DEFAULT_VARIANTS = ("none", "both")
-SERVICE_ENV = "RARE_SERVE_SERVICE"  # build_service's arguments and the torch threads, for worker processes
+SERVICE_ENV = "RARE_SERVE_SERVICE"  # a ServiceSpec as JSON, for worker processes
 
 
 def build_service(variants: Sequence[str], models: Path, data: Path, corpus_enhanced: Path | None,
@@ -38,6 +40,30 @@ def build_service(variants: Sequence[str], models: Path, data: Path, corpus_enha
     return Service(loaded, catalog, LiveEnhancer(load_section("enhance", params_file)), limits)
 
 
+class ServiceSpec(BaseModel):
+    """What ``rare serve`` builds its service from; with ``--workers N`` it travels to each worker process
+    through the environment (uvicorn starts workers by import string, so no object can be handed over)."""
+
+    variants: list[str]
+    models: Path
+    data: Path
+    corpus_enhanced: Path | None
+    queries_enhanced: Path | None
+    params_file: Path
+    torch_threads: int = 1
+
+    def build(self) -> Service:
+        return build_service(self.variants, self.models, self.data, self.corpus_enhanced, self.queries_enhanced,
+                             self.params_file)
+
+    def to_env(self) -> None:
+        os.environ[SERVICE_ENV] = self.model_dump_json()
+
+    @classmethod
+    def from_env(cls) -> ServiceSpec:
+        return cls.model_validate_json(os.environ[SERVICE_ENV])
+
+
 def app_from_environment() -> FastAPI:
     """uvicorn's app factory in each worker process (``rare serve --workers N``). On a CPU one process runs
     the Python of both models' forward passes and the HTTP layer under one interpreter lock; a worker
@@ -47,7 +73,6 @@ def app_from_environment() -> FastAPI:
 
     from rare.serve.app import create_app
 
-    spec = json.loads(os.environ[SERVICE_ENV])
-    torch.set_num_threads(spec.pop("torch_threads"))
-    paths = {k: None if v is None else Path(v) for k, v in spec.items() if k != "variants"}
-    return create_app(build_service(spec["variants"], **paths))
+    spec = ServiceSpec.from_env()
+    torch.set_num_threads(spec.torch_threads)
+    return create_app(spec.build())

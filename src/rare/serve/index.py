@@ -71,10 +71,14 @@ class Variant:
 
     def embed(self, items: list[EncodeInput]) -> np.ndarray:
         """[N, D] float32 query vectors with the evaluation's arithmetic (autocast, fp16 rounding)."""
+        return self.encode(self.retriever.collator()(items))
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """``embed`` on a batch its collator made (``rare.serve.shared`` collates once for two variants)."""
         dev = self.retriever.device
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with torch.inference_mode(), autocast:
-            emb = self.retriever(self.retriever.collator()(items))
+            emb = self.retriever(batch)
         return emb.float().cpu().numpy().astype(np.float16).astype(np.float32)
 
 

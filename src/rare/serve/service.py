@@ -24,6 +24,7 @@ from rare.model import EncodeInput
 from rare.serve.batch import MicroBatcher
 from rare.serve.enhance import LiveEnhancer
 from rare.serve.index import POOLS, Catalog, Variant
+from rare.serve.shared import SharedLower, shared_blocks
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Column(BaseModel):
     query_text: str              # exactly what this model embedded: instruction + original or enhanced text
     uses_enhanced_query: bool
     batch: int                   # queries embedded and searched together with this one (micro-batching)
-    embed_ms: float              # that batch's forward pass
+    embed_ms: float              # that batch's forward pass (both variants' where they share lower layers)
     search_ms: float             # that batch's bare exact search
     hits: list[Hit]
 
@@ -117,9 +118,9 @@ class InfoOut(BaseModel):
 
 @dataclass(frozen=True)
 class Job:
-    """One query's work for one variant's batcher: what the model embeds, and where it searches."""
+    """One query's work for one batcher: what each of its variants embeds, and where they search."""
 
-    input: EncodeInput
+    inputs: dict[str, EncodeInput]  # variant name -> what that model embeds
     pool: str
     task: str
     k: int
@@ -152,8 +153,10 @@ class Service:
         first = next(iter(variants.values()))
         self.instructions = first.plan.query_view.instructions
         self.instruction_seed = first.plan.query_view.instruction_seed
-        self.batchers: dict[str, MicroBatcher[Job, Ranked]] = {
-            name: MicroBatcher(functools.partial(_rank, v)) for name, v in variants.items()}
+        self.batchers: dict[str, MicroBatcher[Job, dict[str, Ranked]]] = {}  # variant name -> its group's
+        for group in _groups(variants):
+            batcher = MicroBatcher(functools.partial(_rank, group))
+            self.batchers.update(dict.fromkeys(group.variants, batcher))
 
     def info(self) -> InfoOut:
         tasks = [TaskOut(name=dt.name, dataset=dt.dataset, task_id=dt.task_id, query_modality=TASKS[dt.task_id][0],
@@ -261,8 +264,12 @@ class Service:
         texts = {v.name: query_text(record, instruction, v.plan.query_view.use_enhanced, v.plan.query_view.mode)
                  for v in chosen}
         pil = image.image if image else None
-        futures = {v: self.batchers[v].submit(Job(EncodeInput(t, pil), pool, dt.name, k)) for v, t in texts.items()}
-        columns = [self._column(v, texts[v.name], futures[v.name].result(), positives) for v in chosen]
+        inputs = {name: EncodeInput(t, pil) for name, t in texts.items()}  # one image object for all: _alike
+        futures = {}
+        for batcher in dict.fromkeys(self.batchers[name] for name in inputs):  # one job per group, in order
+            mine = {name: x for name, x in inputs.items() if self.batchers[name] is batcher}
+            futures.update(dict.fromkeys(mine, batcher.submit(Job(mine, pool, dt.name, k))))
+        columns = [self._column(v, texts[v.name], futures[v.name].result()[v.name], positives) for v in chosen]
         return SearchOut(query=self._query_out(qid or None, dt, text, image is not None), instruction=instruction,
                          enhancement=self._enhancement_out(enhanced), pool=pool, k=k, results=columns,
                          total_ms=_ms(t0))
@@ -282,23 +289,64 @@ class Service:
                               backend=e.backend, note=notes[e.status])
 
 
-def _rank(v: Variant, jobs: list[Job]) -> list[Ranked]:
-    """A batcher's work: one forward for every waiting query, one exact search per pool they search."""
-    t0 = time.perf_counter()
-    vecs = v.embed([job.input for job in jobs])
-    embed_ms = _ms(t0)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, job in enumerate(jobs):
-        groups.setdefault((job.pool, job.task), []).append(i)
-    out: dict[int, Ranked] = {}
-    for (pool, task), rows in groups.items():
-        t1 = time.perf_counter()
-        # Exact search with a fixed tie-break: the top k of a larger k is the top k.
-        scores, dids = v.pool(pool, task).search(vecs[rows], max(jobs[i].k for i in rows))
-        search_ms = _ms(t1)
+@dataclass
+class Group:
+    """The variants one batcher thread embeds: one alone, or two that compute shared lower layers once."""
+
+    variants: dict[str, Variant]
+    shared: SharedLower | None = None
+
+    def embed(self, jobs: list[Job]) -> dict[str, tuple[list[int], np.ndarray, float]]:
+        """Per variant: the jobs it serves (their indices), their vectors, and the forward pass's time (ms)."""
+        rows = {name: [i for i, job in enumerate(jobs) if name in job.inputs] for name in self.variants}
+        shared = self.shared
+        if shared is not None and _alike(jobs, rows, leader := shared.leader.name, follower := shared.follower.name):
+            t0 = time.perf_counter()
+            vectors = shared.embed([jobs[i].inputs[leader] for i in rows[leader]])
+            ms = _ms(t0)
+            return {leader: (rows[leader], vectors[0], ms), follower: (rows[follower], vectors[1], ms)}
+        out = {}
+        for name, v in self.variants.items():
+            if rows[name]:
+                t0 = time.perf_counter()
+                vectors = v.embed([jobs[i].inputs[name] for i in rows[name]])
+                out[name] = (rows[name], vectors, _ms(t0))
+        return out
+
+
+def _alike(jobs: list[Job], rows: dict[str, list[int]], a: str, b: str) -> bool:
+    """Every job asks both variants to embed the same text and the same image (none of them enhanced)."""
+    return rows[a] == rows[b] and all(
+        jobs[i].inputs[a].text == jobs[i].inputs[b].text and jobs[i].inputs[a].image is jobs[i].inputs[b].image
+        for i in rows[a])
+
+
+def _groups(variants: dict[str, Variant]) -> list[Group]:
+    """A batcher thread per variant, so that two models run side by side, unless the two share lower text
+    layers (rare.serve.shared): then one thread runs both, computing those layers once."""
+    if len(variants) == 2:
+        leader, follower = variants.values()
+        if n := shared_blocks(leader, follower):
+            return [Group(dict(variants), SharedLower(leader, follower, n))]
+    return [Group({name: v}) for name, v in variants.items()]
+
+
+def _rank(group: Group, jobs: list[Job]) -> list[dict[str, Ranked]]:
+    """A batcher's work: one forward per model for every waiting query, one exact search per pool they search."""
+    out: list[dict[str, Ranked]] = [{} for _ in jobs]
+    for name, (rows, vecs, embed_ms) in group.embed(jobs).items():
+        by_pool: dict[tuple[str, str], list[int]] = {}
         for j, i in enumerate(rows):
-            out[i] = Ranked(scores[j, :jobs[i].k], dids[j, :jobs[i].k], len(jobs), embed_ms, search_ms)
-    return [out[i] for i in range(len(jobs))]
+            by_pool.setdefault((jobs[i].pool, jobs[i].task), []).append(j)
+        for (pool, task), js in by_pool.items():
+            t1 = time.perf_counter()
+            # Exact search with a fixed tie-break: the top k of a larger k is the top k.
+            scores, dids = group.variants[name].pool(pool, task).search(vecs[js], max(jobs[rows[j]].k for j in js))
+            search_ms = _ms(t1)
+            for n, j in enumerate(js):
+                k = jobs[rows[j]].k
+                out[rows[j]][name] = Ranked(scores[n, :k], dids[n, :k], len(rows), embed_ms, search_ms)
+    return out
 
 
 def _check_modality(dt: DatasetTask, text: str, image: QueryImage | None) -> None:
