@@ -1,11 +1,12 @@
 """Which side of the score-level fusion a trained retriever's rankings come from (a diagnostic).
 
-An entry's embedding is normalise(text + image). For one dataset-task's local pool this ranks the
-test queries' positives four ways: as evaluation does (fused query against fused candidates), with
-the query's or the candidates' image term dropped, and with only the query's image. Texts are built
-exactly as evaluation builds them (``rare.evaluate.embed``: instruction, text view). It explained
-emblemkb t6 and factwiki t2 (README, "What is not yet right"): the image term that the other side's
-text cannot match adds per-candidate noise that the fused ranking pays for.
+An entry's embedding is normalise(text + image) (the ``dual`` family weights the two terms by its gate).
+For one dataset-task's local pool this ranks the test queries' positives four ways: as evaluation does
+(fused query against fused candidates), with the query's or the candidates' image term dropped, and
+with only the query's image. Texts are built exactly as evaluation builds them (``rare.evaluate.embed``:
+instruction, text view). It explained emblemkb t6 and factwiki t2 (README, "What is not yet right"):
+the image term that the other side's text cannot match adds per-candidate noise that the fused ranking
+pays for.
 
     python -m bench.fusion_ablation models/both both emblemkb_task6 [--data data/raw] [--enhanced data/enhanced]
 """

@@ -135,6 +135,7 @@ def test_clip_family_from_a_tiny_config(tmp_path: Path, tiny_tokenizer_dir: Path
     r = build_retriever(params)
     assert r.embed_dim == 24 and r.spec["image_size"] == 32
     assert r.towers.clip.logit_scale.requires_grad and not hasattr(r, "logit_scale")  # CLIP's own is trained
+    assert r.gate is None  # CLIP_SF's fusion, unweighted
     assert not r.towers.clip.text_model.embeddings.token_embedding.weight.requires_grad
     assert not any(p.requires_grad for p in r.towers.clip.text_model.encoder.layers[0].parameters())
     assert all(p.requires_grad for p in r.towers.clip.text_model.encoder.layers[1].parameters())

@@ -119,6 +119,7 @@ def test_zero_shot_export_is_evaluated_by_the_ordinary_evaluation(
     assert r.meta.variant == "zero-shot" and r.meta.global_steps == 0
     weights = load_file(str(checkpoint[0] / "model.safetensors"))
     assert all(torch.equal(r.towers.vision.state_dict()[k], weights[k]) for k in weights)
+    assert not r.gate.weight.any() and not r.gate.bias.any()  # the identity gate: the plain sum
     metrics = evaluate("zero-shot", r, "none", tiny_benchmark_root, tmp_path / "eval",
                        EvaluateParams(cache_dir=str(tmp_path / "emb"), pools=["local"]))
     info = json.loads((tmp_path / "eval/info.json").read_text())

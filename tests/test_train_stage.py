@@ -40,6 +40,7 @@ def test_default_model_lowers_val_loss_and_is_tracked(tmp_path: Path, monkeypatc
     assert not {"samples_per_sec", "fit_seconds", "train_seconds"} & set(meta)  # no timings in the model folder
     r = load_retriever(out)
     assert r.embed_dim == 384 and r.meta.instruction_seed == 0
+    assert r.gate.weight.any() and r.gate.bias.any()  # the modality gate trained away from the identity
 
     metrics = tmp_path / "metrics/train_none.json"
     assert json.loads(metrics.read_text()) == {"train_loss": meta["train_loss"], "val_loss_final": curve[-1][1]}

@@ -6,7 +6,12 @@ texts go through UniIR's ``format_string``, and weight decay spares every gain, 
 
 ``dual`` pairs a sentence encoder with a vision tower trained from scratch. Its two towers start in
 unrelated spaces with different norms (MiniLM's mean-pooled embedding vs a random ViT's), so a raw
-sum would let the larger one drown the other: each is normalised before the sum. It has no
+sum would let the larger one drown the other: each is normalised before the sum. Equal weights
+then let whichever term the other side cannot match add noise (emblemkb t6: an emblem photo against
+passages that never describe it), so the sum is weighted per entry, a_t * text + a_v * image, by a
+small gate on the entry's own text (``rare.model.retriever.ModalityGate``); a query's text carries its
+task's instruction, so the gate learns per task how much its image counts. The gate starts at (1, 1),
+the plain sum, and is trained at ``lr_new``; an entry with one modality is unaffected. It has no
 pretrained temperature, so it learns a fresh one from ``init_temperature`` (clamped at 100, as CLIP
 clamps), and its uncased WordPiece tokenizer gains nothing from re-capitalised, re-punctuated text.
 """
@@ -35,6 +40,7 @@ def _uniir_gain_or_bias(name: str, p: nn.Parameter) -> bool:
 @dataclass(frozen=True)
 class Family:
     normalise_each: bool     # normalise text and image embeddings before summing them (else: raw sum)
+    gated: bool              # weight the two terms per entry by a learnt gate on its text (model.retriever)
     own_temperature: bool    # a fresh learnable scale on the retriever (else: the towers' pretrained one)
     text_format: str         # key of rare.data.views.TEXT_FORMATS applied to every text before tokenising
     no_decay: NoDecay        # parameters trained without weight decay
@@ -42,9 +48,9 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "dual": Family(normalise_each=True, own_temperature=True, text_format="none", no_decay=_gain_or_bias,
+    "dual": Family(normalise_each=True, gated=True, own_temperature=True, text_format="none", no_decay=_gain_or_bias,
                    towers=DualTowers),
-    "clip": Family(normalise_each=False, own_temperature=False, text_format="uniir",
+    "clip": Family(normalise_each=False, gated=False, own_temperature=False, text_format="uniir",
                    no_decay=_uniir_gain_or_bias, towers=ClipTowers),
 }
 

@@ -2,8 +2,9 @@
 
 An entry's embedding is normalise(text + image), each term present only when the entry has it;
 the ``clip`` family sums CLIP's raw projections as UniIR does, the ``dual`` family normalises
-each term first (``rare.model.families`` says why). Training and evaluation call the same
-``forward``, so the trained similarity is the one searched.
+each term first and weights the two by a learnt gate on the entry's text (``ModalityGate``;
+``rare.model.families`` says why). Training and evaluation call the same ``forward``, so the
+trained similarity is the one searched.
 """
 
 from __future__ import annotations
@@ -33,6 +34,29 @@ def _place(x: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
         return F.one_hot(rows, size).T.float() @ x.float()
 
 
+class ModalityGate(nn.Module):
+    """Per-entry weights (text, image) of the fused sum, read off the entry's own normalised text.
+
+    A query's text carries its task instruction, so the gate can learn per task that an image term
+    is noise against the candidates (emblemkb t6: passages never describe the emblem). The weights
+    are ``2 * softmax``: zero parameters give exactly (1, 1), so an untrained gate leaves every
+    embedding bit-for-bit as the plain sum gives it, and only their ratio matters after the final
+    normalisation. It reads only the text (the image cannot tell which task it is asked in), and detached:
+    the gate reads the text tower, it does not train it.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(2, dim))  # zeros, not nn.Linear's init: no RNG draw
+        self.bias = nn.Parameter(torch.zeros(2))
+        # A unit text vector has coordinates ~1/sqrt(dim); read at unit scale, a step of lr_new moves the
+        # logits as it moves a fresh layer's. Read raw, 60 steps moved the emblemkb t6 image weight 4%.
+        self.gain = math.sqrt(dim)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return 2.0 * torch.softmax(F.linear(self.gain * text.detach(), self.weight, self.bias), dim=-1)
+
+
 class Retriever(nn.Module):
     def __init__(self, towers: Towers, tokenizer: Any, spec: RetrieverSpec, meta: ModelMeta | None = None,
                  init_temperature: float = 0.07):
@@ -44,7 +68,8 @@ class Retriever(nn.Module):
         self.family: Family = family(spec["family"])
         if self.family.own_temperature:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.new_parameters: set[str] = set()
+        self.gate = ModalityGate(self.embed_dim) if self.family.gated else None
+        self.new_parameters: set[str] = {f"gate.{n}" for n, _ in self.gate.named_parameters()} if self.gate else set()
         self._fingerprint: str | None = None
 
     @property
@@ -73,18 +98,21 @@ class Retriever(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         dev = self.device
         size = int(batch["size"])
-        out = torch.zeros(size, self.embed_dim, device=dev, dtype=torch.float32)
+        text_part = image_part = torch.zeros(size, self.embed_dim, device=dev, dtype=torch.float32)
+        weights = torch.ones(size, 2, device=dev)
         text_rows = batch["text_rows"].to(dev)
         if text_rows.numel():
             t = self.towers.encode_text(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
             t = F.normalize(t.float(), dim=-1) if self.family.normalise_each else t
-            out = out + _place(t, text_rows, size)
+            text_part = _place(t, text_rows, size)
+            if self.gate is not None:  # an entry without text keeps (1, 1): its one term normalises it away
+                weights = weights + _place(self.gate(t) - 1.0, text_rows, size)
         image_rows = batch["image_rows"].to(dev)
         if image_rows.numel():
             v = self.towers.encode_image(batch["pixel_values"].to(dev))
             v = F.normalize(v.float(), dim=-1) if self.family.normalise_each else v
-            out = out + _place(v, image_rows, size)
-        return F.normalize(out, dim=-1)
+            image_part = _place(v, image_rows, size)
+        return F.normalize(weights[:, :1] * text_part + weights[:, 1:] * image_part, dim=-1)
 
     @property
     def fingerprint(self) -> str:
@@ -126,5 +154,5 @@ def build_retriever(params: ModelParams) -> Retriever:
         "max_text_len": params.max_text_len, "text_format": fam.text_format,
     }
     retriever = Retriever(towers, tokenizer, spec, init_temperature=params.init_temperature)
-    retriever.new_parameters = {f"towers.{n}" for n in new}
+    retriever.new_parameters |= {f"towers.{n}" for n in new}
     return retriever.train()  # from_pretrained hands back eval mode, and Lightning keeps modules' modes
