@@ -92,6 +92,18 @@ class SharedLower:
     follower: Variant
     blocks: int
 
+    def __post_init__(self) -> None:
+        """Where the hook and the swap go, found once (``shared_blocks`` checked that both towers have them)."""
+        leader_blocks, follower_blocks = _blocks(self.leader.retriever.towers.text_tower()), \
+            _blocks(self.follower.retriever.towers.text_tower())
+        assert leader_blocks is not None and follower_blocks is not None
+        self._last_shared = leader_blocks[1][self.blocks - 1]
+        path, self._follower_blocks = follower_blocks
+        self._follower_tower = self.follower.retriever.towers.text_tower()
+        parent_path, _, self._blocks_attr = path.rpartition(".")
+        self._blocks_parent = self._follower_tower.get_submodule(parent_path)
+        self._follower_own = nn.ModuleList(list(self._follower_blocks)[self.blocks:])
+
     def embed(self, items: list[EncodeInput]) -> tuple[np.ndarray, np.ndarray]:
         """Both variants' vectors for the same items: one collation, the shared blocks in the leader only."""
         batch = self.leader.retriever.collator()(items)
@@ -104,10 +116,8 @@ class SharedLower:
 
     @contextmanager
     def _captured(self) -> Iterator[list[torch.Tensor]]:
-        found = _blocks(self.leader.retriever.towers.text_tower())
-        assert found is not None  # shared_blocks checked it
         out: list[torch.Tensor] = []
-        hook = found[1][self.blocks - 1].register_forward_hook(lambda _m, _a, hidden: out.append(hidden))
+        hook = self._last_shared.register_forward_hook(lambda _m, _a, hidden: out.append(hidden))
         try:
             yield out
         finally:
@@ -117,16 +127,11 @@ class SharedLower:
     def _handed_on(self, hidden: torch.Tensor) -> Iterator[None]:
         """The follower's text tower without its embeddings and shared blocks, for one forward pass (the
         pair's batcher thread is the only one that runs either model)."""
-        tower = self.follower.retriever.towers.text_tower()
-        found = _blocks(tower)
-        assert found is not None
-        path, blocks = found
-        parent_path, _, attr = path.rpartition(".")
-        parent, embeddings = tower.get_submodule(parent_path), tower.embeddings
+        tower, embeddings = self._follower_tower, self._follower_tower.embeddings
         tower.embeddings = _HandOn(hidden)
-        setattr(parent, attr, nn.ModuleList(list(blocks)[self.blocks:]))
+        setattr(self._blocks_parent, self._blocks_attr, self._follower_own)
         try:
             yield
         finally:
             tower.embeddings = embeddings
-            setattr(parent, attr, blocks)
+            setattr(self._blocks_parent, self._blocks_attr, self._follower_blocks)
