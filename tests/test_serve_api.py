@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from rare.data.records import Candidate, iter_queries
 from rare.evaluate.runfile import read_run
+from rare.serve.app import KEEPALIVE_REQUESTS, KeepAliveCap
 from rare.serve.batch import MicroBatcher
 from tests.fixtures.serve import LiveServer, ServedIndex, tree_state
 
@@ -139,6 +140,41 @@ def test_the_batcher_runs_waiting_items_together_and_survives_errors():
     with pytest.raises(ValueError, match="bad item"):
         batcher.submit(-1).result()
     assert batcher.submit(4).result() == 40
+
+
+def test_keep_alive_connections_close_after_the_cap_and_clients_reconnect(live_server: LiveServer):
+    """With uvicorn's workers on one socket, a closed connection is how a client moves to a less busy worker."""
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        answers = [c.get("/info") for _ in range(KEEPALIVE_REQUESTS + 3)]
+    assert [r.status_code for r in answers] == [200] * (KEEPALIVE_REQUESTS + 3)
+    closing = [i + 1 for i, r in enumerate(answers) if r.headers.get("connection") == "close"]
+    assert closing == [KEEPALIVE_REQUESTS]  # and the client's next request went over a new connection
+
+
+def test_the_keep_alive_cap_counts_each_connection_by_itself():
+    import asyncio
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x", b"1")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    cap = KeepAliveCap(app, max_requests=3)
+
+    async def request(port: int) -> bool:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await cap({"type": "http", "client": ("127.0.0.1", port)}, None, send)
+        assert sent[1] == {"type": "http.response.body", "body": b"ok"}
+        return (b"connection", b"close") in sent[0]["headers"]
+
+    async def traffic() -> list[bool]:
+        return [await request(port) for port in (1, 2, 1, 1, 2, 1, 1, 1, 2)]
+
+    # port 1: its 3rd response closes, then a new connection from the same address counts afresh
+    assert asyncio.run(traffic()) == [False, False, False, True, False, False, False, True, True]
 
 
 def test_text_only_queries_are_not_enhanced(client: httpx.Client):

@@ -28,6 +28,7 @@ from rare.evaluate.search import did_order, search
 from rare.evaluate.stage import Plan, candidate_key, plan, resolve_device
 from rare.mbeir import DatasetTask
 from rare.model import EncodeInput, Retriever, load_retriever
+from rare.serve.lean import lean_text_towers, pack_linears
 
 POOLS = ("local", "global")
 
@@ -134,7 +135,10 @@ def fast_paths(model: nn.Module, precision: str) -> None:
     They live here, not in the model code, because that code is hashed into the embedding cache keys. On
     2 cores a CPU forward pass is most of a request's time:
     - the CNN's NCHW max-pool kernel took half of an image query's forward pass (``MaxPool2x2``);
-    - under bf16 autocast every Linear and Conv2d cast its fp32 weights to bf16 on every call: cast once.
+    - under bf16 autocast every Linear and Conv2d cast its fp32 weights to bf16 on every call: cast once,
+      and hold each Linear's weight in oneDNN's layout too (``rare.serve.lean.PackedLinear``);
+    - a BERT text tower runs without transformers' per-call machinery (``rare.serve.lean.LeanBert``).
+    The last two are swapped in where a probe shows the same bits.
     Call it after ``retriever.fingerprint`` is taken (the cast changes the state dict's dtypes).
     """
     for parent in list(model.modules()):
@@ -145,6 +149,8 @@ def fast_paths(model: nn.Module, precision: str) -> None:
         for m in model.modules():
             if isinstance(m, nn.Linear | nn.Conv2d):
                 m.to(torch.bfloat16)
+    pack_linears(model, precision)
+    lean_text_towers(model, precision)
 
 
 @dataclass

@@ -6,11 +6,15 @@ Typed contracts (pydantic) are the API's response bodies, so FastAPI documents t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -136,6 +140,22 @@ class Ranked:
 
 
 @dataclass
+class Pending:
+    """A query whose jobs wait in the batchers: ``result`` blocks for them, ``done`` awaits them (the HTTP
+    layer, so that no thread is held while a batch runs)."""
+
+    futures: list[Future[dict[str, Ranked]]]
+    answer: Callable[[dict[str, Ranked]], SearchOut]
+
+    def result(self) -> SearchOut:
+        return self.answer({name: r for f in self.futures for name, r in f.result().items()})
+
+    async def done(self) -> SearchOut:
+        await asyncio.wait([asyncio.wrap_future(f) for f in self.futures])
+        return self.result()
+
+
+@dataclass
 class QueryImage:
     """A decoded query image and the file it came from (an upload spooled to a temp file, or the data root)."""
 
@@ -235,9 +255,14 @@ class Service:
         except KeyError:
             raise BadInput("task", f"unknown task {name!r}; served: {list(self.tasks)}") from None
 
-    def search(self, *, text: str = "", image: QueryImage | None = None, task: str = "", qid: str = "",
-               k: int = 10, pool: str = "local", variants: list[str] | None = None) -> SearchOut:
-        """A free query (text and/or image, with a task) or a benchmark query by qid, against each variant."""
+    def search(self, **query: Any) -> SearchOut:
+        """``submit``, then wait for the answer."""
+        return self.submit(**query).result()
+
+    def submit(self, *, text: str = "", image: QueryImage | None = None, task: str = "", qid: str = "",
+               k: int = 10, pool: str = "local", variants: list[str] | None = None) -> Pending:
+        """Check, enhance and queue a free query (text and/or image, with a task) or a benchmark query by qid,
+        for each variant. The image is decoded already: after this, nothing reads its file."""
         t0 = time.perf_counter()
         chosen = self._check(k, pool, variants or [])
         if qid:
@@ -265,14 +290,17 @@ class Service:
                  for v in chosen}
         pil = image.image if image else None
         inputs = {name: EncodeInput(t, pil) for name, t in texts.items()}  # one image object for all: _alike
-        futures = {}
-        for batcher in dict.fromkeys(self.batchers[name] for name in inputs):  # one job per group, in order
-            mine = {name: x for name, x in inputs.items() if self.batchers[name] is batcher}
-            futures.update(dict.fromkeys(mine, batcher.submit(Job(mine, pool, dt.name, k))))
-        columns = [self._column(v, texts[v.name], futures[v.name].result()[v.name], positives) for v in chosen]
-        return SearchOut(query=self._query_out(qid or None, dt, text, image is not None), instruction=instruction,
-                         enhancement=self._enhancement_out(enhanced), pool=pool, k=k, results=columns,
-                         total_ms=_ms(t0))
+        futures = [batcher.submit(Job({n: x for n, x in inputs.items() if self.batchers[n] is batcher}, pool, dt.name, k))
+                   for batcher in dict.fromkeys(self.batchers[name] for name in inputs)]  # one job per group, in order
+        query = self._query_out(qid or None, dt, text, image is not None)
+        enhancement = self._enhancement_out(enhanced)
+
+        def answer(ranked: dict[str, Ranked]) -> SearchOut:
+            columns = [self._column(v, texts[v.name], ranked[v.name], positives) for v in chosen]
+            return SearchOut(query=query, instruction=instruction, enhancement=enhancement, pool=pool, k=k,
+                             results=columns, total_ms=_ms(t0))
+
+        return Pending(futures, answer)
 
     def _column(self, v: Variant, query_text: str, ranked: Ranked, positives: set[str]) -> Column:
         hits = [_candidate_out(self._candidate(str(did)), Hit, rank=r + 1, score=float(s), positive=did in positives)
