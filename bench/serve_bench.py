@@ -16,7 +16,9 @@ Rows (name, value, reference, ratio, verdict):
 - text p50 against 30 ms and p99 against 100 ms, image p50 against 60 ms: target <= 1.0;
 - failed requests against the requests sent: target 0;
 - request p50 against the bare search p50 and against the in-process query p50 (info);
-- CPU time per request of the client threads against the server process's (info): both share the 2 cores.
+- CPU time per request of the client threads against the server process's (info): both share the 2 cores;
+- the busiest worker's share of the workers' CPU against an even split (info): a keep-alive connection
+  stays with the worker that accepted it until the server closes it (``rare.serve.app.KeepAliveCap``).
 
 Run: `python bench/serve_bench.py [--quick]` after `make run` (not in `python -m bench`: it needs the
 trained index, which a fresh clone does not have).
@@ -136,6 +138,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(int(c)) for c in children)
 
 
+def worker_cpu(pid: int) -> list[float]:
+    """CPU seconds so far of each worker process of the server (its direct children)."""
+    return [cpu_seconds(int(c)) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def bare(service: Any, requests: list[Request]) -> tuple[list[float], list[float]]:
     """Per request, in this process: both variants' exact search alone, and the whole query without HTTP."""
     from rare.data.images import open_image
@@ -202,10 +209,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         load(url, work["text"][:100] + work["image"][:100])  # warm-up: kernels, allocator, connections
         measured: dict[str, tuple[list[float], int]] = {}
         cpu: dict[str, tuple[float, float]] = {}  # CPU ms per request: (client threads, server process)
+        busiest: dict[str, float] = {}  # the busiest worker's share of the workers' CPU
         for m, reqs in work.items():
-            c0, s0 = time.process_time(), cpu_seconds(proc.pid)
+            c0, s0, w0 = time.process_time(), cpu_seconds(proc.pid), worker_cpu(proc.pid)
             measured[m] = load(url, reqs)
             cpu[m] = ((time.process_time() - c0) * 1000 / n, (cpu_seconds(proc.pid) - s0) * 1000 / n)
+            spent = [b - a for a, b in zip(w0, worker_cpu(proc.pid))]
+            busiest[m] = max(spent) / sum(spent) if sum(spent) else float("nan")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -231,6 +241,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                         pct[0], float(np.median(query_ms)), "ms", None))
         rows.append(row(f"  {modality} CPU per request (ms): the {CLIENTS} client threads vs the server process",
                         cpu[modality][0], cpu[modality][1], "ms", None))
+        rows.append(row(f"  {modality} the busiest of the {WORKERS} workers' share of their CPU vs an even split",
+                        busiest[modality], 1 / WORKERS, "", None))
     return rows
 
 
