@@ -71,8 +71,12 @@ def pack_linears(model: nn.Module, precision: str) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
-                packed = PackedLinear(child)
-                if _same_as_linear(child, packed):
+                try:
+                    packed = PackedLinear(child)
+                    same = _same_as_linear(child, packed)
+                except RuntimeError:  # a oneDNN build or CPU without this bf16 kernel
+                    same = False
+                if same:
                     setattr(parent, name, packed)
                     swapped += 1
     return swapped
