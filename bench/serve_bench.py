@@ -134,13 +134,16 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of a process and its live children (the server's workers), from Linux
     /proc, to split the 2 cores between server and clients."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(int(c)) for c in children)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(map(cpu_seconds, _children(pid)))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def worker_cpu(pid: int) -> list[float]:
     """CPU seconds so far of each worker process of the server (its direct children)."""
-    return [cpu_seconds(int(c)) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [cpu_seconds(c) for c in _children(pid)]
 
 
 def bare(service: Any, requests: list[Request]) -> tuple[list[float], list[float]]:

@@ -3,7 +3,8 @@
 Handlers are plain ``def`` (FastAPI runs them in its thread pool, so a slow one never blocks the event
 loop), except ``/search``: its blocking part (the upload, decoding it, the enhancement backend) runs in the
 thread pool, and the wait for its batch is awaited, so no thread is held while the models run and the
-response is checked and encoded on the loop without another trip through the pool. Every refusal answers ``{"detail": "<field>: <cause>", "field": "<field>"}`` with a 4xx.
+response is checked and encoded on the loop without another trip through the pool. Every refusal answers
+``{"detail": "<field>: <cause>", "field": "<field>"}`` with a 4xx.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _upload(upload: UploadFile | None, service: Service) -> Iterator[QueryImage 
         yield QueryImage(image, Path(tmp.name))
 
 
-def create_app(service: Service, keepalive_requests: int = KEEPALIVE_REQUESTS) -> FastAPI:
+def create_app(service: Service) -> FastAPI:
     app = FastAPIOffline(title="rare serve",
                          description="Search trained rare indexes (the evaluation's cached candidate embeddings, "
                                      "exact search), one or two variants side by side, with query enhancement on "
@@ -168,6 +169,6 @@ def create_app(service: Service, keepalive_requests: int = KEEPALIVE_REQUESTS) -
     def query_image(qid: str) -> FileResponse:
         return FileResponse(service.query_image(qid))
 
-    app.add_middleware(KeepAliveCap, max_requests=keepalive_requests)
+    app.add_middleware(KeepAliveCap)
     return app
 

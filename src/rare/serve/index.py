@@ -28,7 +28,7 @@ from rare.evaluate.search import did_order, search
 from rare.evaluate.stage import Plan, candidate_key, plan, resolve_device
 from rare.mbeir import DatasetTask
 from rare.model import EncodeInput, Retriever, load_retriever
-from rare.serve.lean import lean_text_towers, pack_linears
+from rare.serve.lean import lean_text_towers, pack_linears, swap_modules
 
 POOLS = ("local", "global")
 
@@ -141,10 +141,7 @@ def fast_paths(model: nn.Module, precision: str) -> None:
     The last two are swapped in where a probe shows the same bits.
     Call it after ``retriever.fingerprint`` is taken (the cast changes the state dict's dtypes).
     """
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if _is_plain_2x2(child):
-                setattr(parent, name, MaxPool2x2())
+    swap_modules(model, lambda _, child: MaxPool2x2() if _is_plain_2x2(child) else None)
     if precision == "bf16":
         for m in model.modules():
             if isinstance(m, nn.Linear | nn.Conv2d):

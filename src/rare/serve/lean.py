@@ -20,6 +20,7 @@ computes differently keeps the original module (tests/test_serve_lean.py).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,17 @@ log = logging.getLogger(__name__)
 
 def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def swap_modules(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> int:
+    """Put ``replace(name, child)`` in place of every submodule it gives a module for; how many it replaced."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (new := replace(name, child)) is not None:
+                setattr(parent, name, new)
+                swapped += 1
+    return swapped
 
 
 _PACK_ROWS = 64  # the row count oneDNN's weight layout is chosen for: a few short queries' tokens
@@ -67,19 +79,17 @@ def pack_linears(model: nn.Module, precision: str) -> int:
     """Swap every bf16 CPU ``nn.Linear`` in ``model`` for a ``PackedLinear`` that passes the probe; how many."""
     if precision != "bf16" or not torch.backends.mkldnn.is_available():
         return 0
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype == torch.bfloat16 and child.weight.device.type == "cpu":
-                try:
-                    packed = PackedLinear(child)
-                    same = _same_as_linear(child, packed)
-                except RuntimeError:  # a oneDNN build or CPU without this bf16 kernel
-                    same = False
-                if same:
-                    setattr(parent, name, packed)
-                    swapped += 1
-    return swapped
+
+    def packed(_: str, child: nn.Module) -> PackedLinear | None:
+        if type(child) is not nn.Linear or child.weight.dtype != torch.bfloat16 or child.weight.device.type != "cpu":
+            return None
+        try:
+            new = PackedLinear(child)
+            return new if _same_as_linear(child, new) else None
+        except RuntimeError:  # a oneDNN build or CPU without this bf16 kernel
+            return None
+
+    return swap_modules(model, packed)
 
 
 class LeanBert(nn.Module):
@@ -111,25 +121,22 @@ class LeanBert(nn.Module):
                 self.kept = h
         return BaseModelOutput(last_hidden_state=h)
 
-    @staticmethod
-    def _linear(x: torch.Tensor, lin: nn.Module) -> torch.Tensor:
-        return lin.forward(x)  # an nn.Linear or a PackedLinear, without the module call's hook machinery
-
     def _block(self, layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """One ``BertLayer`` (self-attention, no cache, no cross-attention) in eval mode."""
+        """One ``BertLayer`` (self-attention, no cache, no cross-attention) in eval mode. Its projections
+        (``nn.Linear`` or ``PackedLinear``) are called through ``forward``, without a module call's hooks."""
         att = layer.attention.self
         batch, length = h.shape[:2]
         heads = (batch, length, -1, att.attention_head_size)
-        q = self._linear(h, att.query).view(heads).transpose(1, 2)
-        k = self._linear(h, att.key).view(heads).transpose(1, 2)
-        v = self._linear(h, att.value).view(heads).transpose(1, 2)
+        q = att.query.forward(h).view(heads).transpose(1, 2)
+        k = att.key.forward(h).view(heads).transpose(1, 2)
+        v = att.value.forward(h).view(heads).transpose(1, 2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=att.scaling,
                                            is_causal=False)
         a = a.reshape(a.shape[0], -1, length, v.shape[-1]).transpose(1, 2).contiguous().reshape(batch, length, -1)
         out = layer.attention.output
-        h = _layer_norm(self._linear(a.contiguous(), out.dense) + h, out.LayerNorm)
-        x = layer.intermediate.intermediate_act_fn(self._linear(h, layer.intermediate.dense))
-        return _layer_norm(self._linear(x, layer.output.dense) + h, layer.output.LayerNorm)
+        h = _layer_norm(out.dense.forward(a.contiguous()) + h, out.LayerNorm)
+        x = layer.intermediate.intermediate_act_fn(layer.intermediate.dense.forward(h))
+        return _layer_norm(layer.output.dense.forward(x) + h, layer.output.LayerNorm)
 
 
 def _supported(m: nn.Module) -> bool:
@@ -159,16 +166,14 @@ def _probe(bert: BertModel, lean: LeanBert, precision: str) -> bool:
 
 def lean_text_towers(model: nn.Module, precision: str) -> int:
     """Swap every supported ``BertModel`` in ``model`` for a ``LeanBert`` that passes the probe; how many."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not _supported(child):
-                continue
-            lean = LeanBert(child)
-            if _probe(child, lean, precision):
-                setattr(parent, name, lean)
-                swapped += 1
-            else:
-                log.warning("%s: the lean BERT pass differs from transformers' here; serving keeps transformers'",
-                            name)
-    return swapped
+
+    def lean(name: str, child: nn.Module) -> LeanBert | None:
+        if not _supported(child):
+            return None
+        new = LeanBert(child)
+        if _probe(child, new, precision):
+            return new
+        log.warning("%s: the lean BERT pass differs from transformers' here; serving keeps transformers'", name)
+        return None
+
+    return swap_modules(model, lean)

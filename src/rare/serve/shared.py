@@ -76,10 +76,14 @@ class SharedLower:
     follower: Variant
     blocks: int
 
-    def embed(self, items: list[EncodeInput]) -> tuple[np.ndarray, np.ndarray]:
-        """Both variants' vectors for the same items: one collation, the shared blocks in the leader only."""
+    def __post_init__(self) -> None:
         lead, follow = _lean_tower(self.leader), _lean_tower(self.follower)
         assert lead is not None and follow is not None, "shared_blocks pairs lean towers only"
+        self._lead, self._follow = lead, follow
+
+    def embed(self, items: list[EncodeInput]) -> tuple[np.ndarray, np.ndarray]:
+        """Both variants' vectors for the same items: one collation, the shared blocks in the leader only."""
+        lead, follow = self._lead, self._follow
         batch = self.leader.retriever.collator()(items)
         lead.keep_after = self.blocks
         try:
