@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	# OpenAI's clip tokenizer, the reference of tests/test_clip_sf.py; --no-deps: its torchvision would replace torch
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "clip-anytorch==2.6.0"
 	touch $@
 
 run: setup  ## the main job: the whole DVC pipeline under one Prefect parent flow and one MLflow parent run

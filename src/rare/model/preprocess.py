@@ -1,4 +1,4 @@
-"""Turning entries into tensors: tokenisation and CLIP-style PIL image preprocessing (no torchvision).
+"""Turning entries into tensors: tokenisation and OpenAI CLIP's image preprocessing in PIL (no torchvision).
 
 The collator is a plain picklable object so DataLoader workers (training and evaluation) can
 run it; only entries that have text go through the text tower, only those with an image
@@ -38,14 +38,20 @@ def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
     return int(size * w / h), size
 
 
+def crop_offset(resized: int, size: int) -> int:
+    """torchvision's ``CenterCrop``: ``int(round((resized - size) / 2.0))``, Python's round (half to even).
+    transformers' ``CLIPImageProcessor`` floors instead; on an odd margin that is a pixel off UniIR."""
+    return int(round((resized - size) / 2.0))
+
+
 def preprocess_image(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """transformers' ``CLIPImageProcessor``, operation for operation (the tests require a max abs difference
-    of 0): RGB, bicubic resize of the short side to ``size``, centre crop, x/255 in float64, then
-    (x - mean) / std in float32 -> [3, size, size]."""
+    """OpenAI ``clip``'s torchvision transform, which UniIR uses, operation for operation (the tests require a
+    max abs difference of 0): RGB, bicubic resize of the short side to ``size``, centre crop at torchvision's
+    rounded offset, x/255, then (x - mean) / std in float32 -> [3, size, size]."""
     img = to_rgb(img)
     nw, nh = resized_size(*img.size, size)
     img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    top, left = (nh - size) // 2, (nw - size) // 2
+    top, left = crop_offset(nh, size), crop_offset(nw, size)
     arr = np.asarray(img)[top:top + size, left:left + size].transpose(2, 0, 1)
     arr = (arr.astype(np.float64) * (1 / 255)).astype(np.float32)
     mean_, std_ = (np.asarray(v, dtype=np.float32)[:, None, None] for v in (mean, std))
