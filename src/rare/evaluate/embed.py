@@ -3,7 +3,8 @@
 A cache entry is keyed by (model fingerprint, content hash of the data file, text view, precision,
 source of the code that builds the text and runs the model), so the inference-only evaluations
 reuse the baseline's query or candidate embeddings, and rerunning an evaluation embeds nothing. Work is done in resumable shards: after a kill only unfinished shards
-are recomputed. The global pool is assembled from the local pools' entries instead of being
+are recomputed, and under ``torchrun`` the ranks share the shards (``rare.evaluate.ranks``,
+``rare.evaluate.shards``) with the vectors bit for bit a single process's. The global pool is assembled from the local pools' entries instead of being
 embedded a second time (see ``pool_sources``).
 """
 
@@ -26,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rare.atomic import replacing, temp_sibling
+from rare.atomic import temp_sibling
 from rare.data.columnar import iter_pool_batches
 from rare.data.errors import DataError
 from rare.data.images import load_image
@@ -34,6 +35,8 @@ from rare.data.instructions import InstructionTable
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import TextMode, candidate_text, query_text
 from rare.errors import worker_errors_unwrapped
+from rare.evaluate.ranks import Ranks
+from rare.evaluate.shards import ShardStore, claim
 from rare.hashing import code_digest, key_digest
 from rare.mbeir import TASKS, dataset_id_of
 
@@ -154,11 +157,6 @@ def _batches(retriever: Any, items: Sequence[Item], image_root: Path, batch_size
             yield emb.float().cpu().numpy().astype(np.float16)
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-
-
 @dataclass
 class EmbedStats:
     computed: int = 0  # entries embedded now
@@ -174,8 +172,9 @@ def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, ca
     Items are encoded grouped by text length, which cuts padding, and written back in record order.
     """
     stats = stats if stats is not None else EmbedStats()
+    ranks = Ranks.current()
     final = Embeddings(cache_dir / key)
-    if (final.dir / "done").exists():
+    if ranks.from_leader((final.dir / "done").exists()):
         stats.reused += 1
         return final
     t0 = time.perf_counter()
@@ -185,45 +184,60 @@ def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, ca
         raise ValueError(f"{label}: duplicate ids; every record must have its own id")
     # Images first, then by text length: similar lengths share a batch, so padding costs little.
     order = np.lexsort(([len(it.text) for it in items], [it.image is None for it in items]))
-    parts = cache_dir / f"{key}.parts"
-    layout = json.dumps({"rows": len(items), "shard_rows": shard_rows})
-    if (parts / "layout.json").exists() and (parts / "layout.json").read_text() != layout:
-        shutil.rmtree(parts)  # shards of another layout cannot be reused
-    parts.mkdir(parents=True, exist_ok=True)
-    (parts / "layout.json").write_text(layout)
     shards = [order[a:a + shard_rows] for a in range(0, len(order), shard_rows)]
-    todo = [i for i in range(len(shards)) if not (parts / f"part-{i:05d}.npy").exists()]
-    if todo:
+    store = ShardStore(cache_dir / f"{key}.parts")
+    if ranks.leader:
+        _reset_layout(store.dir, json.dumps({"rows": len(items), "shard_rows": shard_rows}))
+    ranks.barrier()
+
+    mine = claim(store, [len(rows) for rows in shards], ranks)
+    if mine:
         columns = [TextColumn(f"embed {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         console = Console(stderr=True)
         with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-            bar = progress.add_task("embed", total=sum(len(shards[i]) for i in todo))
-            for i in todo:
+            bar = progress.add_task("embed", total=sum(len(shards[i]) for i in mine))
+            for i in mine:
                 chunks = []
                 for emb in _batches(retriever, [items[j] for j in shards[i]], image_root, batch_size,
                                     num_workers, device, precision):
                     chunks.append(emb)
                     progress.advance(bar, len(emb))
-                _save_npy(parts / f"part-{i:05d}.npy", np.concatenate(chunks))
+                store.write(i, np.concatenate(chunks))
                 stats.rows += len(shards[i])
-    dim = retriever.embed_dim
+    ranks.barrier()  # every shard is written
+    if ranks.leader:
+        _assemble(final, store, shards, ids, retriever.embed_dim, label)
+        stats.computed += 1
+    ranks.barrier()
+    log.info("embedded %s: %d rows in %.1f s", label, len(items), time.perf_counter() - t0)
+    return final
+
+
+def _reset_layout(parts: Path, layout: str) -> None:
+    """Shards of another layout (row count, shard size) cannot be reused."""
+    if (parts / "layout.json").exists() and (parts / "layout.json").read_text() != layout:
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    (parts / "layout.json").write_text(layout)
+
+
+def _assemble(final: Embeddings, store: ShardStore, shards: Sequence[np.ndarray], ids: np.ndarray, dim: int,
+              label: str) -> None:
+    """The finished shards, checked, back in record order as one entry, swapped in whole."""
     tmp = temp_sibling(final.dir)
     tmp.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float16, shape=(len(items), dim))
+    out = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=np.float16, shape=(len(ids), dim))
     for i, rows in enumerate(shards):
-        out[rows] = np.load(parts / f"part-{i:05d}.npy", allow_pickle=False)
+        out[rows] = store.read(i, len(rows))
     out.flush()
     del out
     np.save(tmp / "ids.npy", ids, allow_pickle=False)
-    (tmp / "done").write_text(json.dumps({"rows": len(items), "dim": dim, "label": label}))
+    (tmp / "done").write_text(json.dumps({"rows": len(ids), "dim": dim, "label": label}))
     try:
         os.replace(tmp, final.dir)
     except OSError:  # another process finished the same entry first: theirs is identical
         shutil.rmtree(tmp)
-    shutil.rmtree(parts, ignore_errors=True)
-    stats.computed += 1
-    log.info("embedded %s: %d rows in %.1f s", label, len(items), time.perf_counter() - t0)
-    return final
+    shutil.rmtree(store.dir, ignore_errors=True)
 
 
 def pool_ids(pool_file: Path) -> np.ndarray:
