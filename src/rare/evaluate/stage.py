@@ -177,6 +177,14 @@ def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cp
     return out
 
 
+def embed_only(name: str, retriever: Any, inputs: str, data: Path, params: EvaluateParams,
+               corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None) -> PlanEmbeddings:
+    """A rank other than 0: the same plan and the same sequence of ``embed`` calls as rank 0 (their
+    collectives pair up in that order), no search, no outputs, no tracking."""
+    p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced)
+    return embed_all(p, retriever, params, resolve_device(params.device))
+
+
 def _score(p: Plan, t: EvalTask, qids: np.ndarray, dids: np.ndarray, scores: np.ndarray,
            pool: str, out: Path) -> dict[str, float]:
     write_run(out / "runs" / pool / f"{t.dt.name}.trec", qids.tolist(), dids, scores, f"{p.name}-{pool}")

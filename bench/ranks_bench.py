@@ -1,0 +1,134 @@
+"""Evaluation embedding across torch.distributed ranks (gloo, CPU), in items/s (issue 23: 2 ranks >= 1.6x one).
+
+A tiny ``dual`` retriever (tests/fixtures/models.py) embeds the same items (a third text only, a third
+image only, a third both; images 48..112 px, decoded and preprocessed in the process as evaluation
+does) through ``rare.evaluate.embed.embed`` in three setups, each started fresh with an empty cache:
+
+- 1 rank with 1 torch thread (the reference);
+- 2 ranks with 1 torch thread each (the figure with the target);
+- 1 rank with 2 torch threads: the same two cores given to one process, for comparison (information).
+
+Each rank is a process launched with torchrun's environment variables; the time is rank 0's, from a
+barrier after every rank has loaded the model to the end of ``embed`` (shards written and the entry
+assembled). Each setup runs ``repeats`` times, alternating, and its best run counts (other processes'
+load only adds time). On a machine with fewer free cores than ranks the ratio says so.
+
+Run: ``python -m bench ranks [--quick]`` or ``python bench/ranks_bench.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import print_rows, row  # noqa: E402
+
+SETUPS = {"1 rank x 1 thread": (1, 1), "2 ranks x 1 thread": (2, 1), "1 rank x 2 threads": (1, 2)}
+
+
+def _items(root: Path, n: int) -> list[dict[str, Any]]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    words = "a red circle on a blue square beside the green triangle of an encyclopedia passage".split()
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        text = " ".join(rng.choice(words, size=int(rng.integers(3, 30)))) if i % 3 != 1 else ""
+        image = None
+        if i % 3 != 0:
+            image = f"img/{i}.png"
+            w, h = (int(v) for v in rng.integers(48, 112, size=2))
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / image)
+        items.append({"id": f"1:{i}", "text": text, "image": image})
+    return items
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(world: int, threads: int, work: Path, cache: Path, shard_rows: int) -> float:
+    port, procs = _port(), []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": str(threads)}
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(work), "--cache", str(cache),
+               "--threads", str(threads), "--shard-rows", str(shard_rows)]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outs = [p.communicate(timeout=1800)[0].decode() for p in procs]
+    for p, out in zip(procs, outs):
+        if p.returncode != 0:
+            raise RuntimeError(f"rank failed ({p.returncode}):\n{out[-3000:]}")
+    return json.loads(outs[0].strip().splitlines()[-1])["seconds"]
+
+
+def worker(work: Path, cache: Path, threads: int, shard_rows: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from rare.evaluate import embed
+    from rare.evaluate.ranks import join_from_env
+    from rare.model import load_retriever
+
+    ranks, device = join_from_env("cpu")
+    retriever = load_retriever(work / "model")
+    items = [embed.Item(**it) for it in json.loads((work / "items.json").read_text())]
+    ranks.barrier()
+    t0 = time.perf_counter()
+    embed.embed(retriever, lambda: items, "bench", cache, work, batch_size=32, shard_rows=shard_rows, device=device)
+    print(json.dumps({"rank": ranks.rank, "seconds": time.perf_counter() - t0}), flush=True)
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    from tests.fixtures.models import make_tiny_retriever
+
+    n, repeats = (384, 1) if quick else (3072, 3)
+    shard_rows = 64 if quick else 128
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        make_tiny_retriever(work / "model")
+        (work / "items.json").write_text(json.dumps(_items(work, n)))
+        best = {name: float("inf") for name in SETUPS}
+        for r in range(repeats):
+            for name, (world, threads) in SETUPS.items():
+                seconds = _launch(world, threads, work, work / f"cache-{r}-{world}-{threads}", shard_rows)
+                best[name] = min(best[name], seconds)
+        rate = {name: n / s for name, s in best.items()}
+    ref = rate["1 rank x 1 thread"]
+    return [
+        row(f"items/s, 2 gloo ranks x 1 thread vs 1 rank x 1 thread ({n} items, {os.cpu_count()} cpus)",
+            rate["2 ranks x 1 thread"], ref, "it/s", 1.6, better="higher"),
+        row("items/s, 1 rank x 2 threads vs 1 rank x 1 thread (the same cores, one process)",
+            rate["1 rank x 2 threads"], ref, "it/s", None, better="higher"),
+        row("items/s, 2 gloo ranks x 1 thread vs 1 rank x 2 threads",
+            rate["2 ranks x 1 thread"], rate["1 rank x 2 threads"], "it/s", None, better="higher"),
+    ]
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--shard-rows", type=int, default=128, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.cache, args.threads, args.shard_rows)
+    else:
+        print_rows(run(quick=args.quick))
