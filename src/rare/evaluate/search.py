@@ -155,11 +155,15 @@ def _fix_boundary_ties(block: torch.Tensor, vals: torch.Tensor, idx: torch.Tenso
 
 
 def _faiss_index(chunk: np.ndarray):  # noqa: ANN202 - faiss types are SWIG objects
+    """A flat inner-product index of one chunk; with faiss-gpu (the ``gpu`` extra) and several GPUs its
+    rows are sharded over them (each GPU holds 1/n of the chunk, results merged by faiss), not replicated."""
     import faiss
 
     index = faiss.IndexFlatIP(chunk.shape[1])
-    if faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+    if hasattr(faiss, "GpuMultipleClonerOptions") and faiss.get_num_gpus() > 0:  # faiss-cpu has neither
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True
+        index = faiss.index_cpu_to_all_gpus(index, co=options)
     index.add(chunk)
     return index
 
@@ -213,7 +217,7 @@ def search(
 
     ``sources`` are concatenated row-wise; ``rows`` index that concatenation. ``order`` ranks each
     candidate (see ``did_order``) and breaks equal scores; None means row order. k' = min(k, N).
-    The faiss backend scores each chunk with ``IndexFlatIP`` (on every GPU when faiss has some);
+    The faiss backend scores each chunk with ``IndexFlatIP`` (sharded over every GPU when faiss has some);
     queries whose k-th and (k+1)-th scores tie in a chunk are re-scored with torch so ties stay exact.
     """
     srcs = [sources] if isinstance(sources, (np.ndarray, Path)) else list(sources)
