@@ -149,3 +149,46 @@ def test_a_damaged_shard_is_embedded_again_and_never_assembled(tmp_path: Path) -
     assert not store.array_path(0).exists()                                       # removed: the rerun redoes it
     store.record_path(1).unlink()                                                 # array without its record
     assert store.unfinished([4, 2]) == [0, 1]
+
+
+@pytest.mark.slow
+def test_rare_evaluate_on_two_ranks_writes_what_one_process_writes(tiny_root_session: Path, tiny_retriever_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """``rare.evaluate.entry.run`` under torchrun's variables: rank 1 only embeds, rank 0 evaluates; the
+    queries, the local pools and the global pool's rest pair their collectives up, and the scores and run
+    files equal a single process's."""
+    import yaml
+
+    from rare.config.evaluate import EvaluateParams
+    from rare.evaluate.stage import evaluate
+    from rare.model import load_retriever
+
+    params = {"device": "cpu", "precision": "fp32", "shard_rows": 3, "embed_batch": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "evaluate": {**params, "cache_dir": str(tmp_path / "cache2")}, "tracking": {"enabled": False}}))
+    port, procs = _port(), []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.fixtures.rank_worker", "--model", str(tiny_retriever_dir), "--root",
+             str(tiny_root_session), "--out", str(tmp_path / "two"), "--evaluate", str(tmp_path / "params.yaml")],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    _finish(procs)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluate("none", load_retriever(tiny_retriever_dir), "none", tiny_root_session, tmp_path / "one",
+                 EvaluateParams(**params, cache_dir=str(tmp_path / "cache1")))
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("scores.json", "metrics.json"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    runs = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one" / "runs").rglob("*.trec"))
+    assert len(runs) >= 4
+    for rel in runs:
+        assert (tmp_path / "two" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel
+    for entry in (tmp_path / "cache1").iterdir():  # every entry, bit for bit, under the same key
+        assert (tmp_path / "cache2" / entry.name / "vectors.npy").read_bytes() == (entry / "vectors.npy").read_bytes()
