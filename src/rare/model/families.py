@@ -2,7 +2,8 @@
 
 ``clip`` follows UniIR's CLIP_SF recipe (docs/clip-sf.md): CLIP's raw
 projections are summed and normalised once, the temperature is CLIP's own trained ``logit_scale``,
-texts go through UniIR's ``format_string``, and weight decay spares every gain, bias and the scale.
+texts go through UniIR's ``format_string`` and OpenAI ``clip``'s cleaning before BPE (``uniir_text``),
+and weight decay spares every gain, bias and the scale.
 
 ``dual`` pairs a sentence encoder with a vision tower trained from scratch. Its two towers start in
 unrelated spaces with different norms (MiniLM's mean-pooled embedding vs a random ViT's), so a raw
