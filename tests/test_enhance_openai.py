@@ -26,7 +26,7 @@ from rare.config.enhance import EnhanceParams
 from rare import stageflow
 from rare.enhance.backends import generation_settings, make_backend
 from rare.enhance.backends.base import BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
-from rare.enhance.backends.openai import BaseUrls, _Stopped, retry_after
+from rare.enhance.backends.openai import UNIFORM_MIN_REQUESTS, BaseUrls, _Stopped, retry_after
 from rare.enhance.checks import judge
 from rare.enhance.prompts import PromptSet
 from rare.enhance.run import EnhanceFailure, check_failures, enhance_side
@@ -406,3 +406,20 @@ def test_a_configuration_error_is_never_retried_by_prefect_but_an_unavailable_se
 
     assert stageflow.transient(None, None, State(BackendConfigError("openai configuration: HTTP 401", {}))) is False
     assert stageflow.transient(None, None, State(BackendUnavailable("openai server unavailable", {}))) is True
+
+
+def test_one_error_for_a_whole_batch_is_a_configuration_error_but_not_for_a_few_or_a_mixed_batch(server, tmp_path) -> None:
+    backend = make_backend(params(tmp_path, server.url, max_retries=0))
+    hats = [f"with a {color} hat" for color in ("red", "blue", "green", "grey", "pink")]
+    server.gateway_error = True
+    few = backend.generate([rewrite_request(t) for t in hats[:UNIFORM_MIN_REQUESTS - 1]])  # could be the items
+    assert {r.error for r in few} == {"backend_error: HTTP 200 with an error body: upstream connect error or "
+                                      "disconnect/reset before headers"}
+    with pytest.raises(BackendConfigError, match=f"every one of the {UNIFORM_MIN_REQUESTS} requests of a batch got "
+                                                 r"the same error \(backend_error: HTTP 200 with an error body"):
+        backend.generate([rewrite_request(t) for t in hats[:UNIFORM_MIN_REQUESTS]])
+    server.gateway_error = False
+    server.faults.extend([script.BAD_REQUEST] * 4)
+    mixed = backend.generate([rewrite_request(t) for t in hats])  # four 400s and one answer: per item
+    backend.close()
+    assert sorted(r.text is None for r in mixed) == [False, True, True, True, True]

@@ -47,6 +47,9 @@ RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 CONFIG_STATUS = frozenset({401, 403, 404, 405})  # about the settings, never about one item
 MAX_BACKOFF_S = 60.0
 PREFLIGHT_TIMEOUT_S = 30.0
+# One error on every request of a batch is a configuration error from this many requests on: a couple of
+# items may share one legitimate failure (two equal prompts over the context), a whole batch does not.
+UNIFORM_MIN_REQUESTS = 4
 MIME = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
@@ -350,7 +353,7 @@ class OpenAIBackend:
         images) is about the setup, not the items: storing it per item would freeze it into finished shards."""
         sent = [r for r in results if r.requests]
         errors = {r.error for r in sent if r.text is None and (r.error or "").startswith(f"{BACKEND}:")}
-        if len(sent) >= 2 and len(errors) == 1 and all(r.text is None and r.error in errors for r in sent):
+        if len(sent) >= UNIFORM_MIN_REQUESTS and len(errors) == 1 and all(r.text is None and r.error in errors for r in sent):
             (error,) = errors
             raise BackendConfigError(
                 f"{self.name}: every one of the {len(sent)} requests of a batch got the same error ({error}): "
