@@ -29,7 +29,7 @@ from rare.enhance.backends.base import BackendConfigError, BackendUnavailable, E
 from rare.enhance.backends.openai import UNIFORM_MIN_REQUESTS, BaseUrls, _Stopped, retry_after
 from rare.enhance.checks import judge
 from rare.enhance.prompts import PromptSet
-from rare.enhance.run import EnhanceFailure, check_failures, enhance_side
+from rare.enhance.run import EnhanceFailure, check_failures, enhance_side, samples
 from tests.fixtures import openai_server as script
 from tests.fixtures.openai_server import ANSWER_PREFIX, ScriptedServer
 
@@ -219,7 +219,7 @@ def test_preflight_names_each_base_url_and_its_cause(server, tmp_path) -> None:
 # Each case: (break the setup, the cause the error must name, fix it, chat requests the failure may cost).
 CONFIG_CASES = {
     "key not exported": (lambda srv, p, mp: (setattr(srv, "api_key", "sk-right"), p)[1],
-                         "HTTP 401: Unauthorized (check the API key in $RARE_TEST_KEY",
+                         "HTTP 401: Unauthorized (check the API key in $RARE_TEST_KEY: is it exported",
                          lambda srv, p, mp: (mp.setenv("RARE_TEST_KEY", "sk-right"), p)[1], 0),
     "base URL without /v1": (lambda srv, p, mp: with_urls(p, srv.url.removesuffix("/v1")),
                              "/models: HTTP 404: Not Found (wrong route",
@@ -394,6 +394,7 @@ def test_the_failure_line_names_the_http_status_and_the_servers_message(server, 
     with pytest.raises(EnhanceFailure) as caught:
         check_failures(outcome)
     assert f"most often ({failed} of {failed}): backend_error: HTTP 400: {script.CONTEXT_LENGTH}" in str(caught.value)
+    assert samples(outcome) == []  # the failed run's folder holds only its reports: MLflow's samples table is empty
 
 
 def test_a_configuration_error_is_never_retried_by_prefect_but_an_unavailable_server_is() -> None:

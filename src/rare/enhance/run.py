@@ -148,7 +148,7 @@ def samples(outcome: Outcome, per_op: int = 5) -> list[dict[str, Any]]:
     taken = dict.fromkeys(wanted, 0)
     rows: list[dict[str, Any]] = []
     for rel in outcome.summary["files"]:
-        if taken == wanted:
+        if taken == wanted or not (outcome.out / rel).is_file():  # a failed run's folder holds only its reports
             break
         for _, obj in iter_jsonl(outcome.out / rel):
             block = obj.get("enhanced") or {}
