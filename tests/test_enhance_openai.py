@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rare.config.enhance import EnhanceParams
 from rare import stageflow
+from rare.config.enhance import EnhanceParams
 from rare.enhance.backends import generation_settings, make_backend
 from rare.enhance.backends.base import BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
 from rare.enhance.backends.openai import UNIFORM_MIN_REQUESTS, BaseUrls, _Stopped, retry_after
@@ -33,7 +33,7 @@ from rare.enhance.run import EnhanceFailure, check_failures, enhance_side, sampl
 from tests.fixtures import openai_server as script
 from tests.fixtures.openai_server import ANSWER_PREFIX, ScriptedServer
 
-MODEL = "Qwen/Qwen3-VL-8B-Instruct"
+MODEL = script.DEFAULT_MODEL
 
 
 @pytest.fixture
