@@ -213,7 +213,7 @@ def test_preflight_names_each_base_url_and_its_cause(server, tmp_path) -> None:
             f"(it serves ['llava-hf/llava-1.5-7b-hf'])") in message
     assert server.url + "/models" not in message  # the good one is not blamed
     assert not server.log and not locked.log and not other_model.log  # not one chat request
-    assert [row["path"] for row in server.models_log] == ["/models", "/v1/models"]  # one GET per base URL
+    assert sorted(row["path"] for row in server.models_log) == ["/models", "/v1/models"]  # one GET per base URL
 
 
 # Each case: (break the setup, the cause the error must name, fix it, chat requests the failure may cost).
