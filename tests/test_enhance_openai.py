@@ -219,8 +219,12 @@ def test_preflight_names_each_base_url_and_its_cause(server, tmp_path) -> None:
 # Each case: (break the setup, the cause the error must name, fix it, chat requests the failure may cost).
 CONFIG_CASES = {
     "key not exported": (lambda srv, p, mp: (setattr(srv, "api_key", "sk-right"), p)[1],
-                         "HTTP 401: Unauthorized (check the API key in $RARE_TEST_KEY: is it exported",
+                         "HTTP 401: Unauthorized ($RARE_TEST_KEY (enhance.openai.api_key_env) is not set in this "
+                         "environment: export it)",
                          lambda srv, p, mp: (mp.setenv("RARE_TEST_KEY", "sk-right"), p)[1], 0),
+    "wrong key": (lambda srv, p, mp: (setattr(srv, "api_key", "sk-right"), mp.setenv("RARE_TEST_KEY", "sk-old"), p)[2],
+                  "HTTP 401: Unauthorized (the API key in $RARE_TEST_KEY is refused: is it the server's --api-key?)",
+                  lambda srv, p, mp: (mp.setenv("RARE_TEST_KEY", "sk-right"), p)[1], 0),
     "base URL without /v1": (lambda srv, p, mp: with_urls(p, srv.url.removesuffix("/v1")),
                              "/models: HTTP 404: Not Found (wrong route",
                              lambda srv, p, mp: with_urls(p, srv.url), 0),

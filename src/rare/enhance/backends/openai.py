@@ -187,7 +187,9 @@ def config_hint(status: int, message: str, model: str, api_key_env: str | None) 
     if status in (401, 403):
         if api_key_env is None:
             return "the server wants an API key: set enhance.openai.api_key_env to the name of a variable holding it"
-        return f"check the API key in ${api_key_env}: is it exported, and is it the server's --api-key?"
+        if not os.environ.get(api_key_env):
+            return f"${api_key_env} (enhance.openai.api_key_env) is not set in this environment: export it"
+        return f"the API key in ${api_key_env} is refused: is it the server's --api-key?"
     if "model" in message.lower():
         return f"enhance.model {model!r} must be the server's served model name (vllm serve --served-model-name)"
     return "wrong route: each enhance.openai.base_urls entry must end in /v1"
