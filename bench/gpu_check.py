@@ -414,7 +414,7 @@ def serve_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
         tmp_path = Path(tmp)
         root = make_tiny_root(tmp_path / "M-BEIR")
         if smoke:
-            server = ScriptedServer().start()
+            server = ScriptedServer(model="tiny-llava").start()
             url, model = server.url, "tiny-llava"
         else:
             with socket.socket() as sock:

@@ -64,14 +64,15 @@ class OpenAIOptions(Section):
     name (``enhance.model``), the seed and ``max_pixels`` do.
     """
 
-    # One server, one per node, or one `--data-parallel-size N` server; requests go round-robin and a
-    # retry moves on to the next URL.
+    # One server, one per node, or one `--data-parallel-size N` server; requests are spread over them, a
+    # retry moves on to the next URL after the one that failed, and a failing URL rests for its back-off.
     base_urls: list[str] = Field(["http://127.0.0.1:8000/v1"], min_length=1)
     api_key_env: str | None = None       # name of the environment variable holding the key (the key never goes here)
     max_concurrency: int = Field(64, ge=1)  # requests in flight per process
-    timeout_s: float = Field(600.0, gt=0)   # per request: a 512-token caption under load takes a while
+    timeout_s: float = Field(600.0, gt=0)   # the whole request, answer body included: a 512-token caption under load takes a while
     max_retries: int = Field(6, ge=0)       # on refused/reset connections, timeouts, 408/409/429/5xx, malformed bodies
-    backoff_s: float = Field(1.0, ge=0)     # first wait; doubled per retry, at most 60 s
+    backoff_s: float = Field(1.0, ge=0)     # first back-off; doubled per retry, at most 60 s
+    max_retry_after_s: float = Field(60.0, ge=0)  # a 429/503's Retry-After is honoured up to this
     image_format: Literal["png", "jpeg"] = "png"  # how the resized image travels (png: lossless)
 
 

@@ -16,6 +16,7 @@ REFUSAL = "refusal"
 LENGTH = "over_length_cap"
 ARTEFACT = "chat_artefact"
 BACKEND = "backend_error"
+FINISH = "finish_reason"  # the server ended the answer for another reason than a natural stop (abort, ...)
 
 # Template tokens of common chat formats, role labels and reasoning tags that must never reach an index.
 _ARTEFACT = re.compile(
@@ -45,6 +46,8 @@ def judge(result: EnhanceResult, max_new_tokens: int) -> tuple[str | None, str |
         return None, f"{cause_category(error)}: {error.split(':', 1)[1].strip()}"
     if result.finish_reason == "length" or (result.finish_reason is None and result.tokens_out > max_new_tokens):
         return None, f"{LENGTH}: cut at {max_new_tokens} new tokens"
+    if result.finish_reason not in (None, "stop"):  # abort, content_filter, ...: the text is not a whole answer
+        return None, f"{FINISH}: {result.finish_reason}"
     artefact = _ARTEFACT.search(result.text)
     if artefact:
         return None, f"{ARTEFACT}: {artefact.group(0).strip()!r}"

@@ -35,7 +35,7 @@ from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, ImageRoot
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Enhanced, dumps, loads_line, parse_candidate, parse_query
-from rare.enhance.backends.base import Backend, BackendUnavailable, EnhanceRequest, EnhanceResult
+from rare.enhance.backends.base import Backend, BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
 from rare.enhance.cache import Cache
 from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
 from rare.enhance.ops import NEEDS_IMAGE, NONE
@@ -201,6 +201,7 @@ class Engine:
         self.store = config.cache_dir / "shards"
         self._make_backend = make_backend
         self._backend: Backend | None = None
+        self._config_error: str | None = None  # a BackendConfigError's message, once one was raised
         self._turn = threading.Lock()  # held by the shard that is generating
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="enhance-commit")
         self._images = ImageRoot(config.root)
@@ -210,13 +211,19 @@ class Engine:
 
     # -- backend ------------------------------------------------------------------------------
     def _generate(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:
-        if self._backend is None:  # built on first use: a fully cached rerun never loads the model
-            backend = self._make_backend()
-            if (backend.name, backend.model) != (self.config.backend, self.config.model):
-                raise ValueError(f"backend reports {backend.name}/{backend.model}, expected "
-                                 f"{self.config.backend}/{self.config.model}: cache keys would lie")
-            self._backend = backend
-        results = self._backend.generate(requests)
+        if self._config_error is not None:  # every shard would hit it: no more requests until the user fixes it
+            raise BackendConfigError(self._config_error, {})
+        try:
+            if self._backend is None:  # built on first use: a fully cached rerun never loads the model
+                backend = self._make_backend()
+                if (backend.name, backend.model) != (self.config.backend, self.config.model):
+                    raise ValueError(f"backend reports {backend.name}/{backend.model}, expected "
+                                     f"{self.config.backend}/{self.config.model}: cache keys would lie")
+                self._backend = backend
+            results = self._backend.generate(requests)
+        except BackendConfigError as exc:
+            self._config_error = str(exc)
+            raise
         if len(results) != len(requests):
             raise RuntimeError(f"backend {self.config.backend} returned {len(results)} results "
                                f"for {len(requests)} requests")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -147,7 +148,7 @@ def samples(outcome: Outcome, per_op: int = 5) -> list[dict[str, Any]]:
     taken = dict.fromkeys(wanted, 0)
     rows: list[dict[str, Any]] = []
     for rel in outcome.summary["files"]:
-        if taken == wanted:
+        if taken == wanted or not (outcome.out / rel).is_file():  # a failed run's folder holds only its reports
             break
         for _, obj in iter_jsonl(outcome.out / rel):
             block = obj.get("enhanced") or {}
@@ -181,8 +182,19 @@ def check_failures(outcome: Outcome) -> None:
         raise EnhanceFailure(
             f"enhance {outcome.side}: {s['failed']} of {s['enhanceable']} items failed "
             f"({s['failure_rate']:.1%} > max_failure_rate {s['max_failure_rate']:.1%}); by cause: {causes}; "
-            f"the output was not replaced; every failure is listed in {outcome.out / FAILURES_FILE}"
+            f"{dominant_cause(outcome)}; the output was not replaced; every failure is listed in "
+            f"{outcome.out / FAILURES_FILE}"
         )
+
+
+def dominant_cause(outcome: Outcome, limit: int = 100_000) -> str:
+    """The most frequent whole cause (an HTTP status with the server's message, not only its category), counted
+    over the first ``limit`` failures: enough to name a cause shared by many, and memory stays bounded."""
+    counts = Counter(row["cause"] for row in failures(outcome, limit))
+    if not counts:
+        return "no failure listed"
+    cause, n = counts.most_common(1)[0]
+    return f"most often ({n} of {sum(counts.values())}): {cause}"
 
 
 def print_outcome(outcome: Outcome, console: Console | None = None) -> None:

@@ -31,10 +31,11 @@ class EnhanceRequest:
 class EnhanceResult:
     text: str | None             # raw generated text; None on failure
     error: str | None = None     # cause, e.g. "image unreadable: ...", "backend error: ..."
-    tokens_in: int = 0
-    tokens_out: int = 0
+    tokens_in: int = 0           # the server's usage.prompt_tokens (also on a failed answer that reported it)
+    tokens_out: int = 0          # the server's usage.completion_tokens: what the answer cost, kept or not
     finish_reason: str | None = None  # "stop" | "length" | ...; "length" marks an output cut at the cap
     extra: dict[str, str] = field(default_factory=dict)
+    requests: int = 0            # HTTP requests this item cost in this run, retries included (0: none sent)
 
 
 class BackendUnavailable(ConnectionError):
@@ -61,3 +62,14 @@ class Backend(Protocol):
 
     def close(self) -> None:
         ...
+
+
+class BackendConfigError(BackendUnavailable):
+    """The backend's settings are wrong (auth, route, model name), or every request of a batch got the same
+    error: no answer can come until the user fixes something.
+
+    Not an item failure either: no item is stored as failed, the shard stays unfinished, and a rerun
+    after the fix generates every item. Never retried (``retryable``): it would fail the same way.
+    """
+
+    retryable = False
