@@ -259,7 +259,8 @@ def score(
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there are warnings (no qid overlap, "
                                          "queries missing from the run, unknown dids).")] = False,
 ) -> None:
-    """Score any run file by the M-BEIR rule: hit if ANY positive is in the top k, over the qrels' queries."""
+    """Score any run file by the M-BEIR rule: hit if ANY positive is in the top k, over the qrels' queries;
+    also recall@k, MRR@10 and nDCG@10."""
     import json
 
     from rich.console import Console
@@ -271,12 +272,15 @@ def score(
     for warning in result.warnings:
         errors.print_warning(warning)
     if as_json:
-        typer.echo(json.dumps({"queries": result.queries, **{f"R@{c}": round(v, 4) for c, v in result.rates.items()}}))
+        typer.echo(json.dumps({"queries": result.queries, **{f"R@{c}": round(v, 4) for c, v in result.rates.items()},
+                               **{m: round(v, 4) for m, v in result.more.items()}}))
     else:
-        table = Table(title=f"{run.name} ({result.queries} queries)")
-        for c in result.rates:
-            table.add_column(f"R@{c}", justify="right")
-        table.add_row(*(f"{v:.2f}" for v in result.rates.values()))
+        table = Table(title=f"{run.name} ({result.queries} queries; R@k is M-BEIR's hit rate, recall@k the share "
+                            "of positives found)")
+        values = {f"R@{c}": v for c, v in result.rates.items()} | result.more
+        for name in values:
+            table.add_column(name, justify="right")
+        table.add_row(*(f"{v:.2f}" for v in values.values()))
         Console().print(table)
     if strict and result.warnings:
         errors.print_error(f"{run}: {len(result.warnings)} warning(s) under --strict")
