@@ -15,9 +15,9 @@ from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
 from rare.report.evidence import load_samples, split_seeds
 from rare.report.findings import CONTRADICTED, INCONCLUSIVE, NOT_ASSESSABLE, SUPPORTED, assess
-from rare.report.stats import Bootstrap
 from rare.report.gallery import pick_examples
 from rare.report.stage import build_report
+from rare.report.stats import Bootstrap
 from rare.report.table import load_evaluations, markdown_table, summary
 
 DTS = {"emblemkb_task6": 5, "emblemkb_task8": 5, "tweakset_task7": 10, "glyphcaps_task0": 5}
@@ -265,3 +265,41 @@ def test_report_logged_on_the_parent_run(paper_like: Path, tiny_root_session: Pa
     names = {a.path for a in client.list_artifacts(run_id, "report")}
     assert {"report/report.md", "report/scores.png", "report/scores_local.csv", "report/summary.json",
             "report/intervals.json"} <= names
+
+
+def test_every_audit_row_agrees_with_the_run_files(tiny_evals: Path, tiny_root_session: Path,  # noqa: F811
+                                                   tmp_path: Path):
+    import pyarrow.parquet as pq
+
+    from rare.data.qrels import read_qrels
+    from rare.data.records import iter_candidates, iter_queries
+    from rare.evaluate.runfile import read_run
+    from rare.mbeir import DatasetTask
+
+    corpus, queries = tiny_evals.parent / "enhanced/corpus", tiny_evals.parent / "enhanced/queries"
+    out = tmp_path / "report"
+    text = build_report(tiny_evals, out, tiny_root_session, ReportParams(gallery_queries=2, audit_top=2,
+                                                                          permutations=0), corpus, queries).read_text()
+    audit = pq.read_table(out / "audit.parquet").to_pylist()
+    root = MBEIRRoot(tiny_root_session)
+    dts = root.eval_tasks("test")
+    assert len(audit) == 2 * 3 * len(dts)  # both and infer-both, 3 queries per dataset-task
+    enhanced_q = {q.qid: q for dt in dts for q in iter_queries(queries / root.query_file(
+        "test", dt.dataset, dt.task_id).relative_to(root.path))}
+    for row in audit:
+        dt = DatasetTask.parse(row["dataset_task"])
+        positives = read_qrels(root.qrels_file("test", dt))[row["qid"]]
+        for col, name in (("rank_baseline", "none"), ("rank", row["evaluation"])):
+            ranking = read_run(tiny_evals / name / "runs/local" / f"{dt.name}.trec").get(row["qid"], [])
+            first = next((i for i, d in enumerate(ranking, 1) if d in positives), None)
+            assert row[col] == first
+        depth = 50
+        assert row["rank_change"] == (row["rank_baseline"] or depth + 1) - (row["rank"] or depth + 1)
+        q = enhanced_q[row["qid"]]
+        assert row["query_text"] == q.txt
+        assert row["enhanced_query_text"] == (q.enhanced.txt if q.enhanced.ok else "")
+        pool = corpus / root.local_pool(dt).relative_to(root.path)
+        ok = {c.did for c in iter_candidates(pool) if c.enhanced is not None and c.enhanced.ok}
+        assert row["positive_enhanced"] == bool(positives & ok)
+    assert any(r["positive_enhanced"] for r in audit) and any(r["enhanced_query_text"] for r in audit)
+    assert "## Per-query audit" in text

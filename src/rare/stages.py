@@ -152,7 +152,8 @@ def stages() -> Iterator[Stage]:
     yield from (_evaluate(f"infer-{v}", f"models/{BASELINE}", v) for v in INFERENCE_ONLY)
     yield Stage("report", REPORT, inputs={"--data": RAW, **_enhanced_inputs("both")},
                 options={"--evals": "eval", "--out": "report"}, needs=tuple(f"eval/{e}" for e in EVALUATIONS),
-                outs=(Out("report/report.md"), Out("report/summary.json"),
+                outs=(Out("report/report.md"), Out("report/summary.json"), Out("report/intervals.json", cache=False),
+                      Out("report/audit.parquet"),
                       Out("report/scores.png", kind="plots"), Out("report/gallery.png", kind="plots"),
                       Out("report/scores_local.csv", kind="plots", plot=_bar("score", "evaluation")),
                       Out("report/scores_global.csv", kind="plots", plot=_bar("score", "evaluation"))))

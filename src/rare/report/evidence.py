@@ -52,6 +52,7 @@ class QueryValues:
     qids: list[str]
     hits: np.ndarray
     first_rank: np.ndarray  # 1-based rank of the best-ranked positive; 0 when none is in the run
+    depth: int              # the longest ranking of the run (evaluate.top_k)
 
 
 def query_values(e: Evaluation, root: MBEIRRoot, pool: str, dt_name: str) -> QueryValues:
@@ -66,18 +67,23 @@ def query_values(e: Evaluation, root: MBEIRRoot, pool: str, dt_name: str) -> Que
     first = np.zeros(len(qrels), dtype=np.int64)
     for i, (qid, pos) in enumerate(qrels.items()):
         first[i] = next((r for r, did in enumerate(run.get(qid, ()), start=1) if did in pos), 0)
-    return QueryValues(list(qrels), hits, first)
+    return QueryValues(list(qrels), hits, first, max((len(r) for r in run.values()), default=0))
 
 
-def load_samples(replicas: dict[str, list[Evaluation]], data: Path, pool: str) -> Samples:
-    """Every row's per-query headline hits on ``pool``, its seeds stacked."""
+def load_samples(replicas: dict[str, list[Evaluation]], data: Path, pool: str,
+                 keep: dict[tuple[str, str], QueryValues] | None = None) -> Samples:
+    """Every row's per-query headline hits on ``pool``, its seeds stacked; ``keep`` collects each row's own
+    (first) evaluation's values per (row, dataset-task), for the audit."""
     root = MBEIRRoot.open(data)
     samples = Samples()
     for row, evals in replicas.items():
         if pool not in evals[0].metrics:
             continue
         for dt in evals[0].info.dataset_tasks:
-            samples.add(row, dt, np.stack([query_values(e, root, pool, dt).hits for e in evals]))
+            per_seed = [query_values(e, root, pool, dt) for e in evals]
+            samples.add(row, dt, np.stack([v.hits for v in per_seed]))
+            if keep is not None:
+                keep[(row, dt)] = per_seed[0]
     return samples
 
 

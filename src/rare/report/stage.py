@@ -10,7 +10,8 @@ from pathlib import Path
 from rare.atomic import atomic_write_text
 from rare.config.report import ReportParams
 from rare.config.tracking import TrackingParams
-from rare.report.evidence import delta_intervals, load_samples, split_seeds
+from rare.report.audit import audit_table, largest_moves, write_audit
+from rare.report.evidence import QueryValues, delta_intervals, load_samples, split_seeds
 from rare.report.findings import Finding, assess
 from rare.report.stats import Bootstrap, seed_summary
 from rare.report.table import SCORE, Evaluation, find_baseline, load_evaluations, markdown_table, scores_csv, summary
@@ -62,12 +63,20 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     evaluations, replicas = split_seeds(load_evaluations(evals))
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
     base = find_baseline(evaluations)
-    boots = {pool: Bootstrap(load_samples(replicas, data, pool), params.resamples, params.bootstrap_seed, params.level)
-             for pool in pools}
+    findings_pool = params.findings_pool if params.findings_pool in pools else pools[0]
+    kept: dict[tuple[str, str], QueryValues] = {}
+    boots = {pool: Bootstrap(load_samples(replicas, data, pool, kept if pool == findings_pool else None),
+                             params.resamples, params.bootstrap_seed, params.level) for pool in pools}
     deltas = {pool: delta_intervals(evaluations, base, boots[pool]) if base else {} for pool in pools}
-    findings_pool = params.findings_pool if params.findings_pool in boots else pools[0]
     findings = assess(evaluations, boots[findings_pool], params.permutations)
     stats_s = time.perf_counter() - t0
+    audit_lines: list[str] = []
+    if base is not None:
+        table = audit_table(evaluations, base, kept, data, corpus_enhanced, queries_enhanced)
+        write_audit(table, out / "audit.parquet")
+        shown_row = params.gallery_compare if any(e.name == params.gallery_compare for e in evaluations) else None
+        if shown_row:
+            audit_lines = largest_moves(table, shown_row, params.audit_top)
     bar_chart(evaluations, out / "scores.png")
     for pool in pools:
         atomic_write_text(out / f"scores_{pool}.csv", scores_csv(evaluations, pool))
@@ -98,6 +107,12 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     for pool in pools:
         md += ["", f"## {pool.capitalize()} pool", "", _headline_note(evaluations, level), "",
                markdown_table(evaluations, pool, deltas[pool])]
+    if audit_lines:
+        md += ["", "## Per-query audit", "",
+               f"`audit.parquet` has, for every test query ({findings_pool} pool) and every evaluation, the original "
+               f"and enhanced query, the first positive's rank under {base.name if base else 'the baseline'} and "
+               f"under the row's model, and whether that positive's own text was enhanced. Largest moves of "
+               f"'{params.gallery_compare}' per dataset-task (– = not in the run's top k):", "", *audit_lines]
     md += ["", "## Figures", "", "![scores](scores.png)", ""]
     md.append("![gallery](gallery.png)" if shown else
               f"No gallery: it needs the baseline and the '{params.gallery_compare}' evaluation with local run files.")
@@ -146,6 +161,11 @@ def log_report(out: Path, tracking: TrackingParams, params_file: Path, run_id: s
         if target is None:
             continue
         client.log_artifacts(target, str(out), artifact_path="report")
+        audit = out / "audit.parquet"
+        if audit.exists():
+            import pyarrow.parquet as pq
+
+            client.log_table(target, pq.read_table(audit).to_pandas(), artifact_file="report/audit_table.json")
         for pool, rows in scores.items():
             for name, row in rows.items():
                 for group, value in row.items():
