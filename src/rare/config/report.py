@@ -21,4 +21,5 @@ class ReportParams(Section):
     permutations: int = Field(10000, ge=0)  # 0: no p-values
     level: float = Field(0.95, gt=0.5, lt=1.0)
     bootstrap_seed: int = 0
+    runtime_dir: str = "metrics/runtime"   # where `rare enhance` left its per-item cost records (untracked)
     audit_top: int = Field(3, ge=0, le=50)  # largest gains and losses listed per dataset-task

@@ -21,7 +21,6 @@ from rare.data.qrels import read_qrels
 from rare.evaluate.runfile import read_run
 from rare.mbeir import DatasetTask
 
-
 RANK_K = 10  # MRR and nDCG cutoff (VLM2Vec's and mteb's)
 MRR, NDCG = f"MRR@{RANK_K}", f"nDCG@{RANK_K}"
 

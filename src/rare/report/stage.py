@@ -11,6 +11,7 @@ from rare.atomic import atomic_write_text
 from rare.config.report import ReportParams
 from rare.config.tracking import TrackingParams
 from rare.report.audit import audit_table, largest_moves, write_audit
+from rare.report.costs import cost_lines
 from rare.report.evidence import QueryValues, delta_intervals, load_samples, split_seeds
 from rare.report.findings import Finding, assess
 from rare.report.stats import Bootstrap, seed_summary
@@ -113,6 +114,12 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
                f"and enhanced query, the first positive's rank under {base.name if base else 'the baseline'} and "
                f"under the row's model, and whether that positive's own text was enhanced. Largest moves of "
                f"'{params.gallery_compare}' per dataset-task (– = not in the run's top k):", "", *audit_lines]
+    costs = cost_lines(Path(params.runtime_dir))
+    if costs:
+        md += ["", "## Enhancement costs", "",
+               f"From the per-item records of the last `rare enhance` runs ({params.runtime_dir}): tokens as the "
+               "backend counts them (server `usage`, the model's tokenizer, or the stand-in's whitespace words), "
+               "items/s over generation time only. Shards reused from an earlier run have no records.", "", *costs]
     md += ["", "## Figures", "", "![scores](scores.png)", ""]
     md.append("![gallery](gallery.png)" if shown else
               f"No gallery: it needs the baseline and the '{params.gallery_compare}' evaluation with local run files.")

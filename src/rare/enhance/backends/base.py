@@ -34,6 +34,7 @@ class EnhanceResult:
     tokens_in: int = 0
     tokens_out: int = 0
     finish_reason: str | None = None  # "stop" | "length" | ...; "length" marks an output cut at the cap
+    seconds: float = 0.0         # generation wall time charged to this request (the engine's batch share)
     extra: dict[str, str] = field(default_factory=dict)
 
 
