@@ -224,11 +224,13 @@ def train(
     params_file: ParamsOpt = Path("params.yaml"),
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write training figures (wall time, "
                                                     "steps, val loss) here, for DVC.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override train.seed (a seed study's replica; "
+                                                "`make study`).", min=0)] = None,
 ) -> None:
     """Train the retriever for one variant (params `train:`); resumes from its last checkpoint after a kill."""
     _enhanced_given(variant, corpus_enhanced, queries_enhanced)
     _run(stages.TRAIN, f"train-{variant}", variant=variant, data=data, out=out, params_file=params_file,
-         corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced, metrics=metrics)
+         corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced, metrics=metrics, seed=seed)
 
 
 # --- evaluate, score, report (evaluation and report stages) ---------------------------------------
