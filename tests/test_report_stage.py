@@ -34,10 +34,18 @@ QUERIES = 200  # per dataset-task: a value v% is the first 2v queries hit at ran
 
 
 def write_qrels(data: Path) -> Path:
+    """Qrels and text-only query files (the audit reads their texts) for every dataset-task of DTS."""
     for dt in DTS:
         path = data / "qrels/test" / f"mbeir_{dt}_test_qrels.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"9:{i} 0 p{i} 1 6\n" for i in range(QUERIES)))
+        dataset, task = dt.rsplit("_task", 1)
+        queries = data / "query/test" / f"mbeir_{dataset}_task{task}_test.jsonl"
+        queries.parent.mkdir(parents=True, exist_ok=True)
+        queries.write_text("".join(json.dumps({
+            "qid": f"9:{i}", "query_txt": f"query {i}", "query_img_path": None, "query_modality": "text",
+            "query_src_content": None, "pos_cand_list": [f"9:{i}"], "neg_cand_list": [], "task_id": int(task)})
+            + "\n" for i in range(QUERIES)))
     return data
 
 
