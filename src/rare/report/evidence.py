@@ -55,13 +55,14 @@ class QueryValues:
     depth: int              # the longest ranking of the run (evaluate.top_k)
 
 
-def query_values(e: Evaluation, root: MBEIRRoot, pool: str, dt_name: str) -> QueryValues:
+def query_values(e: Evaluation, root: MBEIRRoot, pool: str, dt_name: str,
+                 qrels: dict[str, set[str]] | None = None) -> QueryValues:
     dt = DatasetTask.parse(dt_name)
     run_file = e.run_file(pool, dt_name)
     if not run_file.exists():
         raise DataError(run_file, None, f"missing run file of evaluation {e.name!r}: the intervals need every "
                         "evaluation's per-query ranking")
-    qrels = read_qrels(root.qrels_file(e.info.split, dt))
+    qrels = read_qrels(root.qrels_file(e.info.split, dt)) if qrels is None else qrels
     run = read_run(run_file)
     hits = per_query(run, qrels, [dt.headline_k])[metric_name(dt.headline_k)]
     first = np.zeros(len(qrels), dtype=np.int64)
@@ -76,11 +77,15 @@ def load_samples(replicas: dict[str, list[Evaluation]], data: Path, pool: str,
     (first) evaluation's values per (row, dataset-task), for the audit."""
     root = MBEIRRoot.open(data)
     samples = Samples()
+    qrels: dict[tuple[str, str], dict[str, set[str]]] = {}  # read once per (split, dataset-task)
     for row, evals in replicas.items():
         if pool not in evals[0].metrics:
             continue
         for dt in evals[0].info.dataset_tasks:
-            per_seed = [query_values(e, root, pool, dt) for e in evals]
+            key = (evals[0].info.split, dt)
+            if key not in qrels:
+                qrels[key] = read_qrels(root.qrels_file(key[0], DatasetTask.parse(dt)))
+            per_seed = [query_values(e, root, pool, dt, qrels[key]) for e in evals]
             samples.add(row, dt, np.stack([v.hits for v in per_seed]))
             if keep is not None:
                 keep[(row, dt)] = per_seed[0]
