@@ -11,7 +11,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # stage commands call `rare` and `dvc` from this venv, activated or not
 
-.PHONY: setup run repro test test-fast ui ui-stop deploy trigger bench serve clean
+.PHONY: setup run repro study sweep test test-fast ui ui-stop deploy trigger bench serve clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,13 @@ run: setup  ## the main job: the whole DVC pipeline under one Prefect parent flo
 
 repro: setup  ## plain `dvc repro` (no Prefect parent flow)
 	$(BIN)/dvc repro
+
+SEEDS ?= 3
+study: setup  ## after `make run`: every variant with SEEDS seeds in all, report with seed intervals in report/study (docs/evidence.md)
+	$(PY) -m rare.study --seeds $(SEEDS)
+
+sweep: setup  ## after `make run`: VLM-quality sweep over the stand-in's error rates, into report/sweep (docs/evidence.md)
+	$(PY) -m rare.sweep
 
 test: setup
 	$(PY) -m pytest -q

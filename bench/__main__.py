@@ -35,6 +35,7 @@ SUITE = {
     "pipeline": "bench.pipeline_bench",      # 6. `dvc repro` of the embedded default, per-stage wall time
     "budget": "bench.text_budget_bench",     # 7. share of corpus-enhancement tokens inside CLIP's 77
     "ranks": "bench.ranks_bench",            # 8. evaluation embedding on 2 gloo ranks vs 1, items/s
+    "report": "bench.report_bench",          # 9. what the report's intervals add to its stage time
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -52,3 +52,28 @@ def test_standin_on_data_without_annotations_fails_loudly(tiny_root, tmp_path):
     assert s["ok"] == 0 and s["failed"] == s["enhanceable"] > 0 and list(s["failures_by_cause"]) == ["stand_in"]
     with pytest.raises(EnhanceFailure, match="100.0% > max_failure_rate 5.0%"):
         check_failures(outcome)
+
+
+def test_cost_records_add_up_to_the_stage_totals(tiny_benchmark_root, tmp_path):  # noqa: F811
+    from rare.enhance.entry import costs_file, write_metrics
+    from rare.report.costs import cost_lines, per_op, read_costs
+
+    outcome = run(tiny_benchmark_root, tmp_path / "c", tmp_path / "cache", "corpus")
+    s = outcome.summary
+    enhanced = [c for c in outcome.costs if c.op != "none"]
+    assert len(enhanced) == s["ok"] + s["failed"]
+    assert sum(c.tokens_in for c in enhanced) == s["tokens_in"] > 0
+    assert sum(c.tokens_out for c in enhanced) == s["tokens_out"] > 0
+    for op, statuses in s["by_op"].items():
+        if op != "none":
+            assert sum(c.op == op for c in outcome.costs) == sum(statuses.values())
+    generated = [c for c in enhanced if not c.cached]
+    assert len(generated) == outcome.runtime["generated"]
+    assert 0 < sum(c.seconds for c in generated) <= outcome.runtime["seconds"]
+    write_metrics(outcome, tmp_path / "m" / "enhance_corpus.json")
+    ops = per_op("corpus", read_costs(costs_file(tmp_path / "m" / "enhance_corpus.json")))
+    assert sum(o.tokens_in for o in ops) == s["tokens_in"] and sum(o.items for o in ops) == len(outcome.costs)
+    assert any(line.startswith("| corpus | caption |") for line in cost_lines(tmp_path / "m" / "runtime"))
+    # a rerun reuses every stored shard: nothing generated, no cost records
+    again = run(tiny_benchmark_root, tmp_path / "c2", tmp_path / "cache", "corpus")
+    assert again.costs == [] and again.summary["tokens_in"] == s["tokens_in"]

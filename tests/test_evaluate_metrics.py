@@ -29,7 +29,12 @@ def test_headline_is_r10_for_fashion_and_score_is_mean_of_headlines():
     run = {str(i): [f"d{j}" for j in range(50)] for i in range(4)}
     qrels = {"0": {"d0"}, "1": {"d7"}, "2": {"d15"}, "3": {"unreachable"}}
     fashion = task_metrics(run, qrels, DatasetTask("fashioniq", 7))
-    assert fashion == {"R@10": 50.0, "R@20": 75.0, "R@50": 75.0, "headline": 50.0, "queries": 4.0}
+    assert {k: fashion[k] for k in ("R@10", "R@20", "R@50", "headline", "queries")} == {
+        "R@10": 50.0, "R@20": 75.0, "R@50": 75.0, "headline": 50.0, "queries": 4.0}
+    # one positive each: recall equals the hit rate; ranks 1 and 8 give MRR (1 + 1/8) / 4
+    assert [fashion[f"recall@{k}"] for k in (10, 20, 50)] == [50.0, 75.0, 75.0]
+    assert fashion["MRR@10"] == pytest.approx((1 + 1 / 8) / 4 * 100)
+    assert fashion["nDCG@10"] == pytest.approx((1 + 1 / np.log2(9)) / 4 * 100)
     cirr = task_metrics(run, qrels, DatasetTask("cirr", 7))
     assert (cirr["R@1"], cirr["R@5"], cirr["R@10"], cirr["headline"]) == (25.0, 25.0, 50.0, 25.0)
     assert mbeir_score({"a": fashion, "b": cirr}) == 37.5
@@ -91,6 +96,32 @@ def test_score_matches_ranx_hit_rate(tmp_path: Path, seed: int):
     assert 0 < ours[5] < ours[20] < 100
 
 
+@pytest.mark.filterwarnings("ignore:unsafe cast")
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_rank_metrics_match_ranx_per_query(tmp_path: Path, seed: int):
+    """MRR@10, nDCG@10 and recall@k, per query and averaged, against ranx on random runs with 1-4 positives
+    (some unreachable, some queries missing from the run)."""
+    from ranx import Qrels, Run, evaluate
+
+    from rare.data.qrels import read_qrels
+    from rare.evaluate.metrics import per_query
+
+    run_path, qrels_path, qrels = _random_case(tmp_path, seed)
+    ours = per_query(read_run(run_path), read_qrels(qrels_path), [1, 5, 20])
+    ranx_qrels = Qrels.from_dict({q: {d: 1 for d in ds} for q, ds in qrels.items()})
+    ranx_run = Run.from_file(str(run_path), kind="trec")
+    names = {"MRR@10": "mrr@10", "nDCG@10": "ndcg@10", "recall@1": "recall@1", "recall@5": "recall@5",
+             "recall@20": "recall@20"}
+    theirs = evaluate(ranx_qrels, ranx_run, list(names.values()), make_comparable=True, return_mean=False)
+    order = list(read_qrels(qrels_path))
+    ranx_order = list(ranx_qrels.keys())
+    for ours_name, ranx_name in names.items():
+        by_qid = dict(zip(ranx_order, theirs[ranx_name]))
+        np.testing.assert_allclose(ours[ours_name], [by_qid[q] * 100 for q in order], atol=1e-9)
+        assert ours[ours_name].mean() > 0
+    assert (ours["recall@20"] <= ours["R@20"]).all() and (ours["recall@20"] < ours["R@20"]).any()
+
+
 def test_score_cli(tmp_path: Path):
     run_path, qrels_path, _ = _random_case(tmp_path, 0)
     expected = score_run(run_path, qrels_path, [3, 7]).rates
@@ -100,7 +131,10 @@ def test_score_cli(tmp_path: Path):
     import json
 
     out = json.loads(result.stdout)
-    assert out == {"queries": 60, "R@3": round(expected[3], 4), "R@7": round(expected[7], 4)}
+    scored = score_run(run_path, qrels_path, [3, 7])
+    assert out == {"queries": 60, "R@3": round(expected[3], 4), "R@7": round(expected[7], 4),
+                   **{m: round(v, 4) for m, v in scored.more.items()}}
+    assert set(scored.more) == {"recall@3", "recall@7", "MRR@10", "nDCG@10"}
     bad = tmp_path / "bad.trec"
     bad.write_text("q Q0 a\n")
     result = CliRunner().invoke(app, ["score", "--run", str(bad), "--qrels", str(qrels_path)])

@@ -224,11 +224,13 @@ def train(
     params_file: ParamsOpt = Path("params.yaml"),
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write training figures (wall time, "
                                                     "steps, val loss) here, for DVC.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override train.seed (a seed study's replica; "
+                                                "`make study`).", min=0)] = None,
 ) -> None:
     """Train the retriever for one variant (params `train:`); resumes from its last checkpoint after a kill."""
     _enhanced_given(variant, corpus_enhanced, queries_enhanced)
     _run(stages.TRAIN, f"train-{variant}", variant=variant, data=data, out=out, params_file=params_file,
-         corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced, metrics=metrics)
+         corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced, metrics=metrics, seed=seed)
 
 
 # --- evaluate, score, report (evaluation and report stages) ---------------------------------------
@@ -259,7 +261,8 @@ def score(
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when there are warnings (no qid overlap, "
                                          "queries missing from the run, unknown dids).")] = False,
 ) -> None:
-    """Score any run file by the M-BEIR rule: hit if ANY positive is in the top k, over the qrels' queries."""
+    """Score any run file by the M-BEIR rule: hit if ANY positive is in the top k, over the qrels' queries;
+    also recall@k, MRR@10 and nDCG@10."""
     import json
 
     from rich.console import Console
@@ -271,12 +274,15 @@ def score(
     for warning in result.warnings:
         errors.print_warning(warning)
     if as_json:
-        typer.echo(json.dumps({"queries": result.queries, **{f"R@{c}": round(v, 4) for c, v in result.rates.items()}}))
+        typer.echo(json.dumps({"queries": result.queries, **{f"R@{c}": round(v, 4) for c, v in result.rates.items()},
+                               **{m: round(v, 4) for m, v in result.more.items()}}))
     else:
-        table = Table(title=f"{run.name} ({result.queries} queries)")
-        for c in result.rates:
-            table.add_column(f"R@{c}", justify="right")
-        table.add_row(*(f"{v:.2f}" for v in result.rates.values()))
+        table = Table(title=f"{run.name} ({result.queries} queries; R@k is M-BEIR's hit rate, recall@k the share "
+                            "of positives found)")
+        values = {f"R@{c}": v for c, v in result.rates.items()} | result.more
+        for name in values:
+            table.add_column(name, justify="right")
+        table.add_row(*(f"{v:.2f}" for v in values.values()))
         Console().print(table)
     if strict and result.warnings:
         errors.print_error(f"{run}: {len(result.warnings)} warning(s) under --strict")

@@ -152,10 +152,38 @@ def stages() -> Iterator[Stage]:
     yield from (_evaluate(f"infer-{v}", f"models/{BASELINE}", v) for v in INFERENCE_ONLY)
     yield Stage("report", REPORT, inputs={"--data": RAW, **_enhanced_inputs("both")},
                 options={"--evals": "eval", "--out": "report"}, needs=tuple(f"eval/{e}" for e in EVALUATIONS),
-                outs=(Out("report/report.md"), Out("report/summary.json"),
+                outs=(Out("report/report.md"), Out("report/summary.json"), Out("report/intervals.json", cache=False),
+                      Out("report/audit.parquet"),
                       Out("report/scores.png", kind="plots"), Out("report/gallery.png", kind="plots"),
                       Out("report/scores_local.csv", kind="plots", plot=_bar("score", "evaluation")),
                       Out("report/scores_global.csv", kind="plots", plot=_bar("score", "evaluation"))))
+
+
+# -- the seed study (`make study`): replicas of every trained variant and evaluation ---------------------
+STUDY_MODELS = "models/study"
+
+
+def replica(name: str, seed: int) -> str:
+    """``corpus`` at seed 2 -> ``corpus@s2``: the report joins ``<name>@s<seed>`` to the row ``<name>``."""
+    return f"{name}@s{seed}"
+
+
+def study_stages(seeds: list[int]) -> Iterator[Stage]:
+    """Train every variant again with each seed of ``seeds`` (``rare train --seed``) and evaluate it as the
+    pipeline does, into ``eval/<name>@s<seed>``; the inference-only rows use that seed's baseline model.
+    Run by ``rare.study`` (not in dvc.yaml: the default pipeline trains each variant once)."""
+    for seed in seeds:
+        for v in VARIANTS:
+            model = f"{STUDY_MODELS}/{replica(v, seed)}"
+            yield Stage(f"train_{v}_s{seed}", TRAIN, (v,), {"--data": RAW, **_enhanced_inputs(v)},
+                        {"--out": model, "--seed": str(seed)}, needs=(PRETRAINED,), outs=(Out(model),))
+        evals = [(v, f"{STUDY_MODELS}/{replica(v, seed)}", v) for v in VARIANTS]
+        evals += [(f"infer-{v}", f"{STUDY_MODELS}/{replica(BASELINE, seed)}", v) for v in INFERENCE_ONLY]
+        for name, model, inputs in evals:
+            out = f"eval/{replica(name, seed)}"
+            yield Stage(f"eval_{name.replace('-', '_')}_s{seed}", EVALUATE, (replica(name, seed),),
+                        {"--model": model, "--data": RAW, **_enhanced_inputs(inputs)}, {"--inputs": inputs, "--out": out},
+                        outs=(Out(f"{out}/metrics.json"),))
 
 
 def stage(name: str) -> Stage:

@@ -21,10 +21,11 @@ import json
 import os
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,22 @@ def plan_shards(root: MBEIRRoot, files: list[str], shard_size: int, fingerprint:
                 yield Shard(rel, index, start, offset - start, start_line, lines - start_line + 1, hasher.hexdigest())
 
 
+@dataclass(frozen=True)
+class CostRecord:
+    """What one enhanced item cost: the backend's token counts (the server's ``usage`` on openai, the model's
+    tokenizer on transformers, whitespace words on the stand-in) and the generation seconds charged to it
+    (its batch's wall time / batch size; 0 when an identical input was already generated or cached)."""
+
+    file: str
+    line: int
+    id: str
+    op: str
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    cached: bool
+
+
 @dataclass
 class ShardStats:
     """What one shard produced. The first block is stored with the shard; the rest describes this run."""
@@ -124,11 +141,13 @@ class ShardStats:
     gen_tokens_in: int = 0
     gen_tokens_out: int = 0
     worker: str = ""        # host:pid that processed the shard (spread over actors and nodes)
+    costs: list[CostRecord] = field(default_factory=list)  # per item processed in this run (not stored)
+    fresh: set[int] = field(default_factory=set)           # results generated here, not yet charged to an item
 
     STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures")
 
     def stored(self) -> StoredShard:
-        return {k: v for k, v in asdict(self).items() if k in self.STORED}  # type: ignore[return-value]
+        return {k: getattr(self, k) for k in self.STORED}  # type: ignore[return-value]
 
     def count(self, op: str, status: str, cause: str | None) -> None:
         self.items += 1
@@ -256,7 +275,7 @@ class Engine:
             items = self._read(shard)
             stats = ShardStats(shard=shard.name, worker=worker)
             results = self._results(items, stats, progress)
-            lines = [self._finish(item, results, stats) for item in items]
+            lines = [self._finish(item, results, stats, shard) for item in items]
             remove_stale_temps(stats_path)
             remove_stale_temps(out_path)
             atomic_write(stats_path, [json.dumps(stats.stored(), sort_keys=True).encode()])
@@ -324,6 +343,7 @@ class Engine:
     def _results(self, items: list[_Item], stats: ShardStats, progress: Progress | None) -> dict[str, EnhanceResult]:
         per_key = Counter(it.key for it in items if it.key is not None)
         results = self.cache.get_many(list(per_key))
+        fresh = stats.fresh
         stats.cache_hits = len(results)
         if progress:
             progress(len(items) - sum(n for k, n in per_key.items() if k not in results))
@@ -344,7 +364,12 @@ class Engine:
             for start in range(0, len(pending), size):
                 requests = [self._request(it) for it in pending[start:start + size]]
                 try:
+                    t0 = time.perf_counter()
                     generated = self._generate(requests)
+                    share = (time.perf_counter() - t0) / len(requests)
+                    for res in generated:
+                        res.seconds = res.seconds or share
+                        fresh.add(id(res))
                 except BackendUnavailable as exc:  # keep what did complete: a rerun must not redo it
                     for commit in commits:
                         commit.result()
@@ -364,7 +389,7 @@ class Engine:
                 commit.result()
         return results
 
-    def _finish(self, item: _Item, results: dict[str, EnhanceResult], stats: ShardStats) -> bytes:
+    def _finish(self, item: _Item, results: dict[str, EnhanceResult], stats: ShardStats, shard: Shard) -> bytes:
         cfg = self.config
         if item.op == NONE:
             enhanced = Enhanced(NONE, "skipped", backend=cfg.backend, model=cfg.model, prompt_version=cfg.prompt_version)
@@ -375,6 +400,11 @@ class Engine:
                 stats.tokens_in += result.tokens_in
                 stats.tokens_out += result.tokens_out
                 text, cause = judge(result, cfg.max_new_tokens)
+                charged = id(result) in stats.fresh
+                stats.fresh.discard(id(result))  # an input repeated in the shard is generated (and paid) once
+                stats.costs.append(CostRecord(shard.rel, shard.first_line + item.index, item.rid, item.op,
+                                              result.tokens_in, result.tokens_out,
+                                              round(result.seconds, 6) if charged else 0.0, not charged))
             status = "ok" if text is not None else "failed"
             enhanced = Enhanced(item.op, status, text, cause, cfg.backend, cfg.model, cfg.prompt_version)
             if cause is not None:

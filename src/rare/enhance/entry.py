@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,18 @@ def log_to_mlflow(outcome: Outcome, params: dict[str, Any]) -> None:
 
 def write_metrics(outcome: Outcome, path: Path) -> None:
     """``path`` (the DVC metric) holds the failure rate only; the counts and this run's throughput go to
-    ``runtime/<name>`` beside it, which neither git nor DVC tracks. (DVC refuses a metric file inside a
+    ``runtime/<name>`` beside it, which neither git nor DVC tracks, with one cost record per item enhanced
+    in this run (``costs_file``). (DVC refuses a metric file inside a
     stage's output folder, so the summary in the output folder cannot be the metric.)"""
     atomic_write(path, [(json.dumps({"failure_rate": outcome.summary["failure_rate"]}, indent=2) + "\n").encode()])
     runtime = {**outcome.summary, "runtime": outcome.runtime}
     atomic_write(path.parent / "runtime" / path.name, [(json.dumps(runtime, indent=2, sort_keys=True) + "\n").encode()])
+    atomic_write(costs_file(path), (json.dumps(asdict(c)).encode() + b"\n" for c in outcome.costs))
+
+
+def costs_file(metrics: Path) -> Path:
+    """Per-item cost records (tokens, seconds) of the run that wrote ``metrics``: runtime data, untracked."""
+    return metrics.parent / "runtime" / f"{metrics.stem}_costs.jsonl"
 
 
 def failures_artifact(outcome: Outcome, side: str) -> None:

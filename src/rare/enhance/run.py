@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from rare.enhance.backends.base import Backend
 from rare.enhance.engine import (
     FAILURES_FILE,
     SUMMARY_FILE,
+    CostRecord,
     Engine,
     EngineConfig,
     Shard,
@@ -54,6 +55,7 @@ class Outcome:
     out: Path
     summary: EnhanceSummary   # deterministic counts, also written to out/enhance_summary.json
     runtime: EnhanceRuntime   # this run's throughput, cache hits and tokens
+    costs: list[CostRecord] = field(default_factory=list)  # per item enhanced in this run (reused shards: none)
 
 
 def thread_mapper(engine: Engine, shards: list[Shard], progress: Callable[[int], None]) -> list[ShardStats]:
@@ -114,7 +116,8 @@ def enhance_side(params: EnhanceParams, data: Path, out: Path, side: str, *,
     finally:
         engine.close()
     seconds = time.perf_counter() - start
-    return Outcome(config.side, out, summary, merge_stats(stats, summary["items"], seconds))
+    costs = [c for s in stats for c in s.costs]
+    return Outcome(config.side, out, summary, merge_stats(stats, summary["items"], seconds), costs)
 
 
 def failed_dir(out: Path) -> Path:

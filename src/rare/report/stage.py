@@ -4,66 +4,142 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from rare.atomic import atomic_write_text
 from rare.config.report import ReportParams
 from rare.config.tracking import TrackingParams
-from rare.report.findings import assess
-from rare.report.table import Evaluation, find_baseline, load_evaluations, markdown_table, scores_csv, summary
+from rare.report.audit import audit_table, largest_moves, write_audit
+from rare.report.costs import cost_lines
+from rare.report.evidence import QueryValues, delta_intervals, load_samples, split_seeds
+from rare.report.findings import Finding, assess
+from rare.report.stats import Bootstrap, seed_summary
+from rare.report.table import SCORE, Evaluation, find_baseline, load_evaluations, markdown_table, scores_csv, summary
 
 log = logging.getLogger(__name__)
 
 
-def _headline_note(evals: list[Evaluation]) -> str:
+def _headline_note(evals: list[Evaluation], level: str) -> str:
     ks = sorted({k for e in evals for k in e.info.headline.values()}, key=lambda m: int(m[2:]))
     r10 = sorted({dt for e in evals for dt, k in e.info.headline.items() if k == "R@10"})
     note = f"Cells are each dataset-task's headline metric ({', '.join(ks)})"
     note += f"; R@10 for {', '.join(r10)}" if r10 else ""
-    return note + ". Deltas in parentheses are against the baseline (bold row)."
+    return note + (f". Deltas in parentheses are against the baseline (bold row), with their {level} interval "
+                   "[low, high]; an interval that contains 0 is no evidence of a difference.")
+
+
+def _finding_lines(findings: list[Finding]) -> list[str]:
+    lines = []
+    for f in findings:
+        lines.append(f"- **{f.verdict.upper()}**: {f.claim} {f.evidence}.")
+        if f.net:
+            lines.append("  Net effect: " + "; ".join(f"{label} {iv.text()}" for label, iv in f.net) + ".")
+    return lines
+
+
+def _seed_table(replicas: dict[str, list[Evaluation]], pools: list[str]) -> list[str]:
+    """Mean and sd across seeds of each row's M-BEIR score, for rows with a seed study."""
+    studied = {row: evals for row, evals in replicas.items() if len(evals) > 1}
+    if not studied:
+        return []
+    lines = ["| evaluation | seeds | " + " | ".join(f"{SCORE} {p} (mean ± sd)" for p in pools) + " |",
+             "|---|---:|" + "---:|" * len(pools)]
+    for row, evals in studied.items():
+        cells = []
+        for pool in pools:
+            mean, sd = seed_summary([e.metrics["score"][pool] for e in evals if pool in e.metrics["score"]])
+            cells.append(f"{mean:.1f} ± {sd:.1f}")
+        lines.append(f"| {row} | {len(evals)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpus_enhanced: Path | None = None,
                  queries_enhanced: Path | None = None) -> Path:
-    """Write report.md, scores.png, gallery.png, scores_<pool>.csv and summary.json under ``out``."""
+    """Write report.md, scores.png, gallery.png, scores_<pool>.csv, intervals.json and summary.json under ``out``."""
     from rare.report.chart import bar_chart  # matplotlib: imported when the work starts, not with the command
     from rare.report.gallery import gallery
 
-    evaluations = load_evaluations(evals)
+    t0 = time.perf_counter()
+    evaluations, replicas = split_seeds(load_evaluations(evals))
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
-    findings = assess(evaluations, params.findings_pool, params.min_gain)
+    base = find_baseline(evaluations)
+    findings_pool = params.findings_pool if params.findings_pool in pools else pools[0]
+    kept: dict[tuple[str, str], QueryValues] = {}
+    boots = {pool: Bootstrap(load_samples(replicas, data, pool, kept if pool == findings_pool else None),
+                             params.resamples, params.bootstrap_seed, params.level) for pool in pools}
+    deltas = {pool: delta_intervals(evaluations, base, boots[pool]) if base else {} for pool in pools}
+    findings = assess(evaluations, boots[findings_pool], params.permutations)
+    stats_s = time.perf_counter() - t0
+    audit_lines: list[str] = []
+    if base is not None:
+        table = audit_table(evaluations, base, kept, data, corpus_enhanced, queries_enhanced)
+        write_audit(table, out / "audit.parquet")
+        shown_row = params.gallery_compare if any(e.name == params.gallery_compare for e in evaluations) else None
+        if shown_row:
+            audit_lines = largest_moves(table, shown_row, params.audit_top)
     bar_chart(evaluations, out / "scores.png")
     for pool in pools:
         atomic_write_text(out / f"scores_{pool}.csv", scores_csv(evaluations, pool))
-    base = find_baseline(evaluations)
     other = next((e for e in evaluations if e.name == params.gallery_compare), None)
     shown = None
     if base is not None and other is not None:
         shown = gallery(base, other, data, out / "gallery.png", params.gallery_queries, params.gallery_top_k,
                         params.seed, corpus_enhanced, queries_enhanced)
 
-    listing = ", ".join(f"{e.name} ({e.regime})" for e in evaluations)
+    seeds = {row: len(evals) for row, evals in replicas.items()}
+    level = f"{params.level * 100:g}%"
+    listing = ", ".join(f"{e.name} ({e.regime}{f', {seeds[e.name]} seeds' if seeds[e.name] > 1 else ''})"
+                        for e in evaluations)
     md = ["# Ablation report", "",
           f"Evaluations: {listing}. Baseline: {base.name if base else 'none found'}. "
           f"Split: {evaluations[0].info.split}.", "",
           "## Findings of the paper", "",
-          f"Judged on the {params.findings_pool} pool; a difference counts when it exceeds {params.min_gain:g} points.",
-          ""]
-    md += [f"- **{f.verdict.upper()}**: {f.claim} {f.evidence}." for f in findings]
+          f"Judged on the {findings_pool} pool by {level} intervals of the gains each claim needs: a paired "
+          f"bootstrap over test queries stratified per dataset-task ({params.resamples} resamples, seed "
+          f"{params.bootstrap_seed}; seeds resampled too where a variant has several) and a paired sign-flip "
+          f"permutation test ({params.permutations} permutations). **Supported**: every needed gain's interval "
+          "is above zero; **contradicted**: one is below zero; **inconclusive**: anything else.", ""]
+    md += _finding_lines(findings)
+    seed_lines = _seed_table(replicas, pools)
+    if seed_lines:
+        md += ["", "## Seeds", "", "Each row's M-BEIR score across its seeds; the tables' deltas and intervals "
+               "use every seed's per-query values (seeds resampled as well as queries).", "", *seed_lines]
     for pool in pools:
-        md += ["", f"## {pool.capitalize()} pool", "", _headline_note(evaluations), "",
-               markdown_table(evaluations, pool)]
+        md += ["", f"## {pool.capitalize()} pool", "", _headline_note(evaluations, level), "",
+               markdown_table(evaluations, pool, deltas[pool])]
+    if audit_lines:
+        md += ["", "## Per-query audit", "",
+               f"`audit.parquet` has, for every test query ({findings_pool} pool) and every evaluation, the original "
+               f"and enhanced query, the first positive's rank under {base.name if base else 'the baseline'} and "
+               f"under the row's model, and whether that positive's own text was enhanced. Largest moves of "
+               f"'{params.gallery_compare}' per dataset-task (– = not in the run's top k):", "", *audit_lines]
+    costs = cost_lines(Path(params.runtime_dir))
+    if costs:
+        md += ["", "## Enhancement costs", "",
+               f"From the per-item records of the last `rare enhance` runs ({params.runtime_dir}): tokens as the "
+               "backend counts them (server `usage`, the model's tokenizer, or the stand-in's whitespace words), "
+               "items/s over generation time only. Shards reused from an earlier run have no records.", "", *costs]
     md += ["", "## Figures", "", "![scores](scores.png)", ""]
     md.append("![gallery](gallery.png)" if shown else
               f"No gallery: it needs the baseline and the '{params.gallery_compare}' evaluation with local run files.")
     report = out / "report.md"
     atomic_write_text(report, "\n".join(md) + "\n")
+    atomic_write_text(out / "intervals.json", json.dumps({
+        "method": {"resamples": params.resamples, "permutations": params.permutations, "level": params.level,
+                   "seed": params.bootstrap_seed, "baseline": base.name if base else None, "seeds": seeds},
+        "deltas": {pool: {row: {col: iv.as_dict() for col, iv in cols.items()} for row, cols in rows.items()}
+                   for pool, rows in deltas.items()},
+        "findings_pool": findings_pool,
+        "findings": [f.as_dict() for f in findings],
+    }, indent=2) + "\n")
     atomic_write_text(out / "summary.json", json.dumps({
-        "findings": [vars(f) for f in findings],
+        "findings": [{"claim": f.claim, "verdict": f.verdict, "evidence": f.evidence} for f in findings],
         "scores": {pool: summary(evaluations, pool) for pool in pools},
         "evaluations": {e.name: {"regime": e.regime, "inputs": e.inputs, "model_variant": e.info.model_variant}
                         for e in evaluations},
     }, indent=2) + "\n")
+    log.info("report: intervals and verdicts in %.1f s, report in %.1f s", stats_s, time.perf_counter() - t0)
     return report
 
 
@@ -79,6 +155,7 @@ def log_report(out: Path, tracking: TrackingParams, params_file: Path, run_id: s
     to the pipeline's parent run (where pipeline runs are compared). Returns the parent's id."""
     if not tracking.enabled:
         return None
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from rare import tracking as rare_tracking
@@ -86,13 +163,24 @@ def log_report(out: Path, tracking: TrackingParams, params_file: Path, run_id: s
     parent = rare_tracking.parent_run_id(tracking, params_file)
     client = MlflowClient()
     scores = json.loads((out / "summary.json").read_text(encoding="utf-8"))["scores"]
+    intervals = json.loads((out / "intervals.json").read_text(encoding="utf-8"))
     for target in dict.fromkeys([run_id, parent]):
         if target is None:
             continue
         client.log_artifacts(target, str(out), artifact_path="report")
+        audit = out / "audit.parquet"
+        if audit.exists():
+            import pyarrow.parquet as pq
+
+            client.log_table(target, pq.read_table(audit).to_pandas(), artifact_file="report/audit_table.json")
         for pool, rows in scores.items():
             for name, row in rows.items():
                 for group, value in row.items():
                     if value is not None:
                         client.log_metric(target, f"report/{name}/{pool}/{group.replace(' ', '_')}", value)
+        now = int(time.time() * 1000)
+        client.log_batch(target, metrics=[
+            Metric(f"report_ci/{name}/{pool}/{col.replace(' ', '_')}/{end}", iv[end], now, 0)
+            for pool, rows in intervals["deltas"].items() for name, cols in rows.items()
+            for col, iv in cols.items() for end in ("estimate", "lo", "hi")])
     return parent

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 from rare.contracts import EvalInfo, EvalMetrics
 from rare.data.errors import DataError
 from rare.mbeir import DatasetTask, Probe
+from rare.report.stats import Interval
 from rare.stages import EVALUATIONS
 
 ROW_ORDER = EVALUATIONS  # declared with the stages: zero-shot, the variants, then the inference-only rows
@@ -106,16 +107,21 @@ def summary(evaluations: Sequence[Evaluation], pool: str) -> dict[str, dict[str,
     return out
 
 
-def _cell(value: float | None, base: float | None, is_base: bool) -> str:
+def _cell(value: float | None, base: float | None, is_base: bool, interval: Interval | None = None) -> str:
     if value is None:
         return "–"
     if is_base or base is None:
         return f"{value:.1f}"
+    if interval is not None:
+        return f"{value:.1f} ({interval.text()})"
     return f"{value:.1f} ({value - base:+.1f})"
 
 
-def markdown_table(evaluations: Sequence[Evaluation], pool: str) -> str:
-    """One markdown table for one pool; deltas are against the baseline row."""
+def markdown_table(evaluations: Sequence[Evaluation], pool: str,
+                   intervals: Mapping[str, Mapping[str, Interval]] | None = None) -> str:
+    """One markdown table for one pool; deltas are against the baseline row, with their 95% interval
+    (``intervals``: row -> column -> interval, as ``rare.report.evidence.delta_intervals`` gives them)."""
+    intervals = intervals or {}
     groups = columns(evaluations)
     base = find_baseline(evaluations)
     header = ["evaluation", "regime"]
@@ -128,12 +134,14 @@ def markdown_table(evaluations: Sequence[Evaluation], pool: str) -> str:
             continue
         is_base = e is base
         cells = [f"**{e.name}**" if is_base else e.name, e.regime]
-        for dts in groups.values():
+        ivs = intervals.get(e.name, {})
+        for probe, dts in groups.items():
             for dt in dts:
-                cells.append(_cell(e.headline(pool, dt), base and base.headline(pool, dt), is_base))
-            cells.append(_cell(group_mean(e, pool, dts), base and group_mean(base, pool, dts), is_base))
+                cells.append(_cell(e.headline(pool, dt), base and base.headline(pool, dt), is_base, ivs.get(dt)))
+            cells.append(_cell(group_mean(e, pool, dts), base and group_mean(base, pool, dts), is_base,
+                               ivs.get(probe.value)))
         score = e.metrics["score"].get(pool)
-        cells.append(_cell(score, base and base.metrics["score"].get(pool), is_base))
+        cells.append(_cell(score, base and base.metrics["score"].get(pool), is_base, ivs.get(SCORE)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

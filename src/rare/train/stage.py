@@ -160,7 +160,9 @@ def train_variant(variant: str, data: Path, out: Path, params: TrainParams, trac
     if not tracking.enabled or RUN_ENV in os.environ or not is_rank_zero_process():
         return _train_variant(variant, data, out, params, tracking, corpus_enhanced, queries_enhanced, callbacks,
                               metrics, os.environ.get(RUN_ENV) if tracking.enabled else None)
-    with rare_tracking.child_run(tracking, "train", f"train-{variant}", {"rare.variant": variant}, data=data,
+    # rare.seed_group: one value per variant, so MLflow lists a variant's seeds side by side (filter or group on it)
+    tags = {"rare.variant": variant, "rare.seed": str(params.seed), "rare.seed_group": f"train-{variant}"}
+    with rare_tracking.child_run(tracking, "train", f"train-{variant}", tags, data=data,
                                  active=False) as run_id:
         return _train_variant(variant, data, out, params, tracking, corpus_enhanced, queries_enhanced, callbacks,
                               metrics, run_id)

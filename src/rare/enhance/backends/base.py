@@ -34,6 +34,7 @@ class EnhanceResult:
     tokens_in: int = 0           # the server's usage.prompt_tokens (also on a failed answer that reported it)
     tokens_out: int = 0          # the server's usage.completion_tokens: what the answer cost, kept or not
     finish_reason: str | None = None  # "stop" | "length" | ...; "length" marks an output cut at the cap
+    seconds: float = 0.0         # generation wall time charged to this request (the engine's batch share)
     extra: dict[str, str] = field(default_factory=dict)
     requests: int = 0            # HTTP requests this item cost in this run, retries included (0: none sent)
 
