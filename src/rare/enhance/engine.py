@@ -2,9 +2,12 @@
 
 Work is cut into shards of ``shard_size`` input lines. A finished shard is stored under the
 cache directory as ``shards/<digest>.jsonl`` (+ ``.json`` stats), where the digest hashes the
-shard's input bytes and everything that shapes the output; both files appear atomically, the
-output last, so its existence means "finished". The final files under ``out`` are then
-concatenations of stored shards in input order. Consequences:
+shard's input bytes and everything that shapes the output; both files appear atomically, and then
+their manifest (``.manifest.json``: sizes, sha256, row count), whose existence means "finished". A
+stored shard is re-hashed against its manifest before it is reused: one that was truncated, emptied
+or rewritten is discarded with a warning naming it and generated again (from the item cache, so
+cheaply), never published. The final files under ``out`` are then concatenations of stored shards
+in input order. Consequences:
 
 - kill -9 anywhere, rerun: finished shards are reused, finished generations come from the item
   cache, and the output is byte-identical to an uninterrupted run;
@@ -41,7 +44,9 @@ from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
 from rare.enhance.ops import NEEDS_IMAGE, NONE
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
+from rare.errors import print_warning
 from rare.hashing import key_digest
+from rare.manifest import ManifestError, verify, write_manifest
 from rare.mbeir import dataset_id_of
 
 FORMAT_VERSION = 1  # bump when the output layout of a shard changes
@@ -237,12 +242,33 @@ class Engine:
     def shard_paths(self, shard: Shard) -> tuple[Path, Path]:
         return self.store / f"{shard.digest}.jsonl", self.store / f"{shard.digest}.json"
 
+    def manifest_path(self, shard: Shard) -> Path:
+        return self.store / f"{shard.digest}.manifest.json"
+
+    def _reusable(self, shard: Shard) -> dict[str, Any] | None:
+        """The stored stats of a finished shard whose files match their manifest; None if it must be (re)made.
+
+        Full hashes: assembly reads the whole shard anyway, so checking it costs one more read of it."""
+        out_path, stats_path = self.shard_paths(shard)
+        manifest = self.manifest_path(shard)
+        if not (manifest.exists() or out_path.exists()):
+            return None
+        try:
+            verify(manifest, full=True)
+            return json.loads(stats_path.read_text())
+        except (ManifestError, ValueError) as exc:
+            print_warning(f"enhancement shard {shard.name} ({out_path}): {exc}; discarded, generating it again")
+        for path in (manifest, out_path, stats_path):
+            path.unlink(missing_ok=True)
+        return None
+
     def process(self, shard: Shard, progress: Progress | None = None) -> ShardStats:
-        """Enhance one shard and store it; a shard already stored is only read back."""
+        """Enhance one shard and store it; a shard already stored (and intact) is only read back."""
         out_path, stats_path = self.shard_paths(shard)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        if out_path.exists():
-            stats = ShardStats(**json.loads(stats_path.read_text()), shard=shard.name, reused=True, worker=worker)
+        stored = self._reusable(shard)
+        if stored is not None:
+            stats = ShardStats(**stored, shard=shard.name, reused=True, worker=worker)
             if progress:
                 progress(stats.items)
         else:
@@ -250,10 +276,12 @@ class Engine:
             stats = ShardStats(shard=shard.name, worker=worker)
             results = self._results(items, stats, progress)
             lines = [self._finish(item, results, stats) for item in items]
-            remove_stale_temps(stats_path)
-            remove_stale_temps(out_path)
+            manifest = self.manifest_path(shard)
+            for path in (stats_path, out_path, manifest):
+                remove_stale_temps(path)
             atomic_write(stats_path, [json.dumps(stats.stored(), sort_keys=True).encode()])
-            atomic_write(out_path, lines)  # last: its existence marks the shard finished
+            atomic_write(out_path, lines)
+            write_manifest(manifest, [out_path, stats_path])  # last: its existence marks the shard finished
         return stats
 
     def _read(self, shard: Shard) -> list[_Item]:
