@@ -15,7 +15,7 @@ concatenated into the output), ``sizes`` checks sizes and ``.npy`` headers only 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +103,9 @@ def read_manifest(manifest_path: Path) -> Manifest:
     return manifest
 
 
-def verify(manifest_path: Path, full: bool) -> Manifest:
-    """Check every listed file against the manifest; ``full`` re-hashes, otherwise sizes and .npy headers only.
+def verify(manifest_path: Path, full: bool | Collection[str]) -> Manifest:
+    """Check every listed file against the manifest: sizes and .npy headers always; contents re-hashed
+    when ``full`` is True or names the file (the ones the caller reads whole anyway).
 
     Raises ``ManifestError`` naming the first file that differs and how."""
     manifest = read_manifest(manifest_path)
@@ -124,7 +125,7 @@ def verify(manifest_path: Path, full: bool) -> Manifest:
                 raise ManifestError(f"{path}: unreadable .npy header ({exc})") from None
             if shape != want.shape or dtype != want.dtype:
                 raise ManifestError(f"{path}: array {shape} {dtype}, the manifest says {want.shape} {want.dtype}")
-        if full:
+        if full is True or (full is not False and name in full):
             digest, lines = sha256_lines(path)
             if digest != want.sha256:
                 raise ManifestError(f"{path}: content differs from the manifest (sha256 {digest[:12]}..., "

@@ -33,8 +33,9 @@ from rare.data.images import load_image
 from rare.data.instructions import InstructionTable
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import TextMode, candidate_text, query_text
-from rare.errors import worker_errors_unwrapped
+from rare.errors import print_warning, worker_errors_unwrapped
 from rare.hashing import code_digest, key_digest
+from rare.manifest import MANIFEST_FILE, ManifestError, verify, write_folder_manifest
 from rare.mbeir import TASKS, dataset_id_of
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,22 @@ class TextView:
 
 @dataclass(frozen=True)
 class Embeddings:
-    """One cache entry: ``vectors.npy`` (fp16 [N, D]) and ``ids.npy`` in record order."""
+    """One cache entry: ``vectors.npy`` (fp16 [N, D]) and ``ids.npy`` in record order, and their manifest.
+
+    Checked on every open: sizes and array shapes of both files (cheap at any size: the vectors are
+    memory-mapped, never read whole just to be opened), and the sha256 of ``ids.npy``, which is read
+    whole anyway."""
 
     dir: Path
+
+    def check(self) -> None:
+        """Raises ``ManifestError`` naming the file when the entry is incomplete or damaged."""
+        manifest = verify(self.dir / MANIFEST_FILE, full={"ids.npy"})
+        vectors, ids = manifest.files.get("vectors.npy"), manifest.files.get("ids.npy")
+        if vectors is None or ids is None or vectors.shape is None or ids.shape is None:
+            raise ManifestError(f"{self.dir / MANIFEST_FILE}: does not list vectors.npy and ids.npy")
+        if vectors.shape[:1] != ids.shape[:1]:
+            raise ManifestError(f"{self.vectors_path}: {vectors.shape[0]} rows for {ids.shape[0]} ids")
 
     @property
     def vectors_path(self) -> Path:
@@ -175,9 +189,14 @@ def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, ca
     """
     stats = stats if stats is not None else EmbedStats()
     final = Embeddings(cache_dir / key)
-    if (final.dir / "done").exists():
-        stats.reused += 1
-        return final
+    if final.dir.exists():
+        try:
+            final.check()
+            stats.reused += 1
+            return final
+        except ManifestError as exc:
+            print_warning(f"embedding cache entry {label or key}: {exc}; discarded, embedding it again")
+            shutil.rmtree(final.dir)
     t0 = time.perf_counter()
     items = make_items()
     ids = np.array([it.id for it in items], dtype=str)
@@ -216,6 +235,7 @@ def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, ca
     del out
     np.save(tmp / "ids.npy", ids, allow_pickle=False)
     (tmp / "done").write_text(json.dumps({"rows": len(items), "dim": dim, "label": label}))
+    write_folder_manifest(tmp)  # last: what every later open checks the entry against
     try:
         os.replace(tmp, final.dir)
     except OSError:  # another process finished the same entry first: theirs is identical
