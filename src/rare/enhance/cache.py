@@ -118,6 +118,8 @@ class Cache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[sqlite3.Connection] = set()
         self.journal_mode = journal_mode(self.path)
         cause = damage(self.path)
         if cause is None:
@@ -134,11 +136,14 @@ class Cache:
     def _conn(self) -> sqlite3.Connection:
         """One connection per thread; WAL (on local disk) lets readers run beside the one writer."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        if conn is None or conn not in self._open:
+            # Used by this thread only; closed by ``close`` from whichever thread ends the run.
+            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable against process kills, which is what resume needs
             self._local.conn = conn
+            with self._lock:
+                self._open.add(conn)
         return conn
 
     @contextmanager
@@ -223,7 +228,10 @@ class Cache:
         return out
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Every thread's connection: the last one to close checkpoints the WAL into the file, so a finished
+        run leaves one settled file, not a WAL that a later, unrelated close would fold in."""
+        with self._lock:
+            conns, self._open = self._open, set()
+        for conn in conns:
             conn.close()
-            self._local.conn = None
+        self._local.conn = None

@@ -228,12 +228,11 @@ class Engine:
         return results
 
     def close(self) -> None:
-        self._committer.submit(self.cache.close)  # the committer thread's own connection
         self._committer.shutdown()
         if self._backend is not None:
             self._backend.close()
             self._backend = None
-        self.cache.close()
+        self.cache.close()  # every thread's connection, the committer's included
 
     # -- one shard ----------------------------------------------------------------------------
     def plan(self, files: list[str], shard_size: int) -> list[Shard]:
