@@ -3,10 +3,11 @@
 Work is cut into shards of ``shard_size`` input lines. A finished shard is stored under the
 cache directory as ``shards/<digest>.jsonl`` (+ ``.json`` stats), where the digest hashes the
 shard's input bytes and everything that shapes the output; both files appear atomically, and then
-their manifest (``.manifest.json``: sizes, sha256, row count), whose existence means "finished". A
-stored shard is re-hashed against its manifest before it is reused: one that was truncated, emptied
-or rewritten is discarded with a warning naming it and generated again (from the item cache, so
-cheaply), never published. The final files under ``out`` are then concatenations of stored shards
+their manifest (``.manifest.json``: sizes, sha256, row count), whose existence means "finished".
+Before a stored shard is reused its sizes and its stats' hash are checked; its output is hashed while
+assembly streams it into the published file (it is read then anyway). A shard that was truncated,
+emptied or rewritten is discarded with a warning naming it and generated again (from the item cache,
+so cheaply), never published. The final files under ``out`` are then concatenations of stored shards
 in input order. Consequences:
 
 - kill -9 anywhere, rerun: finished shards are reused, finished generations come from the item
@@ -46,7 +47,7 @@ from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
 from rare.errors import print_warning
 from rare.hashing import key_digest
-from rare.manifest import ManifestError, verify, write_manifest
+from rare.manifest import ManifestError, read_manifest, verify, write_manifest
 from rare.mbeir import dataset_id_of
 
 FORMAT_VERSION = 1  # bump when the output layout of a shard changes
@@ -247,19 +248,23 @@ class Engine:
     def _reusable(self, shard: Shard) -> dict[str, Any] | None:
         """The stored stats of a finished shard whose files match their manifest; None if it must be (re)made.
 
-        Full hashes: assembly reads the whole shard anyway, so checking it costs one more read of it."""
+        Sizes, and the small stats file's hash: the output's hash is checked by assembly, which reads it."""
         out_path, stats_path = self.shard_paths(shard)
         manifest = self.manifest_path(shard)
         if not (manifest.exists() or out_path.exists()):
             return None
         try:
-            verify(manifest, full=True)
+            verify(manifest, full={stats_path.name})
             return json.loads(stats_path.read_text())
         except (ManifestError, ValueError) as exc:
-            print_warning(f"enhancement shard {shard.name} ({out_path}): {exc}; discarded, generating it again")
-        for path in (manifest, out_path, stats_path):
-            path.unlink(missing_ok=True)
+            self._discard(shard, str(exc))
         return None
+
+    def _discard(self, shard: Shard, why: str) -> None:
+        out_path, stats_path = self.shard_paths(shard)
+        print_warning(f"enhancement shard {shard.name} ({out_path}): {why}; discarded, generating it again")
+        for path in (self.manifest_path(shard), out_path, stats_path):
+            path.unlink(missing_ok=True)
 
     def process(self, shard: Shard, progress: Progress | None = None) -> ShardStats:
         """Enhance one shard and store it; a shard already stored (and intact) is only read back."""
@@ -421,7 +426,7 @@ class Engine:
         for rel, parts in by_file.items():
             dst = out / rel
             remove_stale_temps(dst)
-            atomic_write(dst, _concat(self.shard_paths(s)[0] for s in parts))
+            self._write_verified(dst, parts)
             summary["files"][rel] = sum(_merge_counts(summary, self._stored(s)) for s in parts)
         summary["enhanceable"] = summary["ok"] + summary["failed"]
         if summary["enhanceable"]:
@@ -433,6 +438,29 @@ class Engine:
         atomic_write(summary_path, [(json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()])
         return summary
 
+    def _write_verified(self, dst: Path, parts: list[Shard]) -> None:
+        """``dst`` = the shards' outputs in order, each hashed as it streams; one that no longer matches its
+        manifest is discarded and generated again, and the file written again (the failed write never lands)."""
+        for _ in range(len(parts) + 1):
+            try:
+                atomic_write(dst, (chunk for s in parts for chunk in self._verified(s)))
+                return
+            except _Changed as exc:
+                self._discard(exc.shard, exc.why)
+                self.process(exc.shard)
+        raise OSError(f"{self.store}: stored shards keep changing while they are read; is the disk failing?")
+
+    def _verified(self, shard: Shard) -> Iterator[bytes]:
+        out_path = self.shard_paths(shard)[0]
+        want = read_manifest(self.manifest_path(shard)).files.get(out_path.name)
+        h, lines = hashlib.sha256(), 0
+        for chunk in _concat(iter([out_path])):
+            h.update(chunk)
+            lines += chunk.count(b"\n")
+            yield chunk
+        if want is None or h.hexdigest() != want.sha256 or (want.rows is not None and lines != want.rows):
+            raise _Changed(shard, f"{out_path}: content differs from the manifest")
+
     def _stored(self, shard: Shard) -> StoredShard:
         return json.loads(self.shard_paths(shard)[1].read_text())
 
@@ -443,6 +471,12 @@ class Engine:
                 row = {"file": shard.rel, "line": shard.first_line + f["index"], "id": f["id"], "op": f["op"],
                        "cause": f["cause"]}
                 yield (dumps(row) + "\n").encode()
+
+
+class _Changed(Exception):
+    def __init__(self, shard: Shard, why: str):
+        super().__init__(why)
+        self.shard, self.why = shard, why
 
 
 def _concat(paths: Iterator[Path]) -> Iterator[bytes]:
