@@ -36,6 +36,7 @@ SUITE = {
     "budget": "bench.text_budget_bench",     # 7. share of corpus-enhancement tokens inside CLIP's 77
     "ranks": "bench.ranks_bench",            # 8. evaluation embedding on 2 gloo ranks vs 1, items/s
     "report": "bench.report_bench",          # 9. what the report's intervals add to its stage time
+    "manifest": "bench.manifest_bench",      # 10. manifest checks vs the reads they guard (issue 25)
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

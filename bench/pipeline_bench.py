@@ -149,8 +149,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             _, noops = run_pipeline(copy, Path(tmp) / "noop.log", NOOPS)
             imports = import_seconds(copy_env(copy))
         finally:  # a killed pipeline leaves its Prefect server (its own process group) behind
-            state = copy / ".prefect"
-            services.stop(services.Service("prefect", 0, state / "pipeline-server.pid", state / "pipeline-server.log"))
+            for svc in services.recorded("prefect", copy / ".prefect", "pipeline-server"):
+                services.stop(svc)
 
     noop = statistics.median(noops[name] for name in NOOPS)
     fixed = noop * len(stages)

@@ -27,18 +27,23 @@ from rare import services  # noqa: E402
 
 def _ensure_prefect_server() -> services.Service | None:
     """On `make ui`'s port when it is free: the server shares that one's database, so the "View at"
-    links the run prints keep working in `make ui` after the run."""
+    links the run prints keep working in `make ui` after the run. A server that a killed run left
+    behind is reused (and stopped at the end of this run), never left to pile up."""
     if os.environ.get("PREFECT_API_URL"):
         return None
     ui = services.prefect_service()
-    port = ui.port if services.port_free(ui.port) else services.free_port()
     state = ui.pidfile.parent
-    svc = services.Service("prefect", port, state / "pipeline-server.pid", state / "pipeline-server.log")
-    services.start(svc)
+    svc = services.adopt_leftover("prefect", state, PIPELINE_SERVER)
+    if svc is None:
+        port = ui.port if services.port_free(ui.port) else services.free_port()
+        svc = services.Service("prefect", port, state / f"{PIPELINE_SERVER}-{port}.pid", state / f"{PIPELINE_SERVER}.log")
+        services.start(svc)
+        services.claim(svc)
     os.environ["PREFECT_API_URL"] = f"{svc.url}/api"
     return svc
 
 
+PIPELINE_SERVER = "pipeline-server"  # .prefect/pipeline-server-<port>.pid (+ .owner): the run's own server
 REPORT_DIR = Path("report")  # the report stage's output (dvc.yaml)
 FLOW_RUN_TAG = "rare.prefect_flow_run"  # on the MLflow parent: the Prefect flow run it belongs to
 ENTRYPOINT = "flows.pipeline.pipeline"  # the deployment's flow, resolved by __getattr__ below

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from rare.config.train import PRETRAINED_TEXT, ModelParams, Source
 from rare.data.errors import DataError
+from rare.manifest import ManifestError, write_folder_manifest
 from rare.model import EncodeInput, build_retriever, load_retriever, save_retriever
 from rare.model.towers import resolve_source
 from tests.fixtures.models import make_tiny_retriever, tiny_model_params
@@ -114,10 +115,14 @@ def test_load_rejects_non_exports_and_mismatched_weights(tmp_path: Path, tiny_re
     spec = json.loads((bad / "retriever.json").read_text())
     spec["embed_dim"] = 16
     (bad / "retriever.json").write_text(json.dumps(spec))
+    with pytest.raises(ManifestError, match=r"retriever.json: \d+ bytes, the manifest says"):
+        load_retriever(bad)  # an edit after the export is caught by the manifest first
+    write_folder_manifest(bad)  # a consistent export with an inconsistent spec: the loader's own checks
     with pytest.raises(ValueError, match="model.safetensors: weights do not match"):
         load_retriever(bad)
     save_retriever(load_retriever(tiny_retriever_dir), bad)
     (bad / "meta.json").write_text(json.dumps({"variant": "none", "text_mode": {"corpus": "sideways"}}))
+    write_folder_manifest(bad)
     with pytest.raises(DataError, match=r"meta.json: text_mode.corpus: Input should be 'replace'"):
         load_retriever(bad)
 

@@ -16,6 +16,7 @@ from rare.config.pretrain import PretrainParams
 from rare.config.tracking import TrackingParams
 from rare.config.train import OptimParams, Source, TrainParams
 from rare.evaluate.stage import evaluate
+from rare.manifest import verify
 from rare.model import EncodeInput, build_retriever, load_retriever
 from rare.pretrain.stage import export_zero_shot, pretrain
 from tests.fixtures.models import tiny_model_params
@@ -51,7 +52,8 @@ def test_pretraining_writes_a_hf_checkpoint_and_its_figures(checkpoint: tuple[Pa
     from transformers import AutoModel
 
     path, figures = checkpoint
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    assert set(verify(path / "manifest.json", full=True).files) == {"config.json", "model.safetensors"}
     assert json.loads((path / "config.json").read_text())["model_type"] == "rare-cnn"
     tower = AutoModel.from_pretrained(path)
     assert tower(pixel_values=torch.zeros(2, 3, 32, 32)).pooler_output.shape == (2, 32)

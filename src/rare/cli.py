@@ -90,10 +90,12 @@ def main(
 
 
 def _check(section: str, params_file: Path) -> None:
-    """The stage's params section, validated before the flow (and its heavy imports) starts."""
+    """The stage's params section, validated before the flow (and its heavy imports) starts: values, and the
+    paths it configures (a missing pretrained folder is named here, never as a hub error mid-stage)."""
     from rare.config import load_section
+    from rare.config.paths import check_paths
 
-    load_section(section, params_file)
+    check_paths(section, load_section(section, params_file), params_file)
 
 
 def _run(step: Step, run_name: str, **kwargs: Any) -> Any:

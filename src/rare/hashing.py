@@ -35,3 +35,13 @@ def file_digest(path: str | Path) -> str:
     """The content hash of a file's bytes, streamed: 32 hex digits (blake2b, 128 bits)."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def sha256_lines(path: str | Path) -> tuple[str, int]:
+    """The sha256 of a file's bytes and its number of newlines, in one streamed pass (for manifests)."""
+    h, lines = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            lines += chunk.count(b"\n")
+    return h.hexdigest(), lines

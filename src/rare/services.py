@@ -3,6 +3,12 @@
 `make ui` starts both for browsing; the pipeline flow starts a Prefect server for the length of a
 run when none is up, so its stage processes report to one server instead of each paying for an
 ephemeral one (~9 s a stage on 2 cores).
+
+A server started for one run records its pid (``<name>-<port>.pid``) and the run that owns it
+(``.owner``). A run killed with SIGKILL never stops its server (it lives in its own session, so the
+kill of the run's process group misses it too); the next run finds it by those files: a healthy one
+whose owner is dead is adopted (reused, then stopped at the end of the new run), any other leftover
+is stopped. A server whose owner is still running is left alone.
 """
 
 from __future__ import annotations
@@ -101,10 +107,16 @@ def start(svc: Service, tracking_uri: str = "sqlite:///mlruns/mlflow.db", artifa
 
 def stop(svc: Service) -> bool:
     """Stop the process group we started; False if there was nothing to stop."""
+    owner_file(svc).unlink(missing_ok=True)
     if not svc.pidfile.exists():
         return False
-    pid = int(svc.pidfile.read_text())
+    try:
+        pid = int(svc.pidfile.read_text())
+    except ValueError:
+        pid = 0
     svc.pidfile.unlink()
+    if pid <= 0 or not _session_leader(pid):
+        return False  # gone, or the pid now names another process: never signal that one
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -117,3 +129,63 @@ def stop(svc: Service) -> bool:
         time.sleep(0.1)
     os.killpg(pid, signal.SIGKILL)
     return True
+
+
+def owner_file(svc: Service) -> Path:
+    return svc.pidfile.with_suffix(".owner")
+
+
+def claim(svc: Service) -> None:
+    """Record this process as the run that owns (and will stop) ``svc``."""
+    owner_file(svc).write_text(str(os.getpid()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _session_leader(pid: int) -> bool:
+    """``start`` puts each server in its own session: a pid that leads none is not (or no longer) ours."""
+    try:
+        return os.getsid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _owner(svc: Service) -> int | None:
+    try:
+        return int(owner_file(svc).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def recorded(name: str, state_dir: Path, prefix: str) -> list[Service]:
+    """Servers that runs recorded under ``state_dir`` as ``<prefix>-<port>.pid``."""
+    found = []
+    for pidfile in sorted(state_dir.glob(f"{prefix}-*.pid")):
+        port = pidfile.stem.removeprefix(f"{prefix}-")
+        if port.isdigit():
+            found.append(Service(name, int(port), pidfile, state_dir / f"{prefix}.log"))
+    return found
+
+
+def adopt_leftover(name: str, state_dir: Path, prefix: str) -> Service | None:
+    """A server that a killed run left behind: the first healthy one is claimed and returned for reuse,
+    the others are stopped; servers of runs still going are left alone."""
+    adopted = None
+    for svc in recorded(name, state_dir, prefix):
+        owner = _owner(svc)
+        if owner is not None and owner != os.getpid() and _alive(owner):
+            continue
+        if adopted is None and healthy(svc):
+            claim(svc)
+            adopted = svc
+        else:
+            stop(svc)
+    return adopted

@@ -1,4 +1,8 @@
-"""Strict pydantic base: unknown keys, wrong types and out-of-range values fail fast."""
+"""Strict pydantic base: unknown keys, wrong types and out-of-range values fail fast.
+
+No number may be infinite or NaN (YAML's ``.inf`` / ``.nan``): ``lr: .inf`` passes ``gt=0`` and would
+train to NaN weights; every bound a field declares is meant for finite values.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ def _numeric(annotation: Any) -> bool:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

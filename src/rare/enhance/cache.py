@@ -11,6 +11,10 @@ identical input anywhere (the global pool repeats every local pool entry) is gen
 Only completed generations are stored, one transaction per batch, committed while the backend
 runs the next batch: a kill -9 loses at most the batches in flight. A second table memoises image digests by (size, mtime), so a
 rerun or a repeated pool does not re-read hundreds of GB of images just to hash them.
+
+The cache is never the only copy of anything: a damaged one (not a SQLite file, shorter than its
+header says, or refused by SQLite) is moved aside with a warning and a fresh one is started. Finished
+shards, the source of truth, are still reused as they are; only unfinished ones generate again.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from rare.enhance.backends.base import EnhanceResult
+from rare.errors import print_warning
 from rare.hashing import file_digest
 
 _SCHEMA = """
@@ -63,25 +70,100 @@ def journal_mode(path: str | Path) -> str:
     return "DELETE" if filesystem_type(Path(path).parent) in NETWORK_FS else "WAL"
 
 
+_MAGIC = b"SQLite format 3\x00"
+
+
+def damage(path: Path) -> str | None:
+    """Why the SQLite file at ``path`` cannot be trusted, from its 100-byte header alone (cheap at any
+    size): not a SQLite file, or shorter than the page count its header records (truncated)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None  # SQLite's own state before its first write
+    if len(header) < 100 or header[:16] != _MAGIC:
+        return "not a SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]  # the page count is only meaningful when these agree
+    if valid and pages and size < pages * page_size:
+        return f"truncated: {size} bytes, its header records {pages} pages of {page_size} bytes"
+    return None
+
+
+def move_aside(path: Path, cause: str) -> Path:
+    """Rename a damaged cache (with its WAL files) out of the way, keeping it for inspection."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        pass  # another worker moved it first
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    print_warning(f"{path}: damaged item cache ({cause}); moved aside to {aside.name}, starting a fresh one "
+                  f"(finished shards are kept)")
+    return aside
+
+
+class DamagedCache(ValueError):
+    """SQLite found damage mid-run (a page in the middle rewritten): the cache is moved aside, a rerun continues."""
+
+
 class Cache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[sqlite3.Connection] = set()
         self.journal_mode = journal_mode(self.path)
+        cause = damage(self.path)
+        if cause is None:
+            try:
+                self._conn().executescript(_SCHEMA)
+                self._conn().execute("SELECT key FROM results LIMIT 1").fetchall()
+                return
+            except sqlite3.DatabaseError as exc:
+                cause = str(exc)
+                self.close()
+        move_aside(self.path, cause)
         self._conn().executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         """One connection per thread; WAL (on local disk) lets readers run beside the one writer."""
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        if conn is None or conn not in self._open:
+            # Used by this thread only; closed by ``close`` from whichever thread ends the run.
+            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable against process kills, which is what resume needs
             self._local.conn = conn
+            with self._lock:
+                self._open.add(conn)
         return conn
 
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A damaged page found by a query: one error line naming the cache, which is moved aside."""
+        try:
+            yield
+        except sqlite3.OperationalError:
+            raise  # locked, disk full: not damage
+        except sqlite3.DatabaseError as exc:
+            if self.path.exists():
+                move_aside(self.path, str(exc))
+            raise DamagedCache(f"{self.path}: damaged item cache ({exc}); moved aside, rerun to continue "
+                               f"(finished shards are kept)") from None
+
     def get_many(self, keys: Sequence[str]) -> dict[str, EnhanceResult]:
+        with self._guard():
+            return self._get_many(keys)
+
+    def _get_many(self, keys: Sequence[str]) -> dict[str, EnhanceResult]:
         found: dict[str, EnhanceResult] = {}
         conn = self._conn()
         for start in range(0, len(keys), _CHUNK):
@@ -100,12 +182,16 @@ class Cache:
         if not rows:
             return
         conn = self._conn()
-        with conn:
+        with self._guard(), conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)", rows)
 
     def image_digests(self, paths: Sequence[str]) -> dict[str, str]:
         """Digest of each readable file; missing or unreadable files are left out (the caller records why)."""
+        with self._guard():
+            return self._image_digests(paths)
+
+    def _image_digests(self, paths: Sequence[str]) -> dict[str, str]:
         conn = self._conn()
         stats: dict[str, tuple[int, int]] = {}
         for p in dict.fromkeys(paths):  # a shard may name one image many times: stat it once
@@ -142,7 +228,10 @@ class Cache:
         return out
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Every thread's connection: the last one to close checkpoints the WAL into the file, so a finished
+        run leaves one settled file, not a WAL that a later, unrelated close would fold in."""
+        with self._lock:
+            conns, self._open = self._open, set()
+        for conn in conns:
             conn.close()
-            self._local.conn = None
+        self._local.conn = None

@@ -2,9 +2,13 @@
 
 Work is cut into shards of ``shard_size`` input lines. A finished shard is stored under the
 cache directory as ``shards/<digest>.jsonl`` (+ ``.json`` stats), where the digest hashes the
-shard's input bytes and everything that shapes the output; both files appear atomically, the
-output last, so its existence means "finished". The final files under ``out`` are then
-concatenations of stored shards in input order. Consequences:
+shard's input bytes and everything that shapes the output; both files appear atomically, and then
+their manifest (``.manifest.json``: sizes, sha256, row count), whose existence means "finished".
+Before a stored shard is reused its sizes and its stats' hash are checked; its output is hashed while
+assembly streams it into the published file (it is read then anyway). A shard that was truncated,
+emptied or rewritten is discarded with a warning naming it and generated again (from the item cache,
+so cheaply), never published. The final files under ``out`` are then concatenations of stored shards
+in input order. Consequences:
 
 - kill -9 anywhere, rerun: finished shards are reused, finished generations come from the item
   cache, and the output is byte-identical to an uninterrupted run;
@@ -42,7 +46,9 @@ from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
 from rare.enhance.ops import NEEDS_IMAGE, NONE
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
+from rare.errors import print_warning
 from rare.hashing import key_digest
+from rare.manifest import ManifestError, read_manifest, verify, write_manifest
 from rare.mbeir import dataset_id_of
 
 FORMAT_VERSION = 1  # bump when the output layout of a shard changes
@@ -249,12 +255,11 @@ class Engine:
         return results
 
     def close(self) -> None:
-        self._committer.submit(self.cache.close)  # the committer thread's own connection
         self._committer.shutdown()
         if self._backend is not None:
             self._backend.close()
             self._backend = None
-        self.cache.close()
+        self.cache.close()  # every thread's connection, the committer's included
 
     # -- one shard ----------------------------------------------------------------------------
     def plan(self, files: list[str], shard_size: int) -> list[Shard]:
@@ -263,12 +268,37 @@ class Engine:
     def shard_paths(self, shard: Shard) -> tuple[Path, Path]:
         return self.store / f"{shard.digest}.jsonl", self.store / f"{shard.digest}.json"
 
+    def manifest_path(self, shard: Shard) -> Path:
+        return self.store / f"{shard.digest}.manifest.json"
+
+    def _reusable(self, shard: Shard) -> dict[str, Any] | None:
+        """The stored stats of a finished shard whose files match their manifest; None if it must be (re)made.
+
+        Sizes, and the small stats file's hash: the output's hash is checked by assembly, which reads it."""
+        out_path, stats_path = self.shard_paths(shard)
+        manifest = self.manifest_path(shard)
+        if not (manifest.exists() or out_path.exists()):
+            return None
+        try:
+            verify(manifest, full={stats_path.name})
+            return json.loads(stats_path.read_text())
+        except (ManifestError, ValueError) as exc:
+            self._discard(shard, str(exc))
+        return None
+
+    def _discard(self, shard: Shard, why: str) -> None:
+        out_path, stats_path = self.shard_paths(shard)
+        print_warning(f"enhancement shard {shard.name} ({out_path}): {why}; discarded, generating it again")
+        for path in (self.manifest_path(shard), out_path, stats_path):
+            path.unlink(missing_ok=True)
+
     def process(self, shard: Shard, progress: Progress | None = None) -> ShardStats:
-        """Enhance one shard and store it; a shard already stored is only read back."""
+        """Enhance one shard and store it; a shard already stored (and intact) is only read back."""
         out_path, stats_path = self.shard_paths(shard)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        if out_path.exists():
-            stats = ShardStats(**json.loads(stats_path.read_text()), shard=shard.name, reused=True, worker=worker)
+        stored = self._reusable(shard)
+        if stored is not None:
+            stats = ShardStats(**stored, shard=shard.name, reused=True, worker=worker)
             if progress:
                 progress(stats.items)
         else:
@@ -276,10 +306,12 @@ class Engine:
             stats = ShardStats(shard=shard.name, worker=worker)
             results = self._results(items, stats, progress)
             lines = [self._finish(item, results, stats, shard) for item in items]
-            remove_stale_temps(stats_path)
-            remove_stale_temps(out_path)
+            manifest = self.manifest_path(shard)
+            for path in (stats_path, out_path, manifest):
+                remove_stale_temps(path)
             atomic_write(stats_path, [json.dumps(stats.stored(), sort_keys=True).encode()])
-            atomic_write(out_path, lines)  # last: its existence marks the shard finished
+            atomic_write(out_path, lines)
+            write_manifest(manifest, [out_path, stats_path])  # last: its existence marks the shard finished
         return stats
 
     def _read(self, shard: Shard) -> list[_Item]:
@@ -431,7 +463,7 @@ class Engine:
         for rel, parts in by_file.items():
             dst = out / rel
             remove_stale_temps(dst)
-            atomic_write(dst, _concat(self.shard_paths(s)[0] for s in parts))
+            self._write_verified(dst, parts)
             summary["files"][rel] = sum(_merge_counts(summary, self._stored(s)) for s in parts)
         summary["enhanceable"] = summary["ok"] + summary["failed"]
         if summary["enhanceable"]:
@@ -443,6 +475,29 @@ class Engine:
         atomic_write(summary_path, [(json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()])
         return summary
 
+    def _write_verified(self, dst: Path, parts: list[Shard]) -> None:
+        """``dst`` = the shards' outputs in order, each hashed as it streams; one that no longer matches its
+        manifest is discarded and generated again, and the file written again (the failed write never lands)."""
+        for _ in range(len(parts) + 1):
+            try:
+                atomic_write(dst, (chunk for s in parts for chunk in self._verified(s)))
+                return
+            except _Changed as exc:
+                self._discard(exc.shard, exc.why)
+                self.process(exc.shard)
+        raise OSError(f"{self.store}: stored shards keep changing while they are read; is the disk failing?")
+
+    def _verified(self, shard: Shard) -> Iterator[bytes]:
+        out_path = self.shard_paths(shard)[0]
+        want = read_manifest(self.manifest_path(shard)).files.get(out_path.name)
+        h, lines = hashlib.sha256(), 0
+        for chunk in _concat(iter([out_path])):
+            h.update(chunk)
+            lines += chunk.count(b"\n")
+            yield chunk
+        if want is None or h.hexdigest() != want.sha256 or (want.rows is not None and lines != want.rows):
+            raise _Changed(shard, f"{out_path}: content differs from the manifest")
+
     def _stored(self, shard: Shard) -> StoredShard:
         return json.loads(self.shard_paths(shard)[1].read_text())
 
@@ -453,6 +508,12 @@ class Engine:
                 row = {"file": shard.rel, "line": shard.first_line + f["index"], "id": f["id"], "op": f["op"],
                        "cause": f["cause"]}
                 yield (dumps(row) + "\n").encode()
+
+
+class _Changed(Exception):
+    def __init__(self, shard: Shard, why: str):
+        super().__init__(why)
+        self.shard, self.why = shard, why
 
 
 def _concat(paths: Iterator[Path]) -> Iterator[bytes]:

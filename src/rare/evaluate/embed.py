@@ -34,10 +34,11 @@ from rare.data.images import load_image
 from rare.data.instructions import InstructionTable
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import TextMode, candidate_text, query_text
-from rare.errors import worker_errors_unwrapped
+from rare.errors import print_warning, worker_errors_unwrapped
 from rare.evaluate.ranks import Ranks
 from rare.evaluate.shards import ShardStore, claim
 from rare.hashing import code_digest, key_digest
+from rare.manifest import MANIFEST_FILE, ManifestError, verify, write_folder_manifest
 from rare.mbeir import TASKS, dataset_id_of
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,22 @@ class TextView:
 
 @dataclass(frozen=True)
 class Embeddings:
-    """One cache entry: ``vectors.npy`` (fp16 [N, D]) and ``ids.npy`` in record order."""
+    """One cache entry: ``vectors.npy`` (fp16 [N, D]) and ``ids.npy`` in record order, and their manifest.
+
+    Checked on every open: sizes and array shapes of both files (cheap at any size: the vectors are
+    memory-mapped, never read whole just to be opened), and the sha256 of ``ids.npy``, which is read
+    whole anyway."""
 
     dir: Path
+
+    def check(self) -> None:
+        """Raises ``ManifestError`` naming the file when the entry is incomplete or damaged."""
+        manifest = verify(self.dir / MANIFEST_FILE, full={"ids.npy"})
+        vectors, ids = manifest.files.get("vectors.npy"), manifest.files.get("ids.npy")
+        if vectors is None or ids is None or vectors.shape is None or ids.shape is None:
+            raise ManifestError(f"{self.dir / MANIFEST_FILE}: does not list vectors.npy and ids.npy")
+        if vectors.shape[:1] != ids.shape[:1]:
+            raise ManifestError(f"{self.vectors_path}: {vectors.shape[0]} rows for {ids.shape[0]} ids")
 
     @property
     def vectors_path(self) -> Path:
@@ -164,6 +178,19 @@ class EmbedStats:
     rows: int = 0      # rows embedded now
 
 
+def _reusable(final: Embeddings, label: str) -> bool:
+    """A cached entry that passes its manifest check; a damaged one is discarded (the caller embeds it again)."""
+    if not final.dir.exists():
+        return False
+    try:
+        final.check()
+        return True
+    except ManifestError as exc:
+        print_warning(f"embedding cache entry {label}: {exc}; discarded, embedding it again")
+        shutil.rmtree(final.dir)
+        return False
+
+
 def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, cache_dir: Path, image_root: Path,
           *, batch_size: int = 128, shard_rows: int = 65_536, num_workers: int = 0, device: str = "cpu",
           precision: str = "fp32", label: str = "", stats: EmbedStats | None = None) -> Embeddings:
@@ -174,7 +201,7 @@ def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, ca
     stats = stats if stats is not None else EmbedStats()
     ranks = Ranks.current()
     final = Embeddings(cache_dir / key)
-    if ranks.from_leader((final.dir / "done").exists()):
+    if ranks.from_leader(ranks.leader and _reusable(final, label or key)):
         stats.reused += 1
         return final
     t0 = time.perf_counter()
@@ -233,6 +260,7 @@ def _assemble(final: Embeddings, store: ShardStore, shards: Sequence[np.ndarray]
     del out
     np.save(tmp / "ids.npy", ids, allow_pickle=False)
     (tmp / "done").write_text(json.dumps({"rows": len(ids), "dim": dim, "label": label}))
+    write_folder_manifest(tmp)  # last: what every later open checks the entry against
     try:
         os.replace(tmp, final.dir)
     except OSError:  # another process finished the same entry first: theirs is identical

@@ -7,6 +7,7 @@ Layout of an export directory::
     towers/<name>/        HF config of each tower (text, vision | clip)
     tokenizer/            the tokenizer files
     meta.json             training metadata: variant, text modes, instruction seed, steps, val losses
+    manifest.json         size and sha256 of every file above (written last; checked on every load)
 
 Writes go to a temp sibling and are renamed into place, so a killed export leaves no half model.
 """
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save
 
 from rare.atomic import atomic_write, replacing_folder
 from rare.contracts import ModelMeta
+from rare.manifest import MANIFEST_FILE, verify, write_folder_manifest
 from rare.model.families import family
 from rare.model.retriever import Retriever
 
@@ -57,27 +59,38 @@ def _write_export(retriever: Retriever, tmp: Path, meta: ModelMeta | None) -> No
     retriever.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     meta_json = (meta or retriever.meta).to_json()
     (tmp / META_FILE).write_text(json.dumps(meta_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_folder_manifest(tmp)  # last: a load checks every file above against it
 
 
 def load_retriever(model_dir: str | Path, device: str | torch.device = "cpu") -> Retriever:
-    """Rebuild from the export alone (no hub, no pickle), in eval mode on ``device``."""
+    """Rebuild from the export alone (no hub, no pickle), in eval mode on ``device``.
+
+    Every file is checked against the export's manifest first (a load reads them all anyway): a missing
+    tokenizer file or meta.json must stop the load, never fall back to a default and score differently."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
     spec_file = model_dir / SPEC_FILE
     if not spec_file.is_file():
         raise FileNotFoundError(f"{model_dir}: not a retriever export ({SPEC_FILE} is missing)")
-    spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    verify(model_dir / MANIFEST_FILE, full=True)
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{spec_file}: not valid JSON ({exc})") from None
     if spec.get("format") != FORMAT:
         raise ValueError(f"{spec_file}: unsupported format {spec.get('format')!r}; this code reads format {FORMAT}")
     tower_cls = family(spec["family"]).towers
     configs = {name: AutoConfig.from_pretrained(model_dir / "towers" / name) for name in tower_cls.config_names}
     towers = tower_cls.from_configs(configs, spec)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
-    meta_file = model_dir / META_FILE
-    meta = ModelMeta.read(meta_file) if meta_file.is_file() else ModelMeta()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"), local_files_only=True)
+    meta = ModelMeta.read(model_dir / META_FILE)
     retriever = Retriever(towers, tokenizer, spec, meta)
-    state = load_file(str(model_dir / WEIGHTS_FILE))
+    try:
+        state = load_file(str(model_dir / WEIGHTS_FILE))
+    except SafetensorError as exc:
+        raise ValueError(f"{model_dir / WEIGHTS_FILE}: not a readable safetensors file ({exc})") from None
     try:
         retriever.load_state_dict(state, strict=True)
     except RuntimeError as exc:

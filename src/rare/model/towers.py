@@ -8,10 +8,8 @@ config is saved with the export so loading never needs the original source.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,26 +17,12 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from rare.config.paths import PACKAGE_PREFIX, resolve_source  # noqa: F401  (re-exported)
 from rare.config.train import ModelParams, Source
 from rare.contracts import RetrieverSpec
 from rare.model import cnn  # noqa: F401  (registers model_type rare-cnn with the Auto classes)
 
-PACKAGE_PREFIX = "package:"
 log = logging.getLogger(__name__)
-
-
-def resolve_source(spec: str) -> str:
-    """``package:<module>/<subdir>`` -> that folder inside the installed package; paths and hub ids pass through."""
-    if not spec.startswith(PACKAGE_PREFIX):
-        return spec
-    module, _, sub = spec[len(PACKAGE_PREFIX):].partition("/")
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise ValueError(f"{spec}: package {module!r} is not installed")
-    path = Path(list(found.submodule_search_locations)[0]) / sub
-    if not path.is_dir():
-        raise ValueError(f"{spec}: {path} does not exist inside the installed package")
-    return str(path)
 
 
 def source_config(source: Source) -> PretrainedConfig:

@@ -28,6 +28,7 @@ from rare.config.pretrain import PretrainParams
 from rare.config.train import TrainParams
 from rare.contracts import HoldoutRecall, ModelMeta, PretrainFigures, TextModes
 from rare.hashing import key_digest
+from rare.manifest import write_folder_manifest
 from rare.model import Collator, EncodeInput, Retriever, build_retriever, save_retriever
 from rare.pretrain.corpus import Pair, build_corpus
 from rare.train.module import lr_factor
@@ -137,6 +138,7 @@ def _export(retriever: Retriever, out: Path) -> None:
     """The vision tower as an HF checkpoint, written beside ``out`` and swapped in whole."""
     with replacing_folder(out) as tmp:
         retriever.towers.vision.save_pretrained(tmp)
+        write_folder_manifest(tmp)  # last: `rare train` checks the folder against it before it starts
 
 
 def pretrain(out: Path, params: PretrainParams, on_step: Any = None) -> PretrainFigures:

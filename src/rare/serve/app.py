@@ -4,11 +4,13 @@ Handlers are plain ``def`` (FastAPI runs them in its thread pool, so a slow one 
 loop), except ``/search``: its blocking part (the upload, decoding it, the enhancement backend) runs in the
 thread pool, and the wait for its batch is awaited, so no thread is held while the models run and the
 response is checked and encoded on the loop without another trip through the pool. Every refusal answers
-``{"detail": "<field>: <cause>", "field": "<field>"}`` with a 4xx.
+``{"detail": "<field>: <cause>", "field": "<field>"}`` with a 4xx, and never names a server-side path.
+Request headers and bodies are bounded (``RequestLimits``: 431, 413) before any handler runs.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -30,6 +32,60 @@ from rare.serve.service import BadInput, CandidateOut, InfoOut, Pending, QueryIm
 STATIC = Path(__file__).parent / "static"
 _CHUNK = 1 << 20
 KEEPALIVE_REQUESTS = 20  # responses per keep-alive connection before the server closes it
+MAX_HEADER_BYTES = 64 * 1024  # all request headers together (nginx's default buffers hold 32 KiB)
+FORM_OVERHEAD = 1 << 20       # a body may exceed the upload cap by this much: form fields and multipart framing
+_SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,7}")
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised while the body streams in; an HTTPException, so FastAPI's body parsing passes it through."""
+
+    def __init__(self, max_body: int):
+        super().__init__(413, f"request body over {max_body} bytes")
+
+
+class RequestLimits:
+    """431 for oversized request headers and 413 for a body over ``max_body`` bytes, before the app reads
+    it: by its Content-Length when it declares one, else counted as it streams in. The connection keeps
+    serving; the handler never sees the request."""
+
+    def __init__(self, app: ASGIApp, max_body: int, max_header: int = MAX_HEADER_BYTES):
+        self.app, self.max_body, self.max_header = app, max_body, max_header
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        if sum(len(k) + len(v) for k, v in headers) > self.max_header:
+            await _refusal("headers", f"request headers over {self.max_header} bytes", 431)(scope, receive, send)
+            return
+        length = next((v for k, v in headers if k == b"content-length"), None)
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _refusal("body", f"request body over {self.max_body} bytes", 413)(scope, receive, send)
+            return
+        seen, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _BodyTooLarge(self.max_body)
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge as exc:
+            if started:
+                raise
+            await _refusal("body", exc.detail, 413)(scope, receive, send)
 
 
 class KeepAliveCap:
@@ -83,8 +139,13 @@ def _upload(upload: UploadFile | None, service: Service) -> Iterator[QueryImage 
     if upload is None or not upload.filename:
         yield None
         return
+    if any(ord(c) < 32 or ord(c) == 127 for c in upload.filename):  # NUL and friends: no file is named so
+        raise BadInput("image", "the upload's file name holds control characters")
     cap = service.limits.max_upload_bytes
-    with tempfile.NamedTemporaryFile(prefix="rare-serve-", suffix=Path(upload.filename).suffix[:8]) as tmp:
+    # The suffix only helps decoders that look at it; from the client's name, so only a plain extension.
+    suffix = Path(upload.filename).suffix
+    with tempfile.NamedTemporaryFile(prefix="rare-serve-",
+                                     suffix=suffix if _SAFE_SUFFIX.fullmatch(suffix) else "") as tmp:
         size = 0
         while chunk := upload.file.read(_CHUNK):
             size += len(chunk)
@@ -96,8 +157,9 @@ def _upload(upload: UploadFile | None, service: Service) -> Iterator[QueryImage 
             raise BadInput("image", "the uploaded file is empty")
         try:
             image = open_image(tmp.name, service.limits.max_pixels)
-        except ImageLoadError as exc:
-            cause = str(exc).removeprefix(f"{tmp.name}: ")
+        except ImageLoadError as exc:  # its message names the temp file: never shown to the client
+            cause = str(exc).removeprefix(f"{tmp.name}: ").replace(tmp.name, "<upload>")
+            cause = cause.replace(str(Path(tmp.name).parent), "<tmp>")
             raise BadInput("image", f"{upload.filename}: {cause}") from None
         yield QueryImage(image, Path(tmp.name))
 
@@ -111,6 +173,10 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(BadInput)
     def _bad_input(_: Request, exc: BadInput) -> JSONResponse:
         return _refusal(exc.field, exc.cause, exc.status)
+
+    @app.exception_handler(_BodyTooLarge)
+    def _too_large(_: Request, exc: _BodyTooLarge) -> JSONResponse:
+        return _refusal("body", exc.detail, 413)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -170,5 +236,6 @@ def create_app(service: Service) -> FastAPI:
         return FileResponse(service.query_image(qid))
 
     app.add_middleware(KeepAliveCap)
+    app.add_middleware(RequestLimits, max_body=service.limits.max_upload_bytes + FORM_OVERHEAD)
     return app
 

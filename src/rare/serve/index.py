@@ -26,6 +26,7 @@ from rare.data.views import side_file
 from rare.evaluate import embed
 from rare.evaluate.search import did_order, search
 from rare.evaluate.stage import Plan, candidate_key, plan, resolve_device
+from rare.manifest import ManifestError
 from rare.mbeir import DatasetTask
 from rare.model import EncodeInput, Retriever, load_retriever
 from rare.serve.lean import lean_text_towers, pack_linears, swap_modules
@@ -85,9 +86,13 @@ class Variant:
 
 def _cached(cache: Path, key: str, what: str) -> embed.Embeddings:
     entry = embed.Embeddings(cache / key)
-    if not (entry.dir / "done").exists():
+    if not entry.dir.exists():
         raise DataError(entry.dir, None, f"no cached embeddings for {what}: run its evaluation "
                         "(`make run` or `rare evaluate`) first; serving never embeds a pool")
+    try:
+        entry.check()
+    except ManifestError as exc:
+        raise ManifestError(f"{exc} ({what}: rerun its evaluation, which rebuilds the entry)") from None
     return entry
 
 
