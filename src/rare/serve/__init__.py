@@ -70,9 +70,11 @@ def app_from_environment() -> FastAPI:
     per core runs them side by side. Each worker loads the index itself: the embeddings are memory-mapped,
     so the workers share their pages."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from rare.serve.app import create_app
 
     spec = ServiceSpec.from_env()
     torch.set_num_threads(spec.torch_threads)
+    threadpool_limits(spec.torch_threads)  # the exact search's BLAS (rare.evaluate.search) too
     return create_app(spec.build())
