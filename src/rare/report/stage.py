@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from rare.atomic import atomic_write_text
@@ -24,12 +25,12 @@ def _headline_note(evals: list[Evaluation]) -> str:
 
 
 def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpus_enhanced: Path | None = None,
-                 queries_enhanced: Path | None = None) -> Path:
+                 queries_enhanced: Path | None = None, order: Sequence[str] = ()) -> Path:
     """Write report.md, scores.png, gallery.png, scores_<pool>.csv and summary.json under ``out``."""
     from rare.report.chart import bar_chart  # matplotlib: imported when the work starts, not with the command
     from rare.report.gallery import gallery
 
-    evaluations = load_evaluations(evals)
+    evaluations = load_evaluations(evals, order)
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
     findings = assess(evaluations, params.findings_pool, params.min_gain)
     bar_chart(evaluations, out / "scores.png")
