@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from rare.config.report import ReportParams
+from rare.stages import EVALUATIONS  # the row order the pipeline hands the report
 from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
 from rare.report.findings import NOT_ASSESSABLE, NOT_REPRODUCED, PARTLY, REPRODUCED, assess
@@ -54,11 +55,11 @@ def test_a_damaged_info_file_is_one_clear_error(paper_like: Path):
     info = paper_like / "none/info.json"
     info.write_text(json.dumps({**json.loads(info.read_text()), "regime": "retrained"}))
     with pytest.raises(DataError, match=r"none/info.json: regime: Input should be 'zero-shot', 'trained'"):
-        load_evaluations(paper_like)
+        load_evaluations(paper_like, EVALUATIONS)
 
 
 def test_table_rows_columns_and_deltas(paper_like: Path):
-    evals = load_evaluations(paper_like)
+    evals = load_evaluations(paper_like, EVALUATIONS)
     assert [e.name for e in evals] == list(ROWS)
     lines = markdown_table(evals, "local").splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -77,20 +78,21 @@ def test_table_rows_columns_and_deltas(paper_like: Path):
 
 
 def test_zero_shot_row_comes_first_is_no_baseline_and_leaves_the_findings_alone(paper_like: Path, tmp_path: Path):
-    findings = assess(load_evaluations(paper_like), "local", 1.0)
+    findings = assess(load_evaluations(paper_like, EVALUATIONS), "local", 1.0)
     write_eval(paper_like, "zero-shot", "none", "zero-shot", [5, 6, 40, 30])
-    evals = load_evaluations(paper_like)
+    evals = load_evaluations(paper_like, EVALUATIONS)
     assert [e.name for e in evals] == ["zero-shot", *ROWS]
     lines = markdown_table(evals, "local").splitlines()
     zero = [c.strip() for c in lines[2].strip("|").split("|")]
     assert zero[:3] == ["zero-shot", "zero-shot", "5.0 (-15.0)"]  # deltas still against the trained none
     assert assess(evals, "local", 1.0) == findings
-    out = build_report(paper_like, tmp_path / "report", tmp_path, ReportParams(gallery_compare="absent"))
+    out = build_report(paper_like, tmp_path / "report", tmp_path, ReportParams(gallery_compare="absent"),
+                       order=EVALUATIONS)
     assert "zero-shot (zero-shot)" in out.read_text() and (tmp_path / "report/scores.png").stat().st_size > 0
 
 
 def test_findings_reproduced_on_paper_like_numbers(paper_like: Path):
-    findings = assess(load_evaluations(paper_like), "local", min_gain=1.0)
+    findings = assess(load_evaluations(paper_like, EVALUATIONS), "local", min_gain=1.0)
     assert [f.verdict for f in findings] == [REPRODUCED, REPRODUCED, REPRODUCED]
     assert "knowledge-intensive +10.0" in findings[0].evidence
     assert "query vs none on compositional +15.0" in findings[1].evidence
@@ -104,33 +106,34 @@ def test_findings_not_reproduced_partly_and_not_assessable(tmp_path: Path):
     rows["infer-both"] = ("both", "inference-only", [33, 43, 27, 54])  # inference-only beats training here
     for name, (inputs, regime, values) in rows.items():
         write_eval(tmp_path / "a", name, inputs, regime, values)
-    verdicts = [f.verdict for f in assess(load_evaluations(tmp_path / "a"), "local", 1.0)]
+    verdicts = [f.verdict for f in assess(load_evaluations(tmp_path / "a", EVALUATIONS), "local", 1.0)]
     assert verdicts == [NOT_REPRODUCED, NOT_REPRODUCED, PARTLY]
     write_eval(tmp_path / "b", "none", "none", "trained", ROWS["none"][2])
-    findings = assess(load_evaluations(tmp_path / "b"), "local", 1.0)
+    findings = assess(load_evaluations(tmp_path / "b", EVALUATIONS), "local", 1.0)
     assert [f.verdict for f in findings] == [NOT_ASSESSABLE] * 3
     assert "needs the trained 'none' and 'corpus'" in findings[0].evidence
 
 
 def test_min_gain_filters_noise(paper_like: Path):
-    findings = assess(load_evaluations(paper_like), "local", min_gain=20.0)
+    findings = assess(load_evaluations(paper_like, EVALUATIONS), "local", min_gain=20.0)
     assert [f.verdict for f in findings] == [NOT_REPRODUCED, NOT_REPRODUCED, NOT_REPRODUCED]
 
 
 def test_bad_evaluation_dirs_are_named(tmp_path: Path):
     with pytest.raises(DataError, match="no evaluations found"):
-        load_evaluations(tmp_path)
+        load_evaluations(tmp_path, EVALUATIONS)
     (tmp_path / "x").mkdir()
     (tmp_path / "x/metrics.json").write_text("{}")
     with pytest.raises(DataError, match="info.json is missing") as err:
-        load_evaluations(tmp_path)
+        load_evaluations(tmp_path, EVALUATIONS)
     assert str(tmp_path / "x") in str(err.value)
 
 
 def test_report_from_real_evaluations(tiny_evals: Path, tiny_root_session: Path, tmp_path: Path):  # noqa: F811
     corpus, queries = tiny_evals.parent / "enhanced/corpus", tiny_evals.parent / "enhanced/queries"
     out = tmp_path / "report"
-    report = build_report(tiny_evals, out, tiny_root_session, ReportParams(gallery_queries=4), corpus, queries)
+    report = build_report(tiny_evals, out, tiny_root_session, ReportParams(gallery_queries=4), corpus, queries,
+                          EVALUATIONS)
     text = report.read_text()
     assert "## Local pool" in text and "## Global pool" in text and "![gallery](gallery.png)" in text
     assert text.count("| infer-both | inference-only |") == 2
@@ -150,7 +153,7 @@ def test_report_from_real_evaluations(tiny_evals: Path, tiny_root_session: Path,
 
 
 def test_gallery_prefers_queries_the_enhanced_model_wins(tiny_evals: Path, tiny_root_session: Path):  # noqa: F811
-    evals = {e.name: e for e in load_evaluations(tiny_evals)}
+    evals = {e.name: e for e in load_evaluations(tiny_evals, EVALUATIONS)}
     examples = pick_examples(evals["none"], evals["both"], MBEIRRoot(tiny_root_session), 27, 5, seed=0)
     assert len(examples) == 27  # every test query, each once
     assert len({(e.dt, e.qid) for e in examples}) == 27
@@ -171,7 +174,7 @@ def test_report_logged_on_the_parent_run(paper_like: Path, tiny_root_session: Pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RARE_PARENT_RUN_ID", raising=False)
     out = tmp_path / "report"
-    build_report(paper_like, out, tiny_root_session, ReportParams())
+    build_report(paper_like, out, tiny_root_session, ReportParams(), order=EVALUATIONS)
     tracking = TrackingParams(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",
                               artifact_root=str(tmp_path / "mlruns/artifacts"))
     run_id = log_report(out, tracking, tmp_path / "params.yaml")
