@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 
 from rare.config.report import ReportParams
-from rare.stages import EVALUATIONS  # the row order the pipeline hands the report
 from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
 from rare.report.findings import NOT_ASSESSABLE, NOT_REPRODUCED, PARTLY, REPRODUCED, assess
 from rare.report.gallery import pick_examples
 from rare.report.stage import build_report
 from rare.report.table import load_evaluations, markdown_table, summary
+from rare.stages import EVALUATIONS  # the row order the pipeline hands the report
 
 DTS = {"emblemkb_task6": 5, "emblemkb_task8": 5, "tweakset_task7": 10, "glyphcaps_task0": 5}
 ROWS = {  # name: (inputs, regime, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]) -- paper-like numbers
