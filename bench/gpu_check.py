@@ -330,9 +330,9 @@ def search_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
 def caption_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
     from PIL import Image
 
+    from rare.config.ops import CAPTION
     from rare.enhance.backends.base import EnhanceRequest
     from rare.enhance.backends.transformers import TransformersBackend
-    from rare.enhance.ops import CAPTION
     from tests.fixtures.enhance import make_tiny_vlm
 
     n, batch, tokens = (8, 4, 8) if smoke else (128, 64, 32)

@@ -17,11 +17,16 @@ Rows (name, value, reference, ratio, verdict):
 - failed requests against the requests sent: target 0;
 - request p50 against the bare search p50 and against the in-process query p50 (info);
 - CPU time per request of the client threads against the server process's (info): both share the 2 cores;
+- the serving overhead ratio: the server's CPU per request against the CPU per request of the bare
+  in-process forward pass plus exact search of the same batches (both variants, batches of the mean size
+  the server reported): target <= 1.3;
 - the busiest worker's share of the workers' CPU against an even split (info): a keep-alive connection
   stays with the worker that accepted it until the server closes it (``rare.serve.app.KeepAliveCap``).
 
 Run: `python bench/serve_bench.py [--quick]` after `make run` (not in `python -m bench`: it needs the
-trained index, which a fresh clone does not have).
+trained index, which a fresh clone does not have). `--index DIR` serves another folder laid out the same way
+(models/, data/raw, data/enhanced/{corpus,queries}, params.yaml), e.g. tests/fixtures/serve.py's tiny index
+(`--tiny DIR` builds that one there first).
 """
 
 from __future__ import annotations
@@ -93,14 +98,16 @@ def _multipart(req: Request) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def load(url: str, requests: list[Request]) -> tuple[list[float], int]:
-    """Latencies (ms) of every request sent by CLIENTS threads, and how many did not answer 200.
+def load(url: str, requests: list[Request]) -> tuple[list[float], int, list[int]]:
+    """Latencies (ms) of every request sent by CLIENTS threads, how many did not answer 200, and the batch
+    size the server embedded each answered one in.
 
     Each thread holds one keep-alive connection and speaks plain ``http.client``: the clients run on the
     same 2 cores as the server, and httpx cost about three times its CPU per request (0.9 ms against 0.3). Each
     request's body is encoded and its JSON answer parsed inside the timed span, as a real client would.
     """
     latencies: list[float] = []
+    batches: list[int] = []
     errors = [0]
     lock = threading.Lock()
     shares = [requests[i::CLIENTS] for i in range(CLIENTS)]
@@ -114,11 +121,14 @@ def load(url: str, requests: list[Request]) -> tuple[list[float], int]:
                 body, content_type = _multipart(req)
                 conn.request("POST", "/search", body, {"Content-Type": content_type})
                 r = conn.getresponse()
-                ok = r.status == 200 and bool(json.loads(r.read())["results"])
+                body = json.loads(r.read())
+                ok = r.status == 200 and bool(body["results"])
                 dt = (time.perf_counter() - t0) * 1000
                 with lock:
                     latencies.append(dt)
                     errors[0] += not ok
+                    if ok:
+                        batches.append(body["results"][0]["batch"])
         finally:
             conn.close()
 
@@ -127,7 +137,7 @@ def load(url: str, requests: list[Request]) -> tuple[list[float], int]:
         t.start()
     for t in threads:
         t.join()
-    return latencies, errors[0]
+    return latencies, errors[0], batches
 
 
 def cpu_seconds(pid: int) -> float:
@@ -167,12 +177,37 @@ def bare(service: Any, requests: list[Request]) -> tuple[list[float], list[float
     return search_ms, query_ms
 
 
-def start_server(port: int) -> subprocess.Popen:
+def bare_batched_cpu(service: Any, requests: list[Request], batch: int) -> float:
+    """CPU ms per request of the bare work in this process: both variants' forward pass and exact search on
+    batches of ``batch`` requests (images decoded beforehand), as one batcher thread would run them."""
+    from collections import defaultdict
+
+    from rare.data.images import open_image
+    from rare.model import EncodeInput
+
+    items = [EncodeInput(r.get("text", ""), open_image(r["path"]) if "path" in r else None) for r in requests]
+    c0 = time.process_time()
+    for a in range(0, len(items), batch):
+        rows: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests[a:a + batch]):
+            rows[r["task"]].append(i)
+        for v in service.variants.values():
+            vecs = v.embed(items[a:a + batch])
+            for task, js in rows.items():
+                v.pool("local", task).search(vecs[js], K)
+    return (time.process_time() - c0) * 1000 / len(items)
+
+
+def start_server(port: int, index: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rare", "serve", "--port", str(port), "--workers", str(WORKERS)]
+    if index != ROOT:
+        cmd += ["--models", str(index / "models"), "--data", str(index / "data/raw"),
+                "--corpus-enhanced", str(index / "data/enhanced/corpus"),
+                "--queries-enhanced", str(index / "data/enhanced/queries"), "--params", str(index / "params.yaml")]
     return subprocess.Popen(cmd, cwd=ROOT)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -194,23 +229,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+def run(quick: bool = False, index: Path = ROOT) -> list[dict[str, Any]]:
     import torch
+    from threadpoolctl import threadpool_limits
 
     from rare.serve import build_service
 
     torch.set_num_threads(1)  # as `rare serve` runs its forward pass (--torch-threads)
+    threadpool_limits(1)      # and its search's BLAS
     n = 200 if quick else 2000
-    service = build_service(list(VARIANTS), ROOT / "models", ROOT / "data/raw", ROOT / "data/enhanced/corpus",
-                            ROOT / "data/enhanced/queries", ROOT / "params.yaml")
+    service = build_service(list(VARIANTS), index / "models", index / "data/raw", index / "data/enhanced/corpus",
+                            index / "data/enhanced/queries", index / "params.yaml")
     work = {m: _requests(service, m, n) for m in ("text", "image")}
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = start_server(port)
+    proc = start_server(port, index)
     try:
         wait_ready(url, proc)
         load(url, work["text"][:100] + work["image"][:100])  # warm-up: kernels, allocator, connections
-        measured: dict[str, tuple[list[float], int]] = {}
+        measured: dict[str, tuple[list[float], int, list[int]]] = {}
         cpu: dict[str, tuple[float, float]] = {}  # CPU ms per request: (client threads, server process)
         busiest: dict[str, float] = {}  # the busiest worker's share of the workers' CPU
         for m, reqs in work.items():
@@ -228,8 +265,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         "image": [("p50", lambda p: p[0], 60.0), ("p99", lambda p: p[1], float("nan"))],
     }
     sample = max(50, n // 10)
-    for modality, (latencies, errors) in measured.items():
+    for modality, (latencies, errors, batches) in measured.items():
         pct = _percentiles(latencies)
+        mean_batch = max(1, round(float(np.mean(batches)))) if batches else 1
         search_ms, query_ms = bare(service, work[modality][:sample])
         label = f"{modality} queries, {CLIENTS} clients, {n} requests, {' vs '.join(VARIANTS)}, k={K}, local pool"
         for stat, pick, target in targets[modality]:
@@ -244,6 +282,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                         pct[0], float(np.median(query_ms)), "ms", None))
         rows.append(row(f"  {modality} CPU per request (ms): the {CLIENTS} client threads vs the server process",
                         cpu[modality][0], cpu[modality][1], "ms", None))
+        bare_cpu = bare_batched_cpu(service, work[modality][:max(sample, 8 * mean_batch)], mean_batch)
+        rows.append(row(f"  {modality} serving overhead: server CPU per request vs the bare in-process forward + "
+                        f"search (batches of {mean_batch}, the server's mean)", cpu[modality][1], bare_cpu, "ms", 1.3))
         rows.append(row(f"  {modality} the busiest of the {WORKERS} workers' share of their CPU vs an even split",
                         busiest[modality], 1 / WORKERS, "", None))
     return rows
@@ -252,7 +293,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="200 requests of each kind instead of 2,000")
-    print_rows(run(quick=ap.parse_args().quick))
+    ap.add_argument("--index", type=Path, default=ROOT, help="the folder holding the served index")
+    ap.add_argument("--tiny", action="store_true", help="build tests/fixtures/serve.py's tiny index in --index first")
+    args = ap.parse_args()
+    if args.tiny:
+        from tests.fixtures.serve import make_served_index
+
+        make_served_index(args.index)
+    print_rows(run(quick=args.quick, index=args.index))
 
 
 if __name__ == "__main__":

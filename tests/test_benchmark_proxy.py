@@ -18,12 +18,12 @@ import pytest
 from rare.benchmark import generate
 from rare.config.data import BenchmarkSizes, DataParams
 from rare.config.enhance import StandinNoise
+from rare.config.ops import CAPTION, REFINE, RESOLVE, REWRITE
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Enhanced, iter_candidates, iter_queries
 from rare.data.views import VARIANTS, combine
 from rare.enhance.backends.base import EnhanceRequest
 from rare.enhance.backends.standin import StandinBackend
-from rare.enhance.ops import CAPTION, REFINE, RESOLVE, REWRITE
 
 TOKEN = re.compile(r"[a-z0-9]+")
 

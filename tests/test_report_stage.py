@@ -19,6 +19,7 @@ from rare.report.gallery import pick_examples
 from rare.report.stage import build_report
 from rare.report.stats import Bootstrap
 from rare.report.table import load_evaluations, markdown_table, summary
+from rare.stages import EVALUATIONS  # the row order the pipeline hands the report
 
 DTS = {"emblemkb_task6": 5, "emblemkb_task8": 5, "tweakset_task7": 10, "glyphcaps_task0": 5}
 ROWS = {  # name: (inputs, regime, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]) -- paper-like numbers
@@ -74,7 +75,7 @@ def write_eval(evals: Path, name: str, inputs: str, regime: str, values: list[fl
 
 
 def judged(evals: Path, data: Path, permutations: int = 0) -> list:
-    rows, replicas = split_seeds(load_evaluations(evals))
+    rows, replicas = split_seeds(load_evaluations(evals, EVALUATIONS))
     boot = Bootstrap(load_samples(replicas, data, "local"), resamples=1000, seed=0)
     return assess(rows, boot, permutations)
 
@@ -91,11 +92,11 @@ def test_a_damaged_info_file_is_one_clear_error(paper_like: Path):
     info = paper_like / "none/info.json"
     info.write_text(json.dumps({**json.loads(info.read_text()), "regime": "retrained"}))
     with pytest.raises(DataError, match=r"none/info.json: regime: Input should be 'zero-shot', 'trained'"):
-        load_evaluations(paper_like)
+        load_evaluations(paper_like, EVALUATIONS)
 
 
 def test_table_rows_columns_and_deltas(paper_like: Path):
-    evals = load_evaluations(paper_like)
+    evals = load_evaluations(paper_like, EVALUATIONS)
     assert [e.name for e in evals] == list(ROWS)
     lines = markdown_table(evals, "local").splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -117,7 +118,7 @@ def test_zero_shot_row_comes_first_is_no_baseline_and_leaves_the_findings_alone(
     data = paper_like.parent / "data"
     findings = judged(paper_like, data)
     write_eval(paper_like, "zero-shot", "none", "zero-shot", [5, 6, 40, 30], model_variant="zero-shot")
-    evals = load_evaluations(paper_like)
+    evals = load_evaluations(paper_like, EVALUATIONS)
     assert [e.name for e in evals] == ["zero-shot", *ROWS]
     lines = markdown_table(evals, "local").splitlines()
     zero = [c.strip() for c in lines[2].strip("|").split("|")]
@@ -190,7 +191,7 @@ def test_seed_replicas_join_their_row(paper_like: Path, tmp_path: Path):
     data = paper_like.parent / "data"
     write_eval(paper_like, "corpus@s1", "corpus", "trained", [26, 36, 11, 52])
     write_eval(paper_like, "corpus@s2", "corpus", "trained", [34, 44, 11, 52])
-    rows, replicas = split_seeds(load_evaluations(paper_like))
+    rows, replicas = split_seeds(load_evaluations(paper_like, EVALUATIONS))
     assert [e.name for e in rows] == list(ROWS)
     assert [e.name for e in replicas["corpus"]] == ["corpus", "corpus@s1", "corpus@s2"]
     report = build_report(paper_like, tmp_path / "r", data, ReportParams(gallery_compare="absent", permutations=0))
@@ -208,11 +209,11 @@ def test_seed_replicas_join_their_row(paper_like: Path, tmp_path: Path):
 
 def test_bad_evaluation_dirs_are_named(tmp_path: Path):
     with pytest.raises(DataError, match="no evaluations found"):
-        load_evaluations(tmp_path)
+        load_evaluations(tmp_path, EVALUATIONS)
     (tmp_path / "x").mkdir()
     (tmp_path / "x/metrics.json").write_text("{}")
     with pytest.raises(DataError, match="info.json is missing") as err:
-        load_evaluations(tmp_path)
+        load_evaluations(tmp_path, EVALUATIONS)
     assert str(tmp_path / "x") in str(err.value)
 
 
@@ -239,7 +240,7 @@ def test_report_from_real_evaluations(tiny_evals: Path, tiny_root_session: Path,
 
 
 def test_gallery_prefers_queries_the_enhanced_model_wins(tiny_evals: Path, tiny_root_session: Path):  # noqa: F811
-    evals = {e.name: e for e in load_evaluations(tiny_evals)}
+    evals = {e.name: e for e in load_evaluations(tiny_evals, EVALUATIONS)}
     examples = pick_examples(evals["none"], evals["both"], MBEIRRoot(tiny_root_session), 27, 5, seed=0)
     assert len(examples) == 27  # every test query, each once
     assert len({(e.dt, e.qid) for e in examples}) == 27

@@ -28,42 +28,76 @@ def _covered(path: Path, deps: list[str]) -> bool:
     return any(rel == Path(d) or Path(d) in rel.parents for d in deps)
 
 
-def _finder_closure(module: str) -> set[Path]:
+# The CLI mount and the declarations reach a stage through its cmd, which DVC tracks; rare.stageflow names
+# rare.stages for the type checker only (modulefinder's bytecode scan cannot tell).
+MOUNT = ("rare.cli", "rare.stages")
+
+
+def _finder_closure(module: str, excludes: tuple[str, ...] = MOUNT) -> set[Path]:
     """Every module of rare and flows that ``module`` may import, lazily inside functions too, found by
     the standard library's bytecode scanner (not the registry's own walker)."""
-    finder = modulefinder.ModuleFinder(path=[str(ROOT / "src"), str(ROOT)])
+    finder = modulefinder.ModuleFinder(path=[str(ROOT / "src"), str(ROOT)], excludes=list(excludes))
     finder.run_script(str(stages._module_file(module)))
     return {Path(m.__file__) for name, m in finder.modules.items()
             if m.__file__ and name.split(".")[0] in ("rare", "flows", "__main__")}
 
 
-@pytest.fixture(scope="module")
-def dispatch_closure() -> set[Path]:
-    """What `rare <command>` imports before the stage's function runs: rare.cli and the stage wrapper,
-    measured by importing them in a fresh interpreter."""
-    code = ("import sys, rare.cli, rare.stageflow; print('\\n'.join(m.__file__ for n, m in list(sys.modules.items()) "
-            "if n.split('.')[0] in ('rare', 'flows') and getattr(m, '__file__', None)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return {Path(line) for line in out.splitlines()} | _finder_closure("rare.stageflow")
-
-
 @pytest.mark.parametrize("stage", list(stages.stages()), ids=lambda s: s.name)
-def test_deps_cover_the_import_closure(stage: stages.Stage, dispatch_closure: set[Path]) -> None:
-    """A change to any module a stage imports reruns it (mbeir.py, config/__init__.py, errors.py, ...)."""
-    needed = _finder_closure(stage.step.module) | dispatch_closure
-    assert ROOT / "src/rare/mbeir.py" in needed  # the scan found the headline cutoffs every stage imports
-    missing = sorted(str(p.relative_to(ROOT)) for p in needed if not _covered(p, stage.deps))
-    assert not missing, f"{stage.name} imports these without depending on them: {missing}"
-    for must in ("src/rare/mbeir.py", "src/rare/errors.py", "src/rare/config/__init__.py", "src/rare/runtime.py"):
-        assert _covered(ROOT / must, stage.deps), (stage.name, must)
+def test_deps_are_the_files_of_the_import_closure(stage: stages.Stage) -> None:
+    """A change to any file a stage's function may run reruns it (mbeir.py, config/__init__.py, errors.py, ...);
+    a file it never runs does not: one dep per file, no folders, no CLI mount, no declarations."""
+    needed = {str(p.relative_to(ROOT)) for p in _finder_closure(stage.step.module)}
+    code = {d for d in stage.deps if d.startswith("src/")}
+    assert "src/rare/mbeir.py" in needed  # the scan found the headline cutoffs every stage imports
+    assert code == needed, (f"{stage.name}: missing {sorted(needed - code)}, extra {sorted(code - needed)}")
+    assert all((ROOT / d).is_file() for d in code)
+    assert not {"src/rare/cli.py", "src/rare/stages.py"} & code
 
 
-def test_the_closure_walker_sees_lazy_imports(tmp_path: Path) -> None:
-    """The generator's walker follows imports inside functions (the stages import torch & co. lazily)."""
+def test_the_stage_modules_import_neither_the_cli_nor_the_declarations() -> None:
+    """Imported in a fresh interpreter, no stage's module loads rare.cli or rare.stages."""
+    modules = sorted({s.module for s in stages.STEPS.values()})
+    code = (f"import sys; [__import__(m) for m in {modules!r}]; "
+            "print(sorted(n for n in sys.modules if n in ('rare.cli', 'rare.stages')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_closure_walker_sees_lazy_imports_and_skips_type_only_ones() -> None:
+    """The generator's walker follows imports inside functions (the stages import torch & co. lazily) and
+    leaves out ``if TYPE_CHECKING:`` blocks, which never run."""
     files = {str(p.relative_to(ROOT)) for p in stages.import_closure("rare.evaluate.entry")}
     assert {"src/rare/evaluate/stage.py", "src/rare/model/__init__.py", "src/rare/mbeir.py"} <= files
-    top = {str(p.relative_to(ROOT)) for p in stages.import_closure("rare.cli", top_level_only=True)}
-    assert "src/rare/cli.py" in top and "src/rare/serve/app.py" not in top  # serve's imports are its own
+    flow = {str(p.relative_to(ROOT)) for p in stages.import_closure("rare.stageflow")}
+    assert "src/rare/stageflow.py" in flow and "src/rare/stages.py" not in flow
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    """Stages DVC would rerun from the declarations alone: new ones, and those whose cmd, deps or params differ."""
+    return {name for name, entry in after["stages"].items()
+            if name not in before["stages"] or any(entry.get(k) != before["stages"][name].get(k)
+                                                   for k in ("cmd", "deps", "params"))}
+
+
+def test_a_file_stales_only_the_stages_that_run_it() -> None:
+    """The enhance stages alone run the OpenAI client; no stage runs the CLI mount; every stage runs mbeir."""
+    deps = {s.name: set(s.deps) for s in stages.stages()}
+    assert {n for n, d in deps.items() if "src/rare/enhance/backends/openai.py" in d} == {
+        "enhance_corpus", "enhance_queries"}
+    assert not {n for n, d in deps.items() if "src/rare/cli.py" in d}
+    assert all("src/rare/mbeir.py" in d for d in deps.values())
+    assert not {n for n, d in deps.items() if n != "report" and "src/rare/report/table.py" in d}
+
+
+def test_a_new_variant_adds_its_stages_and_changes_only_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Declaration-side half of adding a variant (one VARIANTS line): DVC sees the new variant's train and
+    evaluation stages and a changed report (its cmd and needs), and every other stage as it was. (Its code
+    side: the line lands in rare/data/views.py, which train and evaluate import; see docs/serving.md.)"""
+    before = stages.pipeline()
+    monkeypatch.setitem(stages.VARIANTS, "image", (True, False))
+    monkeypatch.setattr(stages, "INFERENCE_ONLY", (*stages.INFERENCE_ONLY, "image"))
+    monkeypatch.setattr(stages, "EVALUATIONS", (*stages.EVALUATIONS[:5], "image", *stages.EVALUATIONS[5:], "infer-image"))
+    assert _changed(before, stages.pipeline()) == {"train_image", "eval_image", "eval_infer_image", "report"}
 
 
 @pytest.mark.parametrize("stage", list(stages.stages()), ids=lambda s: s.name)

@@ -299,11 +299,14 @@ def report(
     data: DataOpt,
     corpus_enhanced: CorpusEnhOpt = None,
     queries_enhanced: QueriesEnhOpt = None,
+    order: Annotated[str, typer.Option("--order", help="The table's rows: evaluation names, comma-separated "
+                                       "(others follow by name).")] = ",".join(stages.EVALUATIONS),
     params_file: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Ablation table, bar chart, qualitative gallery and the paper's findings, logged to the parent MLflow run."""
     path = _run(stages.REPORT, "report", evals=evals, out=out, data=data, params_file=params_file,
-                corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced)
+                corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced,
+                order=tuple(n for n in order.split(",") if n))
     typer.echo(f"report: {path}")
 
 

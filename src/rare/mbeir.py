@@ -6,6 +6,7 @@ through the same code path; the embedded datasets take ids 10+ so an id is never
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import Enum
 
@@ -28,7 +29,7 @@ class Dataset:
     headline_k: int = 5  # M-BEIR reports R@10 for the fashion datasets, R@5 elsewhere
 
 
-DATASETS: tuple[Dataset, ...] = (
+MBEIR_DATASETS: tuple[Dataset, ...] = (
     Dataset("visualnews", 0, Probe.PLAIN),
     Dataset("fashion200k", 1, Probe.PLAIN, headline_k=10),
     Dataset("webqa", 2, Probe.PLAIN),
@@ -39,15 +40,26 @@ DATASETS: tuple[Dataset, ...] = (
     Dataset("fashioniq", 7, Probe.COMPOSITIONAL, headline_k=10),
     Dataset("cirr", 8, Probe.COMPOSITIONAL),
     Dataset("mscoco", 9, Probe.PLAIN),
-    # Embedded benchmark (rare.benchmark); see README "Embedded benchmark".
-    Dataset("glyphcaps", 10, Probe.PLAIN),
-    Dataset("factwiki", 11, Probe.PLAIN),
-    Dataset("twinpix", 12, Probe.PLAIN),
-    Dataset("emblemkb", 13, Probe.KNOWLEDGE),
-    Dataset("tweakset", 14, Probe.COMPOSITIONAL, headline_k=10),
 )
-DATASET_BY_NAME = {d.name: d for d in DATASETS}
-DATASET_BY_ID = {d.id: d for d in DATASETS}
+
+
+@functools.cache
+def _registry() -> dict[str, object]:
+    """M-BEIR's datasets, then the embedded benchmark's, each declared by its own module
+    (``rare.benchmark.datasets``; ids 10+). Read on first use: those modules import this one."""
+    from rare.benchmark.datasets import EMBEDDED
+
+    datasets = MBEIR_DATASETS + tuple(spec.dataset for spec in EMBEDDED)
+    return {"DATASETS": datasets, "DATASET_BY_NAME": {d.name: d for d in datasets},
+            "DATASET_BY_ID": {d.id: d for d in datasets}}
+
+
+def __getattr__(name: str) -> object:
+    """``DATASETS``, ``DATASET_BY_NAME`` and ``DATASET_BY_ID``, built on first use (PEP 562)."""
+    if name in ("DATASETS", "DATASET_BY_NAME", "DATASET_BY_ID"):
+        return _registry()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # task id -> (query modality, candidate modality); 5 is unused in M-BEIR.
 TASKS: dict[int, tuple[str, str]] = {
@@ -106,7 +118,7 @@ MBEIR_EVAL_TASKS: tuple[DatasetTask, ...] = tuple(
 
 def dataset(name_or_id: str | int) -> Dataset:
     """Look a dataset up by name or numeric id, failing with the allowed values."""
-    table = DATASET_BY_ID if isinstance(name_or_id, int) else DATASET_BY_NAME
+    table: dict = _registry()["DATASET_BY_ID" if isinstance(name_or_id, int) else "DATASET_BY_NAME"]  # type: ignore[assignment]
     try:
         return table[name_or_id]
     except KeyError:

@@ -16,11 +16,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rare import errors
 from rare.runtime import is_rank_zero_process
-from rare.stages import Step
+
+if TYPE_CHECKING:  # the declarations are the CLI's: a stage's code deps leave them out
+    from rare.stages import Step
 
 RETRIES, RETRY_DELAY_S = 1, 5
 # Where Prefect logs a failed task or flow run, with the whole traceback.

@@ -2,8 +2,8 @@
 
 ``dvc.yaml`` is generated from this module (``rare dvc-yaml``; a test keeps the committed file equal to
 it), the ``rare`` commands take their choices from it, and ``rare.stageflow`` runs a stage's function
-as one Prefect flow. A stage's code deps are the import closure of its function's module (plus what
-the ``rare`` command itself imports), so editing any module a stage imports reruns that stage.
+as one Prefect flow. A stage's code deps are the files of its function's module's import closure (lazy
+imports included, type-checking-only imports not), so editing a file reruns the stages that may run it.
 
 Add a variant: one line in ``rare.data.views.VARIANTS`` (its training, its evaluation and its
 inference-only evaluation follow). Add a stage: one ``Stage(...)`` in ``stages()`` plus its function.
@@ -151,7 +151,8 @@ def stages() -> Iterator[Stage]:
     yield from (_evaluate(v, f"models/{v}", v) for v in VARIANTS)
     yield from (_evaluate(f"infer-{v}", f"models/{BASELINE}", v) for v in INFERENCE_ONLY)
     yield Stage("report", REPORT, inputs={"--data": RAW, **_enhanced_inputs("both")},
-                options={"--evals": "eval", "--out": "report"}, needs=tuple(f"eval/{e}" for e in EVALUATIONS),
+                options={"--evals": "eval", "--out": "report", "--order": ",".join(EVALUATIONS)},
+                needs=tuple(f"eval/{e}" for e in EVALUATIONS),
                 outs=(Out("report/report.md"), Out("report/summary.json"), Out("report/intervals.json", cache=False),
                       Out("report/audit.parquet"),
                       Out("report/scores.png", kind="plots"), Out("report/gallery.png", kind="plots"),
@@ -203,13 +204,31 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imports(path: Path, top_level_only: bool) -> set[str]:
-    """Modules ``path`` imports (``from a import b`` counts ``a`` and ``a.b``), lazily inside functions too
-    unless ``top_level_only``; each one's parent packages come with it (Python runs their __init__).
-    rare uses absolute imports only."""
+def _type_only(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:``: imports for the type checker, which Python never runs."""
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _walk(nodes: list[ast.stmt]) -> Iterator[ast.AST]:
+    """Every node under ``nodes``, function bodies included, except the type checker's own blocks."""
+    todo: list[ast.AST] = list(nodes)
+    while todo:
+        node = todo.pop()
+        yield node
+        if _type_only(node):
+            todo.extend(node.orelse)  # type: ignore[attr-defined]
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules ``path`` imports (``from a import b`` counts ``a`` and ``a.b``), lazily inside functions too;
+    each one's parent packages come with it (Python runs their __init__). rare uses absolute imports only."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
-    for node in tree.body if top_level_only else ast.walk(tree):
+    for node in _walk(tree.body):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -218,7 +237,7 @@ def _imports(path: Path, top_level_only: bool) -> set[str]:
 
 
 @cache
-def import_closure(module: str, top_level_only: bool = False) -> frozenset[Path]:
+def import_closure(module: str) -> frozenset[Path]:
     """Files of rare and flows that importing ``module`` (and calling into it) may run."""
     seen: dict[str, Path] = {}
     todo = [module]
@@ -228,23 +247,15 @@ def import_closure(module: str, top_level_only: bool = False) -> frozenset[Path]
         if name in seen or path is None:
             continue
         seen[name] = path
-        todo.extend(_imports(path, top_level_only and name == module))
+        todo.extend(_imports(path))
     return frozenset(seen.values())
 
 
-# The `rare` command runs each stage's function through these (rare.cli's own module-level imports).
-DISPATCH = ("rare.cli", "rare.stageflow")
-
-
 def code_deps(module: str) -> list[str]:
-    """The closure as DVC deps: a file of a subpackage stands for its folder (a few deps, few `dvc exp show`
-    columns; editing a subpackage reruns the stages that import any of it), a top-level module for itself."""
-    files = import_closure(module) | import_closure(DISPATCH[0], True) | import_closure(DISPATCH[1])
-    deps = set()
-    for f in files:
-        rel = f.relative_to(ROOT)
-        deps.add(str(Path(*rel.parts[:3])) if rel.parts[0] == "src" and len(rel.parts) > 3 else str(rel))
-    return sorted(deps)
+    """Every file of the closure of the stage function's module, one dep each: editing a file reruns exactly
+    the stages that may run it. The ``rare`` command that mounts the function (rare.cli) and the declarations
+    (this module) stay out: what they pass a stage is its cmd, which DVC tracks itself."""
+    return sorted(str(f.relative_to(ROOT)) for f in import_closure(module))
 
 
 # -- dvc.yaml ---------------------------------------------------------------------------------------
@@ -252,7 +263,7 @@ HEADER = """\
 # GENERATED by `rare dvc-yaml` from src/rare/stages.py: edit that module, then run `rare dvc-yaml`.
 # data -> enhance (corpus, queries) -> train (one per variant) -> evaluate (trained + inference-only) -> report;
 # pretrain (the vision tower; its checkpoint is committed) -> train, and -> zero_shot -> eval_zero_shot -> report
-# Each stage depends on the code it imports and reads only its own params section (plus the active profile's
+# Each stage depends on the files its function's module imports and reads only its own params section (plus the active profile's
 # overrides of it). Run it all with `make run` (one Prefect parent flow, one MLflow parent run) or `dvc repro`.
 # DVC metrics are scores only (`dvc exp show`, `dvc metrics diff`); every R@k is in eval/<name>/metrics.json,
 # timings and counts in metrics/runtime/ and eval/<name>/runtime.json (neither git nor DVC tracks them).

@@ -16,8 +16,10 @@ from dataclasses import replace
 
 from rare.benchmark.builder import Builder
 from rare.benchmark.scene import Mark, Scene, sample_objects
+from rare.benchmark.spec import BuildContext, DatasetSpec
 from rare.benchmark.vocab import CELLS
-from rare.benchmark.world import FACT_KEYS, Entity, Namer, deictic_question, make_entities, passage, summary
+from rare.benchmark.world import FACT_KEYS, Entity, deictic_question, make_entities, passage, summary
+from rare.mbeir import Dataset, Probe
 
 
 def photo(rng: random.Random, e: Entity) -> Scene:
@@ -33,8 +35,8 @@ def card(e: Entity) -> Scene:
     return Scene(mark=Mark(e.name, e.category, e.emblem))
 
 
-def build(b: Builder, namer: Namer, unseen_fraction: float) -> None:
-    sz, rng = b.sizes, b.rng
+def build(b: Builder, ctx: BuildContext) -> None:
+    sz, rng, namer, unseen_fraction = b.sizes, b.rng, ctx.namer, ctx.unseen_entities
     n_eval = sz.test + sz.val
     n_unseen_q = round(unseen_fraction * n_eval)
     # Seen entities carry ~2 training queries per task; unseen ones only ever appear in val/test.
@@ -59,3 +61,24 @@ def build(b: Builder, namer: Namer, unseen_fraction: float) -> None:
             key = rng.choice(FACT_KEYS)
             b.query(split, task, deictic_question(rng, e, key), photo(rng, e), [pool[i]],
                     question_about=key, answer=e.fact(key), entity_seen=i < n_seen)
+
+
+SPEC = DatasetSpec(
+    Dataset("emblemkb", 13, Probe.KNOWLEDGE),
+    tsv_name="EmblemKB",
+    instructions={
+        6: (
+            "Retrieve the encyclopedia passage about the organisation pictured that answers the question.",
+            "Find the article about the pictured emblem's owner that answers this question.",
+            "Identify the organisation shown and retrieve the passage with the answer.",
+            "Find the wiki passage that answers this question about the pictured organisation.",
+        ),
+        8: (
+            "Find the emblem card of the organisation pictured that answers the question.",
+            "Retrieve the image and summary of the organisation shown that answer this question.",
+            "Identify the organisation shown and retrieve its emblem card.",
+            "Find the captioned emblem of the pictured organisation that answers the question.",
+        ),
+    },
+    build=build,
+)

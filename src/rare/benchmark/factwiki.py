@@ -12,15 +12,17 @@ import math
 
 from rare.benchmark.builder import Builder
 from rare.benchmark.scene import sample_scene
-from rare.benchmark.world import ASPECTS, Entity, Namer, aspect_passage, make_entities, named_question
+from rare.benchmark.spec import BuildContext, DatasetSpec
+from rare.benchmark.world import ASPECTS, Entity, aspect_passage, make_entities, named_question
+from rare.mbeir import Dataset, Probe
 
 _CARD_CAPTIONS = ("The {name} hall in {city}.", "Banner of the {name}, {city}.", "{name}, {city}: the main sign.")
 _VISUAL_QUESTIONS = ("What is painted on the banner of the {name}?", "What shapes are on the sign of the {name}?",
                      "What colours does the banner of the {name} use?", "What does the sign of the {name} show?")
 
 
-def build(b: Builder, namer: Namer) -> None:
-    sz, rng = b.sizes, b.rng
+def build(b: Builder, ctx: BuildContext) -> None:
+    sz, rng, namer = b.sizes, b.rng, ctx.namer
 
     # task 1: named question -> the one passage (of three per entity) that answers it
     n_ent = max(math.ceil(sz.pool / len(ASPECTS)), math.ceil((sz.test + sz.val + sz.train) / len(ASPECTS)))
@@ -51,3 +53,24 @@ def build(b: Builder, namer: Namer) -> None:
 def _card(b: Builder, e: Entity) -> dict:
     scene = sample_scene(b.rng, word_p=0.6)
     return b.candidate(b.rng.choice(_CARD_CAPTIONS).format(name=e.name, city=e.city), scene, entity=e.name)
+
+
+SPEC = DatasetSpec(
+    Dataset("factwiki", 11, Probe.PLAIN),
+    tsv_name="FactWiki",
+    instructions={
+        1: (
+            "Retrieve the passage that answers this question.",
+            "Find a paragraph containing the answer.",
+            "Locate the encyclopedia passage that answers the question.",
+            "Find the text that holds the answer to this question.",
+        ),
+        2: (
+            "Find the picture and caption that answer this question.",
+            "Retrieve the image card that shows the answer.",
+            "Identify the captioned picture this question is about.",
+            "Find an image with a caption that answers the question.",
+        ),
+    },
+    build=build,
+)

@@ -6,8 +6,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from rare.benchmark import emblemkb, factwiki, glyphcaps, tweakset, twinpix
 from rare.benchmark.builder import Builder, DatasetBuild
+from rare.benchmark.datasets import EMBEDDED
+from rare.benchmark.spec import BuildContext
 from rare.benchmark.vocab import SCHEMA
 from rare.benchmark.world import Namer
 from rare.benchmark.writer import write_manifest, write_root
@@ -21,19 +22,11 @@ def build_datasets(params: DataParams) -> list[DatasetBuild]:
     changing one dataset's design leaves the others' files as they were."""
     sizes = params.resolved_sizes
     namer = Namer(random.Random(f"rare-bench:{params.seed}:names"))  # shared: entity names never collide
+    ctx = BuildContext(namer, params.unseen_entities)
     builds = []
-    for name in ("glyphcaps", "factwiki", "twinpix", "emblemkb", "tweakset"):
-        b = Builder(name, params.seed, sizes)
-        if name == "glyphcaps":
-            glyphcaps.build(b)
-        elif name == "factwiki":
-            factwiki.build(b, namer)
-        elif name == "twinpix":
-            twinpix.build(b)
-        elif name == "emblemkb":
-            emblemkb.build(b, namer, params.unseen_entities)
-        else:
-            tweakset.build(b)
+    for spec in EMBEDDED:
+        b = Builder(spec.dataset.name, params.seed, sizes)
+        spec.build(b, ctx)
         builds.append(b.out)
     return builds
 

@@ -12,6 +12,8 @@ from collections import Counter
 
 from rare.benchmark.builder import Builder
 from rare.benchmark.scene import Scene, sample_scene
+from rare.benchmark.spec import BuildContext, DatasetSpec
+from rare.mbeir import Dataset, Probe
 
 _NUMBERS = {2: "two", 3: "three"}
 _TEMPLATES = ("A picture of {list}.", "{List}.", "There is {list}.", "An image with {list}.", "{List} in the picture.")
@@ -43,7 +45,7 @@ def _scenes(rng: random.Random, n: int, taken: set | None = None) -> list[Scene]
     return out
 
 
-def build(b: Builder) -> None:
+def build(b: Builder, _: BuildContext) -> None:
     sz, rng = b.sizes, b.rng
     n_pool = max(sz.pool, sz.test + sz.val)
 
@@ -65,3 +67,24 @@ def build(b: Builder) -> None:
     for s in _scenes(rng, sz.train):
         caption = b.candidate(short_caption(rng, s), None, role="caption")
         b.query("train", 3, None, s, [caption], role="image")
+
+
+SPEC = DatasetSpec(
+    Dataset("glyphcaps", 10, Probe.PLAIN),
+    tsv_name="GlyphCaps",
+    instructions={
+        0: (
+            "Find the image that matches this caption.",
+            "Retrieve a picture of the shapes described.",
+            "Identify the image showing the described scene.",
+            "Show me an image that fits this caption.",
+        ),
+        3: (
+            "Find a caption for the shapes in this image.",
+            "Retrieve the short description of this picture.",
+            "Identify the caption written for this image.",
+            "Find text that describes this scene.",
+        ),
+    },
+    build=build,
+)

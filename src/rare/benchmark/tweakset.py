@@ -17,7 +17,9 @@ from typing import Any
 
 from rare.benchmark.builder import Builder
 from rare.benchmark.scene import Obj, Scene, jitter
+from rare.benchmark.spec import BuildContext, DatasetSpec
 from rare.benchmark.vocab import CELLS, SCENE_COLORS, SHAPES
+from rare.mbeir import Dataset, Probe
 
 SLOTS = 4
 MEMBERS = 1 << SLOTS
@@ -144,7 +146,7 @@ def _query(b: Builder, split: str, family: Family, ref: int, target: dict[str, A
     b.query(split, 7, instruction(b.rng, edits), family.scene(ref), [target], edit=edits)
 
 
-def build(b: Builder) -> None:
+def build(b: Builder, _: BuildContext) -> None:
     sz, rng = b.sizes, b.rng
     n_eval = sz.test + sz.val
     n_fam = max(math.ceil(sz.pool / MEMBERS), math.ceil(n_eval / 6))
@@ -163,3 +165,18 @@ def build(b: Builder) -> None:
             if tgt not in targets:
                 targets[tgt] = b.candidate(None, family.scene(tgt), member=tgt)
             _query(b, "train", family, ref, targets[tgt], tgt)
+
+
+SPEC = DatasetSpec(
+    Dataset("tweakset", 14, Probe.COMPOSITIONAL, headline_k=10),
+    tsv_name="TweakSet",
+    instructions={
+        7: (
+            "Find the image after applying the requested change.",
+            "Retrieve the modified picture described by the request.",
+            "Show the edited version of this image.",
+            "Find this image with the described modifications applied.",
+        ),
+    },
+    build=build,
+)

@@ -16,7 +16,9 @@ from dataclasses import replace
 
 from rare.benchmark.builder import Builder
 from rare.benchmark.scene import Scene, sample_scene, with_object
+from rare.benchmark.spec import BuildContext, DatasetSpec
 from rare.benchmark.vocab import SCENE_COLORS
+from rare.mbeir import Dataset, Probe
 
 # the positive first, then the hard negatives
 VARIANTS = ("jitter", "moved", "moved", "shaded", "shaded", "scaled", "scaled", "recolored")
@@ -64,7 +66,7 @@ def group(rng: random.Random) -> tuple[Scene, list[Scene]]:
     return ref, [_photometric(rng, s) for s in out]
 
 
-def build(b: Builder) -> None:
+def build(b: Builder, _: BuildContext) -> None:
     sz, rng = b.sizes, b.rng
     n_groups = max(math.ceil(sz.pool / GROUP), sz.test + sz.val)
     groups = [group(rng) for _ in range(n_groups)]
@@ -79,3 +81,18 @@ def build(b: Builder) -> None:
     for _ in range(sz.train):
         ref, group_cands = group(rng)
         b.query("train", 4, None, ref, [b.candidate(None, group_cands[0], variant="jitter")], role="reference")
+
+
+SPEC = DatasetSpec(
+    Dataset("twinpix", 12, Probe.PLAIN),
+    tsv_name="TwinPix",
+    instructions={
+        4: (
+            "Find an image that is nearly identical to this one.",
+            "Retrieve the closest duplicate of this picture.",
+            "Identify the image that shows the same scene.",
+            "Find the image that looks most like this one.",
+        ),
+    },
+    build=build,
+)

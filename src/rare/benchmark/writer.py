@@ -13,43 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from rare.benchmark.builder import DatasetBuild
+from rare.benchmark.datasets import EMBEDDED_BY_NAME
 from rare.benchmark.render import render_all
 from rare.data.instructions import HEADER
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import qrels_line
 from rare.data.records import write_jsonl
 from rare.mbeir import TASKS, DatasetTask, dataset
-
-TSV_NAMES = {"glyphcaps": "GlyphCaps", "factwiki": "FactWiki", "twinpix": "TwinPix", "emblemkb": "EmblemKB",
-             "tweakset": "TweakSet"}
-# Four task instructions per (dataset, task), in the spirit of M-BEIR's; the query text follows them.
-INSTRUCTIONS: dict[tuple[str, int], tuple[str, str, str, str]] = {
-    ("glyphcaps", 0): ("Find the image that matches this caption.", "Retrieve a picture of the shapes described.",
-                       "Identify the image showing the described scene.", "Show me an image that fits this caption."),
-    ("glyphcaps", 3): ("Find a caption for the shapes in this image.", "Retrieve the short description of this picture.",
-                       "Identify the caption written for this image.", "Find text that describes this scene."),
-    ("factwiki", 1): ("Retrieve the passage that answers this question.", "Find a paragraph containing the answer.",
-                      "Locate the encyclopedia passage that answers the question.",
-                      "Find the text that holds the answer to this question."),
-    ("factwiki", 2): ("Find the picture and caption that answer this question.",
-                      "Retrieve the image card that shows the answer.",
-                      "Identify the captioned picture this question is about.",
-                      "Find an image with a caption that answers the question."),
-    ("twinpix", 4): ("Find an image that is nearly identical to this one.", "Retrieve the closest duplicate of this picture.",
-                     "Identify the image that shows the same scene.", "Find the image that looks most like this one."),
-    ("emblemkb", 6): ("Retrieve the encyclopedia passage about the organisation pictured that answers the question.",
-                      "Find the article about the pictured emblem's owner that answers this question.",
-                      "Identify the organisation shown and retrieve the passage with the answer.",
-                      "Find the wiki passage that answers this question about the pictured organisation."),
-    ("emblemkb", 8): ("Find the emblem card of the organisation pictured that answers the question.",
-                      "Retrieve the image and summary of the organisation shown that answer this question.",
-                      "Identify the organisation shown and retrieve its emblem card.",
-                      "Find the captioned emblem of the pictured organisation that answers the question."),
-    ("tweakset", 7): ("Find the image after applying the requested change.",
-                      "Retrieve the modified picture described by the request.",
-                      "Show the edited version of this image.",
-                      "Find this image with the described modifications applied."),
-}
 
 
 def _qrels(path: Path, queries: Iterable[dict[str, Any]]) -> None:
@@ -64,7 +34,8 @@ def _instructions(path: Path, groups: list[tuple[str, int]]) -> None:
     lines = ["\t".join(HEADER)]
     for name, task in groups:
         qmod, cmod = TASKS[task]
-        lines.append("\t".join([qmod, cmod, TSV_NAMES[name], str(dataset(name).id), *INSTRUCTIONS[(name, task)]]))
+        spec = EMBEDDED_BY_NAME[name]
+        lines.append("\t".join([qmod, cmod, spec.tsv_name, str(spec.dataset.id), *spec.instructions[task]]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from rare.config.base import Section
-from rare.enhance.ops import NEEDS_IMAGE, NEEDS_TEXT, Op
+from rare.config.ops import NEEDS_IMAGE, NEEDS_TEXT, Op
 
 Modality = Literal["text", "image", "image,text"]
 

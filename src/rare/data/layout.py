@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.mbeir import DATASET_BY_NAME, DatasetTask
+from rare import mbeir
+from rare.mbeir import DatasetTask
 
 SPLITS = ("train", "val", "test")
 POINTER_FILE = "mbeir_root.json"  # written by `rare data` for an external (real) M-BEIR root
@@ -86,7 +87,7 @@ class MBEIRRoot:
                 found.append(DatasetTask(m["ds"], int(m["task"])))
 
         def order(dt: DatasetTask) -> tuple[int, int, str]:
-            info = DATASET_BY_NAME.get(dt.dataset)
+            info = mbeir.DATASET_BY_NAME.get(dt.dataset)
             return (dt.task_id, info.id if info else 1_000, dt.dataset)
 
         return sorted(found, key=order)

@@ -35,6 +35,7 @@ from typing import Any
 
 from rare.atomic import atomic_write, remove_stale_temps
 from rare.config.enhance import EnhanceParams, RouteRule
+from rare.config.ops import NEEDS_IMAGE, NONE
 from rare.contracts import EnhanceRuntime, EnhanceSummary, StoredShard
 from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, ImageRoot
@@ -43,7 +44,6 @@ from rare.data.records import Enhanced, dumps, loads_line, parse_candidate, pars
 from rare.enhance.backends.base import Backend, BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
 from rare.enhance.cache import Cache
 from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
-from rare.enhance.ops import NEEDS_IMAGE, NONE
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
 from rare.errors import print_warning

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.enhance.ops import CAPTION, NONE, OPS
+from rare.config.ops import CAPTION, NONE, OPS
 from rare.hashing import key_digest
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"

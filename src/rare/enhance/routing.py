@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 
 from rare.config.enhance import RouteRule
-from rare.enhance.ops import CAPTION, NONE, REFINE, RESOLVE, REWRITE
+from rare.config.ops import CAPTION, NONE, REFINE, RESOLVE, REWRITE
 from rare.hashing import key_digest
 
 # The released script's question test: ends with "?" or starts with a wh-word.

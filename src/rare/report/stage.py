@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from rare.atomic import atomic_write_text
@@ -55,13 +56,13 @@ def _seed_table(replicas: dict[str, list[Evaluation]], pools: list[str]) -> list
 
 
 def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpus_enhanced: Path | None = None,
-                 queries_enhanced: Path | None = None) -> Path:
+                 queries_enhanced: Path | None = None, order: Sequence[str] = ()) -> Path:
     """Write report.md, scores.png, gallery.png, scores_<pool>.csv, intervals.json and summary.json under ``out``."""
     from rare.report.chart import bar_chart  # matplotlib: imported when the work starts, not with the command
     from rare.report.gallery import gallery
 
     t0 = time.perf_counter()
-    evaluations, replicas = split_seeds(load_evaluations(evals))
+    evaluations, replicas = split_seeds(load_evaluations(evals, order))
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
     base = find_baseline(evaluations)
     findings_pool = params.findings_pool if params.findings_pool in pools else pools[0]

@@ -19,9 +19,7 @@ from rare.contracts import EvalInfo, EvalMetrics
 from rare.data.errors import DataError
 from rare.mbeir import DatasetTask, Probe
 from rare.report.stats import Interval
-from rare.stages import EVALUATIONS
 
-ROW_ORDER = EVALUATIONS  # declared with the stages: zero-shot, the variants, then the inference-only rows
 PROBE_ORDER = (Probe.KNOWLEDGE, Probe.COMPOSITIONAL, Probe.PLAIN)
 SCORE = "M-BEIR score"
 
@@ -54,8 +52,9 @@ class Evaluation:
         return self.dir / "runs" / pool / f"{dt}.trec"
 
 
-def load_evaluations(evals: Path) -> list[Evaluation]:
-    """Every evaluation under ``evals``, in the ablation's row order (unknown names last, by name)."""
+def load_evaluations(evals: Path, order: Sequence[str] = ()) -> list[Evaluation]:
+    """Every evaluation under ``evals``, in the row order ``order`` names (the pipeline's declaration hands
+    it over: zero-shot, the variants, then the inference-only rows); others last, by name."""
     found = []
     for metrics_file in sorted(Path(evals).glob("*/metrics.json")):
         d = metrics_file.parent
@@ -69,7 +68,7 @@ def load_evaluations(evals: Path) -> list[Evaluation]:
         found.append(Evaluation(d.name, d, metrics, info))
     if not found:
         raise DataError(evals, None, "no evaluations found (expected <evals>/<name>/metrics.json)")
-    rank = {n: i for i, n in enumerate(ROW_ORDER)}
+    rank = {n: i for i, n in enumerate(order)}
     return sorted(found, key=lambda e: (rank.get(e.name, len(rank)), e.name))
 
 

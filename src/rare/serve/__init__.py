@@ -1,10 +1,9 @@
 """``rare serve``: search trained indexes from a web page and a JSON API, two variants side by side.
 
-index     load once: retrievers, the evaluation's cached candidate embeddings (memory-mapped), records
-lean      exact shortcuts for the forward pass: prepacked bf16 Linear weights, a lean BERT text tower
+index     load once: retrievers (with exact public-module speed-ups), the evaluation's cached candidate
+          embeddings (memory-mapped), records
 enhance   the configured enhancement backend, run per query as the enhancement stage runs it
 batch     micro-batching: one forward pass per model for all the queries waiting for it
-shared    two variants with the same frozen lower text layers compute them once per batch
 service   validate, enhance, embed, search; typed response bodies
 app       FastAPI routes, error bodies, the keep-alive cap, the static page (static/) and offline API docs
 """
@@ -71,9 +70,11 @@ def app_from_environment() -> FastAPI:
     per core runs them side by side. Each worker loads the index itself: the embeddings are memory-mapped,
     so the workers share their pages."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from rare.serve.app import create_app
 
     spec = ServiceSpec.from_env()
     torch.set_num_threads(spec.torch_threads)
+    threadpool_limits(spec.torch_threads)  # the exact search's BLAS (rare.evaluate.search) too
     return create_app(spec.build())

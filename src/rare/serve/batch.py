@@ -2,8 +2,7 @@
 
 A single query costs a retriever forward pass that is mostly fixed overhead on a CPU: on 2 cores, 8
 text queries in one forward take about twice the time of one. One worker thread per model runs its
-batches, so a model never runs two forwards at once, and two served models run theirs side by side;
-two that share their lower text layers (``rare.serve.shared``) run in one thread, computing them once.
+batches, so a model never runs two forwards at once, and two served models run theirs side by side.
 """
 
 from __future__ import annotations

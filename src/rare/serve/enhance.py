@@ -13,11 +13,11 @@ import threading
 from pathlib import Path
 
 from rare.config.enhance import EnhanceParams
+from rare.config.ops import NEEDS_IMAGE, NONE
 from rare.data.records import Enhanced
 from rare.enhance.backends import READS_SRC_CONTENT, generation_settings, make_backend
 from rare.enhance.backends.base import EnhanceRequest
 from rare.enhance.checks import judge
-from rare.enhance.ops import NEEDS_IMAGE, NONE
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
 from rare.hashing import file_digest, key_digest  # the engine's recipe: keys match the stage's

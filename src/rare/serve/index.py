@@ -10,13 +10,13 @@ search, so a benchmark query served here ranks its candidates as the evaluation'
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from rare.config.evaluate import EvaluateParams
 from rare.data.errors import DataError
@@ -29,7 +29,6 @@ from rare.evaluate.stage import Plan, candidate_key, plan, resolve_device
 from rare.manifest import ManifestError
 from rare.mbeir import DatasetTask
 from rare.model import EncodeInput, Retriever, load_retriever
-from rare.serve.lean import lean_text_towers, pack_linears, swap_modules
 
 POOLS = ("local", "global")
 
@@ -73,10 +72,7 @@ class Variant:
 
     def embed(self, items: list[EncodeInput]) -> np.ndarray:
         """[N, D] float32 query vectors with the evaluation's arithmetic (autocast, fp16 rounding)."""
-        return self.encode(self.retriever.collator()(items))
-
-    def encode(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        """``embed`` on a batch its collator made (``rare.serve.shared`` collates once for two variants)."""
+        batch = self.retriever.collator()(items)
         dev = self.retriever.device
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with torch.inference_mode(), autocast:
@@ -129,21 +125,35 @@ class MaxPool2x2(nn.Module):
         return torch.maximum(top, torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
 
 
+def _two(v: int | tuple[int, ...]) -> tuple[int, ...]:
+    return v if isinstance(v, tuple) else (v, v)
+
+
 def _is_plain_2x2(m: nn.Module) -> bool:
     return (isinstance(m, nn.MaxPool2d) and not m.ceil_mode and not m.return_indices
-            and [_pair(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation)] == [(2, 2), (2, 2), (0, 0), (1, 1)])
+            and [_two(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation)] == [(2, 2), (2, 2), (0, 0), (1, 1)])
+
+
+def swap_modules(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> int:
+    """Put ``replace(name, child)`` in place of every submodule it gives a module for; how many it replaced."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (new := replace(name, child)) is not None:
+                setattr(parent, name, new)
+                swapped += 1
+    return swapped
 
 
 def fast_paths(model: nn.Module, precision: str) -> None:
-    """Serving-only speed-ups that leave every query vector bit-identical (tests/test_serve_fast_paths.py).
+    """Serving-only speed-ups on public torch modules that leave every query vector bit-identical
+    (tests/test_serve_fast_paths.py).
 
     They live here, not in the model code, because that code is hashed into the embedding cache keys. On
     2 cores a CPU forward pass is most of a request's time:
     - the CNN's NCHW max-pool kernel took half of an image query's forward pass (``MaxPool2x2``);
-    - under bf16 autocast every Linear and Conv2d cast its fp32 weights to bf16 on every call: cast once,
-      and hold each Linear's weight in oneDNN's layout too (``rare.serve.lean.PackedLinear``);
-    - a BERT text tower runs without transformers' per-call machinery (``rare.serve.lean.LeanBert``).
-    The last two are swapped in where a probe shows the same bits.
+    - under bf16 autocast every Linear and Conv2d cast its fp32 weights to bf16 on every call: cast once
+      (autocast then finds them in bf16 already, so the kernels and the bits are the same).
     Call it after ``retriever.fingerprint`` is taken (the cast changes the state dict's dtypes).
     """
     swap_modules(model, lambda _, child: MaxPool2x2() if _is_plain_2x2(child) else None)
@@ -151,8 +161,6 @@ def fast_paths(model: nn.Module, precision: str) -> None:
         for m in model.modules():
             if isinstance(m, nn.Linear | nn.Conv2d):
                 m.to(torch.bfloat16)
-    pack_linears(model, precision)
-    lean_text_towers(model, precision)
 
 
 @dataclass

@@ -28,7 +28,6 @@ from rare.model import EncodeInput
 from rare.serve.batch import MicroBatcher
 from rare.serve.enhance import LiveEnhancer
 from rare.serve.index import POOLS, Catalog, Variant
-from rare.serve.shared import SharedLower, shared_blocks
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class Column(BaseModel):
     query_text: str              # exactly what this model embedded: instruction + original or enhanced text
     uses_enhanced_query: bool
     batch: int                   # queries embedded and searched together with this one (micro-batching)
-    embed_ms: float              # that batch's forward pass (both variants' where they share lower layers)
+    embed_ms: float              # that batch's forward pass
     search_ms: float             # that batch's bare exact search
     hits: list[Hit]
 
@@ -122,9 +121,9 @@ class InfoOut(BaseModel):
 
 @dataclass(frozen=True)
 class Job:
-    """One query's work for one batcher: what each of its variants embeds, and where they search."""
+    """One query's work for one variant's batcher: what that model embeds, and where it searches."""
 
-    inputs: dict[str, EncodeInput]  # variant name -> what that model embeds
+    input: EncodeInput
     pool: str
     task: str
     k: int
@@ -144,14 +143,14 @@ class Pending:
     """A query whose jobs wait in the batchers: ``result`` blocks for them, ``done`` awaits them (the HTTP
     layer, so that no thread is held while a batch runs)."""
 
-    futures: list[Future[dict[str, Ranked]]]
+    futures: dict[str, Future[Ranked]]  # variant name -> its batcher's answer
     answer: Callable[[dict[str, Ranked]], SearchOut]
 
     def result(self) -> SearchOut:
-        return self.answer({name: r for f in self.futures for name, r in f.result().items()})
+        return self.answer({name: f.result() for name, f in self.futures.items()})
 
     async def done(self) -> SearchOut:
-        await asyncio.wait([asyncio.wrap_future(f) for f in self.futures])
+        await asyncio.wait([asyncio.wrap_future(f) for f in self.futures.values()])
         return self.result()
 
 
@@ -173,10 +172,8 @@ class Service:
         first = next(iter(variants.values()))
         self.instructions = first.plan.query_view.instructions
         self.instruction_seed = first.plan.query_view.instruction_seed
-        self.batchers: dict[str, MicroBatcher[Job, dict[str, Ranked]]] = {}  # variant name -> its group's
-        for group in _groups(variants):
-            batcher = MicroBatcher(functools.partial(_rank, group))
-            self.batchers.update(dict.fromkeys(group.variants, batcher))
+        # A batcher thread per variant: two models run their forward passes side by side.
+        self.batchers = {name: MicroBatcher(functools.partial(_rank, v)) for name, v in variants.items()}
 
     def info(self) -> InfoOut:
         tasks = [TaskOut(name=dt.name, dataset=dt.dataset, task_id=dt.task_id, query_modality=TASKS[dt.task_id][0],
@@ -289,9 +286,8 @@ class Service:
         texts = {v.name: query_text(record, instruction, v.plan.query_view.use_enhanced, v.plan.query_view.mode)
                  for v in chosen}
         pil = image.image if image else None
-        inputs = {name: EncodeInput(t, pil) for name, t in texts.items()}  # one image object for all: _alike
-        futures = [batcher.submit(Job({n: x for n, x in inputs.items() if self.batchers[n] is batcher}, pool, dt.name, k))
-                   for batcher in dict.fromkeys(self.batchers[name] for name in inputs)]  # one job per group, in order
+        futures = {name: self.batchers[name].submit(Job(EncodeInput(t, pil), pool, dt.name, k))
+                   for name, t in texts.items()}
         query = self._query_out(qid or None, dt, text, image is not None)
         enhancement = self._enhancement_out(enhanced)
 
@@ -317,64 +313,24 @@ class Service:
                               backend=e.backend, note=notes[e.status])
 
 
-@dataclass
-class Group:
-    """The variants one batcher thread embeds: one alone, or two that compute shared lower layers once."""
-
-    variants: dict[str, Variant]
-    shared: SharedLower | None = None
-
-    def embed(self, jobs: list[Job]) -> dict[str, tuple[list[int], np.ndarray, float]]:
-        """Per variant: the jobs it serves (their indices), their vectors, and the forward pass's time (ms)."""
-        rows = {name: [i for i, job in enumerate(jobs) if name in job.inputs] for name in self.variants}
-        shared = self.shared
-        if shared is not None and _alike(jobs, rows, leader := shared.leader.name, follower := shared.follower.name):
-            t0 = time.perf_counter()
-            vectors = shared.embed([jobs[i].inputs[leader] for i in rows[leader]])
-            ms = _ms(t0)
-            return {leader: (rows[leader], vectors[0], ms), follower: (rows[follower], vectors[1], ms)}
-        out = {}
-        for name, v in self.variants.items():
-            if rows[name]:
-                t0 = time.perf_counter()
-                vectors = v.embed([jobs[i].inputs[name] for i in rows[name]])
-                out[name] = (rows[name], vectors, _ms(t0))
-        return out
-
-
-def _alike(jobs: list[Job], rows: dict[str, list[int]], a: str, b: str) -> bool:
-    """Every job asks both variants to embed the same text and the same image (none of them enhanced)."""
-    return rows[a] == rows[b] and all(
-        jobs[i].inputs[a].text == jobs[i].inputs[b].text and jobs[i].inputs[a].image is jobs[i].inputs[b].image
-        for i in rows[a])
-
-
-def _groups(variants: dict[str, Variant]) -> list[Group]:
-    """A batcher thread per variant, so that two models run side by side, unless the two share lower text
-    layers (rare.serve.shared): then one thread runs both, computing those layers once."""
-    if len(variants) == 2:
-        leader, follower = variants.values()
-        if n := shared_blocks(leader, follower):
-            return [Group(dict(variants), SharedLower(leader, follower, n))]
-    return [Group({name: v}) for name, v in variants.items()]
-
-
-def _rank(group: Group, jobs: list[Job]) -> list[dict[str, Ranked]]:
-    """A batcher's work: one forward per model for every waiting query, one exact search per pool they search."""
-    out: list[dict[str, Ranked]] = [{} for _ in jobs]
-    for name, (rows, vecs, embed_ms) in group.embed(jobs).items():
-        by_pool: dict[tuple[str, str], list[int]] = {}
-        for j, i in enumerate(rows):
-            by_pool.setdefault((jobs[i].pool, jobs[i].task), []).append(j)
-        for (pool, task), js in by_pool.items():
-            t1 = time.perf_counter()
-            # Exact search with a fixed tie-break: the top k of a larger k is the top k.
-            scores, dids = group.variants[name].pool(pool, task).search(vecs[js], max(jobs[rows[j]].k for j in js))
-            search_ms = _ms(t1)
-            for n, j in enumerate(js):
-                k = jobs[rows[j]].k
-                out[rows[j]][name] = Ranked(scores[n, :k], dids[n, :k], len(rows), embed_ms, search_ms)
-    return out
+def _rank(variant: Variant, jobs: list[Job]) -> list[Ranked]:
+    """A batcher's work: one forward pass for every waiting query, one exact search per pool they search."""
+    t0 = time.perf_counter()
+    vectors = variant.embed([job.input for job in jobs])
+    embed_ms = _ms(t0)
+    by_pool: dict[tuple[str, str], list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_pool.setdefault((job.pool, job.task), []).append(i)
+    out: list[Ranked | None] = [None] * len(jobs)
+    for (pool, task), rows in by_pool.items():
+        t1 = time.perf_counter()
+        # Exact search with a fixed tie-break: the top k of a larger k is the top k.
+        scores, dids = variant.pool(pool, task).search(vectors[rows], max(jobs[i].k for i in rows))
+        search_ms = _ms(t1)
+        for n, i in enumerate(rows):
+            k = jobs[i].k
+            out[i] = Ranked(scores[n, :k], dids[n, :k], len(jobs), embed_ms, search_ms)
+    return out  # type: ignore[return-value] - every job is in one pool group
 
 
 def _check_modality(dt: DatasetTask, text: str, image: QueryImage | None) -> None:

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 @dataclass(frozen=True)
 class EnhanceRequest:
     key: str                     # content-addressed cache key (backend, model, prompt version, input hash)
-    op: str                      # one of rare.enhance.ops.OPS except NONE
+    op: str                      # one of rare.config.ops.OPS except NONE
     side: str                    # "corpus" | "query"
     text: str                    # the original text ("" when the record has none)
     image: Path | None           # resolved image path, None for text-only operations (REWRITE)

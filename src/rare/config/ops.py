@@ -1,7 +1,8 @@
 """The enhancement operations: what each does and which inputs it needs.
 
 The routing table maps every item to one of these; the params schema, the prompts and the backends
-all read them from here.
+all read them from here. They sit with the config (below rare.enhance) so that reading the enhance params
+imports nothing of the enhancement code.
 """
 
 from __future__ import annotations
