@@ -124,7 +124,7 @@ def test_zero_shot_row_comes_first_is_no_baseline_and_leaves_the_findings_alone(
     zero = [c.strip() for c in lines[2].strip("|").split("|")]
     assert zero[:3] == ["zero-shot", "zero-shot", "5.0 (-15.0)"]  # deltas still against the trained none
     assert judged(paper_like, data) == findings
-    out = build_report(paper_like, tmp_path / "report", data, ReportParams(gallery_compare="absent"))
+    out = build_report(paper_like, tmp_path / "report", data, ReportParams(gallery_compare="absent"), order=EVALUATIONS)
     assert "zero-shot (zero-shot)" in out.read_text() and (tmp_path / "report/scores.png").stat().st_size > 0
 
 
@@ -194,7 +194,7 @@ def test_seed_replicas_join_their_row(paper_like: Path, tmp_path: Path):
     rows, replicas = split_seeds(load_evaluations(paper_like, EVALUATIONS))
     assert [e.name for e in rows] == list(ROWS)
     assert [e.name for e in replicas["corpus"]] == ["corpus", "corpus@s1", "corpus@s2"]
-    report = build_report(paper_like, tmp_path / "r", data, ReportParams(gallery_compare="absent", permutations=0))
+    report = build_report(paper_like, tmp_path / "r", data, ReportParams(gallery_compare="absent", permutations=0), order=EVALUATIONS)
     scores = [np.mean(v) for v in ([30, 40, 11, 52], [26, 36, 11, 52], [34, 44, 11, 52])]
     assert f"| corpus | 3 | {np.mean(scores):.1f} ± {np.std(scores, ddof=1):.1f} |" in report.read_text()
     intervals = json.loads((tmp_path / "r/intervals.json").read_text())
@@ -220,7 +220,8 @@ def test_bad_evaluation_dirs_are_named(tmp_path: Path):
 def test_report_from_real_evaluations(tiny_evals: Path, tiny_root_session: Path, tmp_path: Path):  # noqa: F811
     corpus, queries = tiny_evals.parent / "enhanced/corpus", tiny_evals.parent / "enhanced/queries"
     out = tmp_path / "report"
-    report = build_report(tiny_evals, out, tiny_root_session, ReportParams(gallery_queries=4), corpus, queries)
+    report = build_report(tiny_evals, out, tiny_root_session, ReportParams(gallery_queries=4), corpus, queries,
+                          order=EVALUATIONS)
     text = report.read_text()
     assert "## Local pool" in text and "## Global pool" in text and "![gallery](gallery.png)" in text
     assert text.count("| infer-both | inference-only |") == 2
@@ -261,7 +262,8 @@ def test_report_logged_on_the_parent_run(paper_like: Path, tiny_root_session: Pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RARE_PARENT_RUN_ID", raising=False)
     out = tmp_path / "report"
-    build_report(paper_like, out, paper_like.parent / "data", ReportParams(permutations=0, gallery_compare="absent"))
+    build_report(paper_like, out, paper_like.parent / "data", ReportParams(permutations=0, gallery_compare="absent"),
+                 order=EVALUATIONS)
     tracking = TrackingParams(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",
                               artifact_root=str(tmp_path / "mlruns/artifacts"))
     run_id = log_report(out, tracking, tmp_path / "params.yaml")
@@ -288,7 +290,8 @@ def test_every_audit_row_agrees_with_the_run_files(tiny_evals: Path, tiny_root_s
     corpus, queries = tiny_evals.parent / "enhanced/corpus", tiny_evals.parent / "enhanced/queries"
     out = tmp_path / "report"
     text = build_report(tiny_evals, out, tiny_root_session, ReportParams(gallery_queries=2, audit_top=2,
-                                                                          permutations=0), corpus, queries).read_text()
+                                                                          permutations=0), corpus, queries,
+                        order=EVALUATIONS).read_text()
     audit = pq.read_table(out / "audit.parquet").to_pylist()
     root = MBEIRRoot(tiny_root_session)
     dts = root.eval_tasks("test")

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from rare.config import load_section
-from rare.stages import RAW, ROOT, study_stages
+from rare.stages import EVALUATIONS, RAW, ROOT, study_stages
 
 app = typer.Typer(add_completion=False)
 
@@ -41,7 +41,8 @@ def main(
         subprocess.run([*shlex.split(s.cmd), "--params", str(params_file)], check=True, cwd=ROOT)
         typer.echo(f"{s.name}: {time.perf_counter() - t0:.0f} s")
     subprocess.run(["rare", "report", "--evals", "eval", "--out", str(out), "--data", RAW, "--corpus-enhanced",
-                    "data/enhanced/corpus", "--queries-enhanced", "data/enhanced/queries", "--params", str(params_file)],
+                    "data/enhanced/corpus", "--queries-enhanced", "data/enhanced/queries", "--order", ",".join(EVALUATIONS),
+                    "--params", str(params_file)],
                    check=True, cwd=ROOT)
     typer.echo(f"seed study ({seeds} seeds per variant): {time.perf_counter() - started:.0f} s; report in {out}")
 
