@@ -37,7 +37,7 @@ CACHE_ENV = {
 TOOL_TIPS = ("💡 Tip:",)  # Lightning's advertisements for its cloud services, printed on every run
 
 
-def _server_up(url: str) -> bool:
+def server_up(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=0.3) as resp:
             return resp.status == 200
@@ -66,7 +66,7 @@ def configure(project_dir: str | Path | None = None) -> None:
     for key, sub in CACHE_ENV.items():
         os.environ.setdefault(key, str(root / ".cache" / sub))
     detect = os.environ.get("RARE_DETECT_PREFECT_SERVER", "1") != "0"
-    if detect and "PREFECT_API_URL" not in os.environ and _server_up(PREFECT_UI_URL):
+    if detect and "PREFECT_API_URL" not in os.environ and server_up(PREFECT_UI_URL):
         os.environ["PREFECT_API_URL"] = PREFECT_UI_URL
 
 
