@@ -264,9 +264,9 @@ def evaluate(
 ) -> None:
     """Evaluate one model on one input variant by the M-BEIR protocol (local and global pools)."""
     _enhanced_given(inputs, corpus_enhanced, queries_enhanced)
-    metrics = _run(stages.EVALUATE, f"evaluate-{name}", name=name, model=model, inputs=inputs, data=data, out=out,
-                   params_file=params_file, corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced)
-    typer.echo(f"{name}: M-BEIR score " + ", ".join(f"{p} {v:.2f}" for p, v in metrics["score"].items()))
+    # The stage logs its scores once (in its flow run's log too); they are not printed again here.
+    _run(stages.EVALUATE, f"evaluate-{name}", name=name, model=model, inputs=inputs, data=data, out=out,
+         params_file=params_file, corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced)
 
 
 @app.command()

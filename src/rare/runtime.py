@@ -6,10 +6,12 @@ Existing environment values win, so a user can still point at their own Prefect 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -70,13 +72,34 @@ def configure(project_dir: str | Path | None = None) -> None:
         os.environ["PREFECT_API_URL"] = PREFECT_UI_URL
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """One plain line per record, in a terminal too: rich's handler wraps at the terminal's width (80
-    columns off a terminal) and breaks a "View at" link mid-UUID; a terminal wraps a long line whole,
-    and the link stays one line to click or copy."""
-    import sys
+@functools.cache
+def console() -> Any:
+    """The one rich console on stderr that progress bars and log lines share: a line logged while a bar
+    is live is printed above it instead of through it."""
+    from rich.console import Console
 
-    handler = logging.StreamHandler(sys.stderr)
+    return Console(stderr=True)
+
+
+class ConsoleHandler(logging.Handler):
+    """One plain line per record through the shared console, never wrapped (``soft_wrap``): rich's own
+    handler wraps at the terminal's width and breaks a "View at" link mid-UUID."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console().print(self.format(record), soft_wrap=True, markup=False, highlight=False, emoji=False)
+        except Exception:  # a logging handler never raises into the code that logged
+            self.handleError(record)
+
+
+def sig4(value: float | None) -> str:
+    """A loss or score as people read it: 4 significant digits."""
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One plain line per record (see ConsoleHandler), shared with the progress bars' console."""
+    handler = ConsoleHandler()
     name = " %(name)s:" if verbose else ""
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s{name} %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
