@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # stage commands call `rare` and `dvc` from this venv, activated or not
 
-.PHONY: setup lock run repro test test-fast ui ui-stop deploy trigger bench serve clean
+.PHONY: setup lock plots run repro test test-fast ui ui-stop deploy trigger bench serve clean
 
 setup: $(VENV)/.installed
 
@@ -59,6 +59,9 @@ deploy: setup  ## serve the rare-pipeline deployment (needs `make ui`)
 
 trigger: setup  ## start one run of the served deployment
 	PREFECT_API_URL=$(UI_API) $(BIN)/prefect deployment run rare-pipeline/rare-pipeline
+
+plots: setup  ## DVC's plots as SVG in dvc_plots/ (offline, labelled by variant); REVS="main lr5e-4" compares
+	$(PY) -m rare.plots $(REVS)
 
 bench: setup
 	$(PY) -m bench

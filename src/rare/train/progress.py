@@ -8,6 +8,7 @@ and print their final state twice; this one counts ``trainer.global_step`` again
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,6 +16,8 @@ from pytorch_lightning.callbacks import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rare.runtime import console, sig4
+
+log = logging.getLogger(__name__)
 
 
 class StepProgress(Callback):
@@ -51,6 +54,12 @@ class StepProgress(Callback):
         self.close()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        """Stop the bar and say where it ended in one log line: a terminal's bar is gone from the stage's
+        flow run log, this line is not."""
+        if self.bar is None:
+            return
+        task = self.bar.tasks[0]
+        self.bar.stop()
+        self.bar = None
+        log.info("%s: %d/%d steps, loss %s, %.1f s", self.label, task.completed, self.total, task.fields["loss"],
+                 task.finished_time or task.elapsed or 0.0)
