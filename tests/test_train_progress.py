@@ -54,3 +54,11 @@ def test_the_bar_totals_max_steps_ends_there_and_prints_once(monkeypatch: pytest
     loss = float(trainer.callback_metrics["train/loss"])
     assert f"loss {sig4(loss)}" in lines[0] and len(sig4(loss).replace(".", "").lstrip("0-")) <= 4
     assert "Epoch" not in out.getvalue() and "v_num" not in out.getvalue()
+
+
+def test_a_library_warning_names_its_package_not_the_venv():
+    from rare.runtime import format_warning
+
+    line = format_warning(DeprecationWarning("old"), DeprecationWarning,
+                          "/home/u/rare/.venv/lib/python3.11/site-packages/pytorch_lightning/utilities/_pytree.py", 21)
+    assert line == "warning: pytorch_lightning/utilities/_pytree.py:21: DeprecationWarning: old\n"

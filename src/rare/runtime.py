@@ -99,8 +99,19 @@ def sig4(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:
+    """A library's warning named by its package path (``pytorch_lightning/utilities/_pytree.py:21``), not
+    by the absolute path of the virtual environment it is installed in."""
+    where = filename.rpartition("site-packages/")[2] if "site-packages/" in filename else Path(filename).name
+    return f"warning: {where}:{lineno}: {category.__name__}: {message}\n"
+
+
 def setup_logging(verbose: bool = False) -> None:
     """One plain line per record (see ConsoleHandler), shared with the progress bars' console."""
+    import warnings
+
+    warnings.formatwarning = format_warning
     handler = ConsoleHandler()
     name = " %(name)s:" if verbose else ""
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s{name} %(message)s", datefmt="%H:%M:%S"))
