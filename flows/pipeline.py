@@ -67,14 +67,11 @@ def mark_cancelled(flow: object, flow_run: object, state: object) -> None:
 
 def build_flow():  # noqa: ANN201 - returns a prefect Flow
     from prefect import flow, get_run_logger, task
-
-    from rare import pipeline as dvc_pipeline
-    from rare import tracking
-    from rare.config import load_section
-
     from prefect.cache_policies import NO_CACHE
 
-    from rare import stageflow
+    from rare import pipeline as dvc_pipeline
+    from rare import stageflow, tracking
+    from rare.config import load_section
 
     stage_output = dvc_pipeline.PipelineEcho(print)  # one per flow run (reset at its start)
 
