@@ -83,3 +83,7 @@ def test_stage_flow_runs_are_subflows_of_the_pipeline_run(tmp_path: Path, prefec
         assert [run.name for run in children] == ["data"]
         assert children[0].state.is_completed() and children[0].parent_task_run_id is not None
         assert client.read_task_run(children[0].parent_task_run_id).flow_run_id == pipeline.id
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[children[0].id])))
+        assert any("embedded benchmark (tiny, seed 0)" in log.message for log in logs)  # the stage's own log
