@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+LOCK := requirements/lock.txt
 export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -11,18 +12,28 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # stage commands call `rare` and `dvc` from this venv, activated or not
 
-.PHONY: setup run repro study sweep test test-fast ui ui-stop deploy trigger bench serve clean
+.PHONY: setup lock plots run repro study sweep test test-fast ui ui-stop deploy trigger bench serve clean
 
 setup: $(VENV)/.installed
 
-# torch is pinned first: 2.13.0 is the CPU wheel on local disk here; unpinned, pip pulls a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# Installs the exact versions of requirements/lock.txt (the ranges in pyproject.toml are for users who install
+# rare as a library), then rare itself without resolving again. torch is 2.13.0+cpu: the CPU wheel on local disk
+# here (elsewhere: add --extra-index-url https://download.pytorch.org/whl/cpu); unpinned, pip pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -r $(LOCK)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	# OpenAI's clip tokenizer, the reference of tests/test_clip_sf.py; --no-deps: its torchvision would replace torch
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "clip-anytorch==2.6.0"
 	touch $@
+
+# Re-resolve the lock from pyproject.toml's ranges (+ requirements/pins.txt) against the configured index;
+# run it after changing a dependency, commit requirements/lock.txt, and `make setup` installs it.
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "pip-tools>=7.4,<8"
+	$(BIN)/pip-compile -q --extra dev --strip-extras --allow-unsafe --no-emit-find-links --no-emit-index-url \
+	    -c requirements/pins.txt -o $(LOCK) pyproject.toml
 
 run: setup  ## the main job: the whole DVC pipeline under one Prefect parent flow and one MLflow parent run
 	$(PY) -m flows.pipeline
@@ -57,6 +68,9 @@ deploy: setup  ## serve the rare-pipeline deployment (needs `make ui`)
 
 trigger: setup  ## start one run of the served deployment
 	PREFECT_API_URL=$(UI_API) $(BIN)/prefect deployment run rare-pipeline/rare-pipeline
+
+plots: setup  ## DVC's plots as SVG in dvc_plots/ (offline, labelled by variant); REVS="main lr5e-4" compares
+	$(PY) -m rare.plots $(REVS)
 
 bench: setup
 	$(PY) -m bench

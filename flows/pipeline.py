@@ -22,7 +22,7 @@ from rare import runtime
 
 runtime.configure()
 
-from rare import services  # noqa: E402
+from rare import errors, services  # noqa: E402
 
 
 def _ensure_prefect_server() -> services.Service | None:
@@ -72,16 +72,23 @@ def mark_cancelled(flow: object, flow_run: object, state: object) -> None:
 
 def build_flow():  # noqa: ANN201 - returns a prefect Flow
     from prefect import flow, get_run_logger, task
+    from prefect.cache_policies import NO_CACHE
 
     from rare import pipeline as dvc_pipeline
-    from rare import tracking
+    from rare import stageflow, tracking
     from rare.config import load_section
 
+    stage_output = dvc_pipeline.PipelineEcho(print)  # one per flow run (reset at its start)
+
     # No retries here: the stage's own flow run retries its work (rare.stageflow, the one place).
-    @task(name="dvc-stage", task_run_name="{stage}")
+    # Each stage's flow run is a subflow of this task run (rare.stageflow reads the id from its environment).
+    @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE)
     def run_stage(stage: str, force: bool) -> float:
-        logger = get_run_logger()
-        return dvc_pipeline.run_stage(stage, force=force, echo=lambda line: logger.info(line))
+        from prefect.runtime import task_run
+
+        stage_output.echo = get_run_logger().info
+        env = {stageflow.PARENT_TASK_RUN_ENV: str(task_run.id)}
+        return dvc_pipeline.run_stage(stage, force=force, echo=stage_output, env=env)
 
     def run_name() -> str:
         return f"pipeline-{datetime.now():%Y%m%d-%H%M%S}"
@@ -96,6 +103,8 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
 
         from rare.report.stage import markdown_summary
 
+        stageflow.quiet_expected_failures()
+        stage_output.to_add.clear()
         params = load_section("tracking")
         order = dvc_pipeline.stage_order()
         selected = [s for s in order if not stages or s in stages]
@@ -123,6 +132,8 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
                     client.log_metric(run_id, f"stage_seconds.{stage.replace('@', '.')}", s)
                 client.set_terminated(run_id, status)
                 os.environ.pop(tracking.PARENT_ENV, None)
+        if hint := stage_output.hint():
+            get_run_logger().info(hint)
         if (REPORT_DIR / "report.md").exists():
             create_markdown_artifact(key="rare-pipeline-report", markdown=markdown_summary(REPORT_DIR),
                                      description="Scores and the paper's findings of this run")
@@ -153,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", action="append", help="only these stages (repeatable)")
     ap.add_argument("--serve", action="store_true", help="serve a deployment (needs `make ui` running)")
     ap.add_argument("--cron", default=None, help="with --serve: schedule, e.g. '0 3 * * *'")
+    ap.add_argument("--debug", action="store_true", help="print the traceback behind an error (stages too)")
     args = ap.parse_args(argv)
+    if args.debug:
+        os.environ[errors.DEBUG_ENV] = "1"
     if args.serve:
         if not os.environ.get("PREFECT_API_URL"):
             raise SystemExit("--serve needs a running Prefect server: run `make ui` first")
@@ -166,7 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         # Registered before Prefect registers its own exit hooks, so it runs after them: the log and
         # event workers drain into a live server instead of retrying against a stopped one.
         atexit.register(services.stop, server)
-    seconds = build_flow()(force=args.force, stages=args.stage)
+    try:
+        seconds = build_flow()(force=args.force, stages=args.stage)
+    except Exception as exc:  # one `error:` line (none if the stage's own is already above), as the CLI does
+        line = errors.expected(exc)
+        if line is None or errors.debug():
+            errors.print_traceback(exc)
+        if line is not None and not errors.reported(exc):
+            errors.print_error(line)
+        return 1
     total = sum(seconds.values())
     for stage, s in seconds.items():
         print(f"{stage:28s} {s:7.1f} s")

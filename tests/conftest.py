@@ -7,6 +7,7 @@ from rare import runtime
 
 # Tests never report to a user's running `make ui` server, nor write into the project's .prefect/.
 os.environ["RARE_DETECT_PREFECT_SERVER"] = "0"
+os.environ["PREFECT_API_URL"] = ""  # set but empty (ephemeral mode): wins over the project's prefect.toml
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rare-test-prefect-")
 runtime.configure()
 

@@ -32,11 +32,13 @@ def test_registered_pyfunc_embeds_like_the_evaluation_stage(tiny_root: Path, tmp
     model_dir = make_tiny_retriever(tmp_path / "models/none")
     retriever = load_retriever(model_dir)
     example = next((tiny_root / "mbeir_images").rglob("*.png"))
-    with rare_tracking.child_run(tracking, "train", "train-none", active=False) as run_id:
+    with rare_tracking.child_run(tracking, "train", "train-none", active=False, data=tiny_root) as run_id:
         version = registry.log_retriever(run_id, model_dir, "none", retriever.fingerprint, example)
     assert (version.name, str(version.version)) == ("rare-none", "1")
 
-    model = mlflow.pyfunc.load_model("models:/rare-none/1")
+    digest = rare_tracking.data_digest(tiny_root)
+    assert f"data digest {digest[:12]}" in version.description and "not evaluated yet" in version.description
+    model = mlflow.pyfunc.load_model(f"models:/rare-none@{registry.LATEST_ALIAS}")
     assert model.metadata.signature.inputs.input_names() == ["text", "image"]
     assert (model.metadata.get_input_schema() is not None and model.metadata.saved_input_example_info is not None)
 
@@ -56,3 +58,7 @@ def test_registered_pyfunc_embeds_like_the_evaluation_stage(tiny_root: Path, tmp
     tagged = mlflow.MlflowClient().get_model_version("rare-none", "1").tags
     assert tagged[registry.FINGERPRINT_TAG] == retriever.fingerprint
     assert float(tagged["score.none.local"]) == pytest.approx(metrics["score"]["local"])
+    described = mlflow.MlflowClient().get_model_version_by_alias("rare-none", registry.LATEST_ALIAS)
+    assert str(described.version) == "1"
+    assert f"none.local {metrics['score']['local']:.2f}" in described.description
+    assert f"data digest {digest[:12]}" in described.description

@@ -25,10 +25,29 @@ HELP = ("rare: reasoning-augmented multimodal retrieval on M-BEIR-format data. G
 Variant = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]  # choices checked at parse time
 
 
+def _readable_help(command: Any) -> None:
+    """Metavars a user reads: none for flags (typer prints ``<bool>``), the parameter's name for arguments
+    (``VARIANT``, not ``{variant}``) and repeatable options (not ``<list[str]>``); choices and ranges stay in
+    the type column."""
+    for param in command.params:
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument" or getattr(param, "multiple", False):
+            param.metavar = (param.name or "value").upper()
+    help_option = command.get_help_option(typer.Context(command))
+    if help_option is not None:
+        help_option.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _readable_help(sub)
+
+
 class _Rare(TyperGroup):
     """Usage mistakes and expected failures (bad data, bad params, missing files) become one line."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        _readable_help(self)
         kwargs["standalone_mode"] = False
         try:
             code = super().main(*args, **kwargs)
@@ -54,7 +73,7 @@ class _Rare(TyperGroup):
         return code
 
 
-app = typer.Typer(cls=_Rare, add_completion=False, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
+app = typer.Typer(cls=_Rare, add_completion=True, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
 enhance_app = typer.Typer(no_args_is_help=True, help="VLM enhancement of the corpus or the queries.")
 app.add_typer(enhance_app, name=stages.ENHANCE.command)
 
@@ -249,9 +268,9 @@ def evaluate(
 ) -> None:
     """Evaluate one model on one input variant by the M-BEIR protocol (local and global pools)."""
     _enhanced_given(inputs, corpus_enhanced, queries_enhanced)
-    metrics = _run(stages.EVALUATE, f"evaluate-{name}", name=name, model=model, inputs=inputs, data=data, out=out,
-                   params_file=params_file, corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced)
-    typer.echo(f"{name}: M-BEIR score " + ", ".join(f"{p} {v:.2f}" for p, v in metrics["score"].items()))
+    # The stage logs its scores once (in its flow run's log too); they are not printed again here.
+    _run(stages.EVALUATE, f"evaluate-{name}", name=name, model=model, inputs=inputs, data=data, out=out,
+         params_file=params_file, corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced)
 
 
 @app.command()
@@ -330,7 +349,8 @@ def serve(
     params_file: ParamsOpt = Path("params.yaml"),
     host: Annotated[str, typer.Option("--host", help="Interface to bind (another than 127.0.0.1 exposes it).")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on (checked before "
+                                      "anything loads: a busy one fails at once).")] = 8000,
     torch_threads: Annotated[int, typer.Option("--torch-threads", help="Threads of each model's batched forward "
                                                "pass (one per served variant runs at a time).")] = 1,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes, each with the whole index "
@@ -338,6 +358,10 @@ def serve(
 ) -> None:
     """Search the trained indexes (the evaluation's cached embeddings) from a web page and a JSON API."""
     _check("evaluate", params_file)
+    from rare.services import port_free
+
+    if not port_free(port, host):
+        raise ValueError(f"--port {port}: {host}:{port} is already in use (another `rare serve`?); pick another port")
     import torch
     import uvicorn
 

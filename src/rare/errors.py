@@ -68,12 +68,20 @@ def describe(exc: BaseException) -> str:
 
 
 def expected(exc: BaseException) -> str | None:
-    """The error line for an expected failure, None for a bug (which keeps its traceback)."""
+    """The error line for an expected failure, None for a bug (which keeps its traceback). An exception
+    may carry its own (``user_line``: a failed stage whose process already said why)."""
+    if getattr(exc, "user_line", None):
+        return exc.user_line  # type: ignore[attr-defined]
     cause = worker_cause(exc)
     kind = cause[0] if cause is not None else type(exc)
     if not issubclass(kind, EXPECTED):
         return None
     return describe(exc)
+
+
+def reported(exc: BaseException) -> bool:
+    """The user already saw this failure's ``error:`` line (a stage process printed it): say it no more."""
+    return bool(getattr(exc, "reported", False))
 
 
 def print_error(message: str) -> None:

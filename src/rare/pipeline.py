@@ -11,8 +11,10 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from rare import errors
 
 
 def dvc_command(*args: str) -> list[str]:
@@ -20,10 +22,10 @@ def dvc_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def stage_env() -> dict[str, str]:
+def stage_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Stage commands call `rare`: put this interpreter's scripts first on PATH so they run this install."""
     scripts = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+    return {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]), **(extra or {})}
 
 
 def stage_order(repo_dir: str | Path = ".") -> list[str]:
@@ -41,14 +43,26 @@ _CMD_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")
 
 
 class StageFailed(RuntimeError):
+    """A stage command that failed. When it printed rare's own ``error:`` lines (an expected failure:
+    bad data, bad params, a missing file) the message is those lines and ``reported`` is set: the user saw
+    them in the stage's output, so no entry point repeats them or adds a traceback. Otherwise (a bug, a
+    killed process) the message carries the last lines of the output, so the cause reaches the Prefect UI."""
+
     def __init__(self, stage: str, returncode: int, tail: str):
         self.stage, self.returncode = stage, returncode
         found = _CMD_EXIT.findall(tail)
         self.command_exit = int(found[-1]) if found else None  # the stage command's own code, as DVC reports it
-        # The stage's own `error:` lines head the message, so the cause is what the Prefect UI shows first.
-        headline = [line for line in tail.splitlines() if line.startswith("error: ")]
-        first = "; ".join(line.removeprefix("error: ") for line in headline) or f"exit {returncode}"
-        super().__init__(f"stage {stage!r} failed: {first}\n--- last lines of its output ---\n{tail}")
+        headline = [line.removeprefix("error: ") for line in tail.splitlines() if line.startswith("error: ")]
+        self.reported = bool(headline) and not errors.debug()
+        if headline:
+            super().__init__(f"stage {stage!r} failed: {'; '.join(headline)}")
+        else:
+            super().__init__(f"stage {stage!r} failed: exit {returncode}\n--- last lines of its output ---\n{tail}")
+
+    @property
+    def user_line(self) -> str | None:
+        """The one-line cause for ``rare.errors.expected`` (None: a bug, which keeps its traceback)."""
+        return str(self) if self.command_exit == 1 and "\n" not in str(self) else None
 
     @property
     def retryable(self) -> bool:
@@ -59,7 +73,7 @@ class StageFailed(RuntimeError):
 
 
 def run_stage(stage: str, force: bool = False, echo: Callable[[str], None] = print,
-              repo_dir: str | Path = ".") -> float:
+              repo_dir: str | Path = ".", env: Mapping[str, str] | None = None) -> float:
     """`dvc repro --single-item STAGE`; DVC itself skips it when nothing it depends on changed.
 
     Output is streamed live; on failure the error carries the last lines, so the cause is in
@@ -68,7 +82,7 @@ def run_stage(stage: str, force: bool = False, echo: Callable[[str], None] = pri
     cmd = dvc_command("repro", "--single-item", stage, *(["--force"] if force else []))
     start = time.monotonic()
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    with subprocess.Popen(cmd, cwd=repo_dir, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with subprocess.Popen(cmd, cwd=repo_dir, env=stage_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
@@ -77,3 +91,29 @@ def run_stage(stage: str, force: bool = False, echo: Callable[[str], None] = pri
     if proc.returncode != 0:
         raise StageFailed(stage, proc.returncode, "\n".join(tail))
     return time.monotonic() - start
+
+
+# Lines a stage process prints that the pipeline log need not repeat: Prefect's per-state lines (they stay in
+# the stage's own flow run log) and DVC's per-stage "git add dvc.lock" hint (said once, at the end).
+_STATE_LINE = re.compile(r"Finished in state \w+\(")
+_GIT_HINT = ("To track the changes with git, run:", "To enable auto staging, run:", "\tdvc config core.autostage true")
+
+
+class PipelineEcho:
+    """Passes a stage's output lines on to ``echo``, less the repeated ones; ``hint()`` is DVC's git hint,
+    once, for every file the stages asked to ``git add``."""
+
+    def __init__(self, echo: Callable[[str], None]):
+        self.echo = echo
+        self.to_add: dict[str, None] = {}
+
+    def __call__(self, line: str) -> None:
+        if _STATE_LINE.search(line) or line in _GIT_HINT or not line.strip():
+            return
+        if line.startswith("\tgit add "):
+            self.to_add.update(dict.fromkeys(line.removeprefix("\tgit add ").split()))
+            return
+        self.echo(line)
+
+    def hint(self) -> str | None:
+        return f"To track the changes with git, run: git add {' '.join(self.to_add)}" if self.to_add else None

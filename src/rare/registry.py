@@ -6,7 +6,7 @@ exactly as the evaluation stage does, whatever tower family or fusion it has. In
 ``text`` (for a query: the instruction and the query, as evaluation builds it) and ``image`` (base64 of
 the image file, "" for none). Output: one L2-normalised float32 row per input row.
 
-    model = mlflow.pyfunc.load_model("models:/rare-both/latest")
+    model = mlflow.pyfunc.load_model("models:/rare-both@latest-run")
     vectors = model.predict(pd.DataFrame({"text": ["a red circle"], "image": [""]}))
 """
 
@@ -23,6 +23,10 @@ import numpy as np
 import pandas as pd
 
 FINGERPRINT_TAG = "rare.fingerprint"  # on a model version: which export it is (see Retriever.fingerprint)
+DIGEST_TAG = "rare.data_digest"  # on the training run (rare.tracking.run_tags)
+SCORE_PREFIX = "score."
+# Moved to each new version of rare-<variant>: `models:/rare-<variant>@latest-run` is the last trained one.
+LATEST_ALIAS = "latest-run"
 PREDICT_BATCH = 64
 
 
@@ -91,7 +95,24 @@ def log_retriever(run_id: str, model_dir: Path, variant: str, fingerprint: str,
     client = mlflow.MlflowClient()
     version = client.get_model_version(model_name(variant), str(info.registered_model_version))
     client.set_model_version_tag(version.name, version.version, FINGERPRINT_TAG, fingerprint)
-    return version
+    client.set_registered_model_alias(version.name, LATEST_ALIAS, version.version)
+    return _describe(client, version.name, version.version)
+
+
+def description(variant: str, data_digest: str | None, scores: dict[str, str]) -> str:
+    """What the registry UI shows for a version: which data it was trained on and how it scored, so two
+    versions can be told apart without opening their runs."""
+    data = f"data digest {data_digest[:12]}" if data_digest else "data digest unknown"
+    scored = ", ".join(f"{key} {float(value):.2f}" for key, value in sorted(scores.items())) or "not evaluated yet"
+    return f"rare retriever, variant {variant}; trained on {data}; M-BEIR scores: {scored}"
+
+
+def _describe(client: mlflow.MlflowClient, name: str, version: str) -> Any:
+    mv = client.get_model_version(name, version)
+    digest = client.get_run(mv.run_id).data.tags.get(DIGEST_TAG) if mv.run_id else None
+    scores = {k.removeprefix(SCORE_PREFIX): v for k, v in mv.tags.items() if k.startswith(SCORE_PREFIX)}
+    text = description(name.removeprefix("rare-"), digest, scores)
+    return client.update_model_version(name, version, description=text)
 
 
 def _requirements() -> list[str]:
@@ -113,5 +134,5 @@ def tag_scores(variant: str, fingerprint: str, evaluation: str, scores: dict[str
         return None
     version = max(found, key=lambda v: int(v.version))
     for pool, value in scores.items():
-        client.set_model_version_tag(version.name, version.version, f"score.{evaluation}.{pool}", str(value))
-    return version
+        client.set_model_version_tag(version.name, version.version, f"{SCORE_PREFIX}{evaluation}.{pool}", str(value))
+    return _describe(client, version.name, version.version)

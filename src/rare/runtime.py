@@ -6,10 +6,12 @@ Existing environment values win, so a user can still point at their own Prefect 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -21,6 +23,8 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # rare's own log lines (progress summaries, losses, timings, scores) reach the stage's flow run log too.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "rare",
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a tqdm bar per model download in stage logs
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar, twice per model load
@@ -37,7 +41,7 @@ CACHE_ENV = {
 TOOL_TIPS = ("💡 Tip:",)  # Lightning's advertisements for its cloud services, printed on every run
 
 
-def _server_up(url: str) -> bool:
+def server_up(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=0.3) as resp:
             return resp.status == 200
@@ -66,17 +70,49 @@ def configure(project_dir: str | Path | None = None) -> None:
     for key, sub in CACHE_ENV.items():
         os.environ.setdefault(key, str(root / ".cache" / sub))
     detect = os.environ.get("RARE_DETECT_PREFECT_SERVER", "1") != "0"
-    if detect and "PREFECT_API_URL" not in os.environ and _server_up(PREFECT_UI_URL):
+    if detect and "PREFECT_API_URL" not in os.environ and server_up(PREFECT_UI_URL):
         os.environ["PREFECT_API_URL"] = PREFECT_UI_URL
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """One plain line per record, in a terminal too: rich's handler wraps at the terminal's width (80
-    columns off a terminal) and breaks a "View at" link mid-UUID; a terminal wraps a long line whole,
-    and the link stays one line to click or copy."""
-    import sys
+@functools.cache
+def console() -> Any:
+    """The one rich console on stderr that progress bars and log lines share: a line logged while a bar
+    is live is printed above it instead of through it."""
+    from rich.console import Console
 
-    handler = logging.StreamHandler(sys.stderr)
+    return Console(stderr=True)
+
+
+class ConsoleHandler(logging.Handler):
+    """One plain line per record through the shared console, never wrapped (``soft_wrap``): rich's own
+    handler wraps at the terminal's width and breaks a "View at" link mid-UUID."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console().print(self.format(record), soft_wrap=True, markup=False, highlight=False, emoji=False)
+        except Exception:  # a logging handler never raises into the code that logged
+            self.handleError(record)
+
+
+def sig4(value: float | None) -> str:
+    """A loss or score as people read it: 4 significant digits."""
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:
+    """A library's warning named by its package path (``pytorch_lightning/utilities/_pytree.py:21``), not
+    by the absolute path of the virtual environment it is installed in."""
+    where = filename.rpartition("site-packages/")[2] if "site-packages/" in filename else Path(filename).name
+    return f"warning: {where}:{lineno}: {category.__name__}: {message}\n"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One plain line per record (see ConsoleHandler), shared with the progress bars' console."""
+    import warnings
+
+    warnings.formatwarning = format_warning
+    handler = ConsoleHandler()
     name = " %(name)s:" if verbose else ""
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s{name} %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)

@@ -56,10 +56,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_free(port: int) -> bool:
+def port_free(port: int, host: str = HOST) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
         try:
-            s.bind((HOST, port))
+            s.bind((host, port))
         except OSError:
             return False
         return True
@@ -81,7 +82,8 @@ def _command(svc: Service, tracking_uri: str, artifact_root: str) -> list[str]:
         return [str(bindir / "prefect"), "server", "start", "--host", HOST, "--port", str(svc.port),
                 "--analytics-off", "--no-background"]
     return [str(bindir / "mlflow"), "ui", "--host", HOST, "--port", str(svc.port),
-            "--backend-store-uri", tracking_uri, "--default-artifact-root", artifact_root]
+            "--backend-store-uri", tracking_uri, "--default-artifact-root", artifact_root,
+            "--workers", "1"]  # the default 4 workers each import MLflow: ~3.6 GiB for one local user
 
 
 def start(svc: Service, tracking_uri: str = "sqlite:///mlruns/mlflow.db", artifact_root: str = "mlruns/artifacts",

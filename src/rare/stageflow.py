@@ -2,6 +2,8 @@
 
     rare train none ...  ->  flow "train" (run "train-none")  ->  task "train-none"  ->  rare.train.entry.run
 
+Under the pipeline flow (`make run`) the stage's flow run is a subflow of the pipeline's run.
+
 Only when a Prefect server takes the run: the pipeline's (`make run`), `make ui`'s (found by
 ``runtime.configure``) or the one PREFECT_API_URL names. Otherwise the function runs bare, so a stage
 run by hand or by plain `dvc repro` starts no temporary server (10-40 s on 2 cores) and imports no
@@ -25,6 +27,8 @@ if TYPE_CHECKING:  # the declarations are the CLI's: a stage's code deps leave t
     from rare.stages import Step
 
 RETRIES, RETRY_DELAY_S = 1, 5
+# Set by the pipeline flow for the stage processes it starts: the task run each stage's flow run hangs under.
+PARENT_TASK_RUN_ENV = "RARE_PREFECT_PARENT_TASK_RUN"
 # Where Prefect logs a failed task or flow run, with the whole traceback.
 PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine")
 
@@ -56,7 +60,8 @@ class OneLineFailures(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         line = errors.expected(exc) if exc is not None else None
         if line is not None and not errors.debug():
-            record.msg, record.args = f"error: {line}", ()
+            # A failed stage whose own error line is already in the log is named, not repeated.
+            record.msg, record.args = (line if errors.reported(exc) else f"error: {line}"), ()
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -70,14 +75,18 @@ def quiet_expected_failures() -> None:
 
 def server_configured() -> bool:
     """A Prefect server to report to: PREFECT_API_URL in the environment, or in the settings of a Prefect
-    this process already imported (a test harness sets it there)."""
+    this process already imported (a test harness sets it there, the project's prefect.toml too)."""
     if os.environ.get("PREFECT_API_URL"):
         return True
     if "prefect" not in sys.modules:
         return False
     from prefect.settings import get_current_settings
 
-    return bool(get_current_settings().api.url)
+    from rare import runtime
+
+    # prefect.toml names `make ui`'s server for Prefect's own commands; a stage counts it only while it is up.
+    url = get_current_settings().api.url
+    return bool(url) and (url != runtime.PREFECT_UI_URL or runtime.server_up(url))
 
 
 def in_run() -> bool:
@@ -122,4 +131,24 @@ def run(step: Step, run_name: str, **kwargs: Any) -> Any:
     quiet_expected_failures()
     work = task(fn, name=step.command, task_run_name=run_name, cache_policy=NO_CACHE,
                 **retry_options(_retries(step, kwargs["params_file"])))
-    return flow(lambda: work(**kwargs), name=step.command, flow_run_name=run_name, log_prints=False)()
+    stage_flow = flow(lambda: work(**kwargs), name=step.command, flow_run_name=run_name, log_prints=False)
+    parent = os.environ.get(PARENT_TASK_RUN_ENV)
+    if not parent:
+        return stage_flow()
+    return _as_subflow(stage_flow, run_name, parent)
+
+
+def _as_subflow(stage_flow: Any, run_name: str, parent_task_run: str) -> Any:
+    """The stage's flow run as a subflow of the pipeline's: Prefect links a flow run to its parent through
+    ``parent_task_run_id`` (the pipeline's task that runs this stage). The stage runs in its own process
+    (under ``dvc repro``), so no context carries it: the flow run is created here with it, then run."""
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Pending
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(stage_flow, name=run_name, parameters={}, state=Pending(),
+                                          parent_task_run_id=UUID(parent_task_run), tags=["rare-stage"])
+    return run_flow(stage_flow, flow_run=flow_run)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -49,49 +48,25 @@ def store_uri(tracking_uri: str) -> str:
 def setup(params: TrackingParams) -> str:
     """Point MLflow at the sqlite store and return the experiment id.
 
-    MLflow stores a new experiment's artifact location as an absolute path, so a copied or moved
-    checkout would keep writing into the old folder; it offers no way to keep it relative, so the
-    location is rewritten once, in the row MLflow just created, to the configured (relative) path.
-    Runs and logged models derive their locations from it, resolved against the project directory.
+    A new experiment's artifact location is a ``rare-project:`` URI (``rare.artifact_store``) when the
+    configured root is relative, so runs and logged models resolve against the checkout they are read
+    in, and a copied or moved checkout writes only into itself. Only MLflow's public API is used: an
+    experiment made elsewhere keeps the location it was made with (MLflow offers no call to change it).
     """
     import mlflow
 
+    from rare import artifact_store
+
     Path("mlruns").mkdir(exist_ok=True)
-    uri = store_uri(params.tracking_uri)
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(store_uri(params.tracking_uri))
     exp = mlflow.get_experiment_by_name(params.experiment)
-    if exp is not None:
-        for key, value in EXPERIMENT_TAGS.items():
-            if exp.tags.get(key) != value:  # a store made before the tag existed
-                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
-        if uri.startswith("sqlite:") and exp.artifact_location != params.artifact_root:
-            _relocate(_sqlite_path(uri), exp.experiment_id, exp.artifact_location, params.artifact_root)
-        return exp.experiment_id
-    exp_id = mlflow.create_experiment(params.experiment, tags=EXPERIMENT_TAGS)
-    if uri.startswith("sqlite:"):
-        _relocate(_sqlite_path(uri), exp_id, None, params.artifact_root)
-    return exp_id
-
-
-# Where MLflow stores an artifact location derived from the experiment's, per table.
-_DERIVED_LOCATIONS = {"runs": "artifact_uri", "logged_models": "artifact_location"}
-
-
-def _relocate(db_path: str, exp_id: str, old: str | None, new: str) -> None:
-    """Set the experiment's artifact location to ``new``; with ``old`` (a store made before locations
-    were kept relative, or copied from one), also move the runs, logged models and model versions that
-    MLflow derived from it, so none of them keeps writing into, or loading from, another checkout."""
-    with sqlite3.connect(db_path) as db:
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, int(exp_id)))
-        if old is None:
-            return
-        moved = "? || substr({col}, length(?) + 1)"
-        for table, col in _DERIVED_LOCATIONS.items():
-            db.execute(f"UPDATE {table} SET {col} = {moved.format(col=col)} "
-                       f"WHERE experiment_id = ? AND substr({col}, 1, length(?)) = ?", (new, old, int(exp_id), old, old))
-        db.execute(f"UPDATE model_versions SET storage_location = {moved.format(col='storage_location')} "
-                   "WHERE substr(storage_location, 1, length(?)) = ? AND run_id IN "
-                   "(SELECT run_uuid FROM runs WHERE experiment_id = ?)", (new, old, old, old, int(exp_id)))
+    if exp is None:
+        return mlflow.create_experiment(params.experiment, artifact_store.location(params.artifact_root),
+                                        tags=EXPERIMENT_TAGS)
+    for key, value in EXPERIMENT_TAGS.items():
+        if exp.tags.get(key) != value:  # a store made before the tag existed
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 @functools.cache

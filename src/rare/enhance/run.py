@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from rare import runtime
 from rare.atomic import remove_stale_temps, swap_in_files, temp_sibling
 from rare.config.enhance import EnhanceParams
 from rare.contracts import EnhanceRuntime, EnhanceSummary
@@ -81,7 +82,7 @@ def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[in
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with Progress(*columns, console=runtime.console()) as bar:  # shared with logging: lines print above it
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 

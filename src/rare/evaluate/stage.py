@@ -308,5 +308,6 @@ def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, para
         metrics = write_metrics(p, results, out, info, runtime)
         if run_id:
             track(p, metrics, out, params, model or Path(""), retriever.fingerprint)
-    log.info("%s: score %s in %.1f s", name, metrics["score"], timings["total_s"])
+    log.info("%s: M-BEIR score %s in %.1f s", name,
+             ", ".join(f"{pool} {value:.2f}" for pool, value in metrics["score"].items()), timings["total_s"])
     return metrics

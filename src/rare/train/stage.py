@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar, ThroughputMonitor
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
 
 from rare import tracking as rare_tracking
 from rare.atomic import atomic_write
@@ -30,9 +30,10 @@ from rare.data.views import variant_sides
 from rare.errors import worker_errors_unwrapped
 from rare.hashing import key_digest
 from rare.model import build_retriever, load_retriever, save_retriever
-from rare.runtime import is_rank_zero_process
+from rare.runtime import is_rank_zero_process, sig4
 from rare.train.data import Inputs, PairDataModule, TextSettings, resolve_inputs
 from rare.train.module import RetrieverModule
+from rare.train.progress import StepProgress
 
 log = logging.getLogger(__name__)
 RUN_ENV = "RARE_TRAIN_RUN_ID"  # rank 0's MLflow run, inherited by the DDP workers Lightning starts
@@ -202,13 +203,13 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
         max_epochs=params.epochs, max_steps=params.max_steps or -1,
         val_check_interval=params.val_every_n_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         gradient_clip_val=params.optim.grad_clip, use_distributed_sampler=False, log_every_n_steps=1,
-        logger=logger, enable_model_summary=False, default_root_dir=work,
+        logger=logger, enable_model_summary=False, enable_progress_bar=False, default_root_dir=work,
         callbacks=[
             ModelCheckpoint(dirpath=work, filename="step-{step}", save_last=True, save_top_k=0,
                             every_n_train_steps=params.checkpoint_every_n_steps),
             ThroughputMonitor(batch_size_fn=_batch_size, window_size=5),
             history,
-            RichProgressBar(leave=True),
+            StepProgress(f"train {variant}"),
             *callbacks,
         ],
     )
@@ -259,8 +260,10 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
         registry.log_retriever(run_id, Path(out), variant, load_retriever(out).fingerprint, _example_image(raw))
     if not params.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
-    log.info("trained %s: %d steps in %.1f s, val loss %s -> %s", variant, trainer.global_step, timings["train_seconds"],
-             history.history[0][1] if history.history else None, history.history[-1][1] if history.history else None)
+    log.info("trained %s: %d steps in %.1f s (fit %.1f s, %.1f samples/s), val loss %s -> %s", variant,
+             trainer.global_step, timings["train_seconds"], timings["fit_seconds"], timings["samples_per_sec"],
+             sig4(history.history[0][1] if history.history else None),
+             sig4(history.history[-1][1] if history.history else None))
     return Path(out)
 
 
