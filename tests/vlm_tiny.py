@@ -47,7 +47,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 def _ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
     v = tok.get_vocab()
-    return {"image_token_id": v["<|image_pad|>"], "video_token_id": v["<|video_pad|>"],
+    return {"bos_token_id": None, "eos_token_id": v["<|im_end|>"], "pad_token_id": v["<|endoftext|>"],
+            "image_token_id": v["<|image_pad|>"], "video_token_id": v["<|video_pad|>"],
             "vision_start_token_id": v["<|vision_start|>"], "vision_end_token_id": v["<|vision_end|>"]}
 
 
@@ -61,6 +62,19 @@ def qwen2vl_config(tok: PreTrainedTokenizerFast, vocab: int = 320):  # noqa: ANN
                      "attention_dropout": 0.0},
         vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
+        **_ids(tok))
+
+
+def qwen25vl_config(tok: PreTrainedTokenizerFast, vocab: int = 320):  # noqa: ANN201
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config={"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}},
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3,
+                       "window_size": 56, "fullatt_block_indexes": [1]},
         **_ids(tok))
 
 
@@ -81,12 +95,16 @@ def qwen3vl_config(tok: PreTrainedTokenizerFast, vocab: int = 320):  # noqa: ANN
 
 def save_tiny(out: Path, kind: str = "qwen2_vl", seed: int = 0) -> Path:
     """A checkpoint folder as the hub ships one: model, tokenizer (no ``<emb>`` yet), preprocessor config."""
-    from transformers import Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+    from transformers import (Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration,
+                              Qwen3VLForConditionalGeneration)
 
     tok = tiny_tokenizer()
     torch.manual_seed(seed)
     if kind == "qwen2_vl":
         model, patch = Qwen2VLForConditionalGeneration(qwen2vl_config(tok)), 14
+        mean = std = None
+    elif kind == "qwen2_5_vl":
+        model, patch = Qwen2_5_VLForConditionalGeneration(qwen25vl_config(tok)), 14
         mean = std = None
     else:
         model, patch = Qwen3VLForConditionalGeneration(qwen3vl_config(tok)), 16
