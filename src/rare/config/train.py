@@ -158,3 +158,11 @@ class TrainParams(Section):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     cache_dir: str = ".cache/rare/train"                    # Arrow caches + resumable checkpoints (outside DVC outs)
     keep_checkpoints: bool = False
+
+    @model_validator(mode="after")
+    def _grad_cache_alone(self) -> TrainParams:
+        vlm = self.model.vlm if self.model.family == "vlm" else None
+        if vlm and vlm.grad_cache_chunk and self.optim.grad_clip is not None:
+            raise ValueError("model.vlm.grad_cache_chunk steps the optimiser by hand: set optim.grad_clip to null "
+                             "(LamRA-Ret does not clip)")
+        return self

@@ -99,6 +99,12 @@ class Retriever(nn.Module):
         return Collator(self.tokenizer, s["max_text_len"], s["image_size"], s["image_mean"], s["image_std"],
                         s.get("text_format", "none"))
 
+    def split(self, batch: dict[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
+        """Sub-batches of ``chunk`` entries for GradCache (rare.train.gradcache); joint families only."""
+        if not self.family.joint:
+            raise ValueError(f"GradCache needs a family that embeds each entry in one pass (vlm), not {self.spec['family']!r}")
+        return self.towers.split(batch, chunk)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.family.joint:
             return self.towers.embed(batch)

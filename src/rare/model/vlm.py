@@ -325,6 +325,10 @@ class VlmTowers(nn.Module):
     def collator(self, tokenizer: Any, spec: dict[str, Any]) -> VlmCollator:
         return VlmCollator(tokenizer, spec)
 
+    @staticmethod
+    def split(batch: dict[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
+        return split_batch(batch, chunk)
+
     # -- embedding -------------------------------------------------------------------------------------
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         model = self.model
