@@ -171,3 +171,24 @@ def test_params_reject_what_cannot_work() -> None:
     vlm = {"model": {"pretrained": "/x"}, "grad_cache_chunk": 4}
     with pytest.raises(ValueError, match="set optim.grad_clip to null"):
         TrainParams(model={"family": "vlm", "vlm": vlm}, optim={"grad_clip": 1.0})
+
+
+def test_mbeir_vlm_profile_holds_lamra_stage_two(tmp_path: Path) -> None:
+    import yaml
+
+    from rare.config import load_all
+
+    doc = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    doc["profile"] = "mbeir-vlm"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    params = load_all(tmp_path / "p.yaml")
+    train = params["train"]
+    vlm = train.model.vlm
+    assert train.model.family == "vlm" and params["data"].source == "mbeir"
+    assert (vlm.prompt, vlm.pooling, vlm.positions, vlm.temperature, vlm.learn_temperature) == \
+        ("lamra", "before_emb", "1d", 0.05, False)
+    assert (vlm.lora.r, vlm.lora.alpha, vlm.lora.dropout) == (128, 256, 0.05)
+    assert (train.optim.lr, train.optim.weight_decay, train.optim.grad_clip, train.optim.schedule) == \
+        (1e-4, 0.0, None, "cosine")
+    assert train.batch_size * 8 * train.num_nodes == 960 and train.precision == "bf16-mixed"
+    assert load_all("params.yaml")["train"].model.family == "dual"  # the embedded default is untouched
