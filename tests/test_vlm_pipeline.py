@@ -51,7 +51,7 @@ def test_vlm_family_runs_train_evaluate_zero_shot_and_serve(tmp_path: Path, monk
     assert r.spec["family"] == "vlm" and r.embed_dim == 64
 
     # the registered MLflow pyfunc embeds as the retriever does
-    model = mlflow.pyfunc.load_model(f"models:/rare-none/1")
+    model = mlflow.pyfunc.load_model("models:/rare-none/1")
     with torch.inference_mode():
         expected = r(r.collator()([EncodeInput("a red circle", None)])).numpy()
     got = model.predict(pd.DataFrame({"text": ["a red circle"], "image": [""]}))

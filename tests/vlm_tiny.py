@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 
 # The chat template shipped in Qwen2-VL-2B/7B-Instruct's tokenizer_config.json (LamRA renders with it).
@@ -95,8 +95,11 @@ def qwen3vl_config(tok: PreTrainedTokenizerFast, vocab: int = 320):  # noqa: ANN
 
 def save_tiny(out: Path, kind: str = "qwen2_vl", seed: int = 0) -> Path:
     """A checkpoint folder as the hub ships one: model, tokenizer (no ``<emb>`` yet), preprocessor config."""
-    from transformers import (Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration,
-                              Qwen3VLForConditionalGeneration)
+    from transformers import (
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLForConditionalGeneration,
+        Qwen3VLForConditionalGeneration,
+    )
 
     tok = tiny_tokenizer()
     torch.manual_seed(seed)
