@@ -19,6 +19,11 @@
             LLaVA (the README's flags: image-only limits, seed, ``VLLM_BATCH_INVARIANT=1``): both sides
             of a tiny M-BEIR root, twice, at concurrency 32 and 1; outputs byte-identical. Needs vllm in
             the device image (and httpx, which vllm depends on); without it the part records why.
+(e) vlm     the ``vlm`` family (docs/vlm.md) on a Qwen2-VL-2B-size config with random weights, bf16, LoRA r128,
+            gradient checkpointing, 32 pairs of ~300 visual + ~60 text tokens: samples/s of the plain loop,
+            Lightning vs plain, GradCache vs none (time and peak memory), embedding items/s. Needs peft in the
+            device image (carry its wheel like pydantic's). NOT RUN YET: no device was lent to the session that
+            wrote it; ``--smoke vlm`` runs here.
 
 One row per figure (bench/common.py); with ``$OUT`` set, everything goes to ``$OUT/gpu_check.json``
 (rewritten after each part, so a timeout keeps the parts already done). A part that fails
@@ -453,10 +458,148 @@ def serve_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
     ]
 
 
+
+# (e) the vlm family -----------------------------------------------------------------------------------
+
+QWEN2VL_2B = {  # Qwen2-VL-2B-Instruct's architecture (random weights: nothing downloadable there)
+    "text_config": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                    "num_key_value_heads": 2, "max_position_embeddings": 32768, "vocab_size": 151936,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}},
+    "vision_config": {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4,
+                      "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3},
+}
+
+
+def vlm_items(n: int, smoke: bool) -> tuple[list[Any], list[Any]]:
+    """Queries and candidates as LamRA's M-BEIR stage feeds them: ~300 visual tokens (560x420 px) + ~60 text."""
+    from PIL import Image
+
+    from rare.model import EncodeInput
+
+    rng = np.random.RandomState(0)
+    w, h = (56, 56) if smoke else (560, 420)
+    words = "the a red blue green circle square photo of on with near small large old new".split()
+
+    def text(k: int) -> str:
+        return " ".join(rng.choice(words, k))
+
+    def image() -> Image.Image:
+        return Image.fromarray((rng.rand(h, w, 3) * 255).astype("uint8"))
+
+    queries = [EncodeInput(f"Retrieve a photo that matches the caption. {text(40)}", image()) for _ in range(n)]
+    cands = [EncodeInput(text(30), image()) for _ in range(n)]
+    return queries, cands
+
+
+def vlm_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
+    """(e) LamRA-Ret's stage-2 setup on a Qwen2-VL-2B-size model: LoRA r128 on the 7 LLM linears, vision frozen,
+    bf16 weights, gradient checkpointing, sdpa: samples/s of the plain loop and of Lightning, peak memory with and
+    without GradCache, and embedding throughput (items/s) in evaluation."""
+    import logging
+
+    from rare.config.train import ModelParams, OptimParams
+    from rare.model import build_retriever
+    from rare.train.module import RetrieverModule
+    from tests.vlm_tiny import qwen2vl_config, save_tiny, tiny_tokenizer
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    size, steps, chunk = (4, 2, 2) if smoke else (32, 4, 8)
+    optim = OptimParams(lr=1e-4, lr_new=None, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="gpu-check-vlm-") as tmp:
+        if smoke:
+            base = save_tiny(Path(tmp) / "ckpt", "qwen2_vl")
+        else:
+            from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+            tok = tiny_tokenizer()  # the Qwen special tokens; the model keeps the 2B's width and depth
+            ids = qwen2vl_config(tok).to_dict()
+            cfg = Qwen2VLConfig(**{**QWEN2VL_2B, **{k: ids[k] for k in ("image_token_id", "video_token_id",
+                                                                         "vision_start_token_id", "vision_end_token_id")}})
+            with torch.device(device):
+                Qwen2VLForConditionalGeneration(cfg).to(torch.bfloat16).save_pretrained(Path(tmp) / "ckpt")
+            tok.save_pretrained(Path(tmp) / "ckpt")
+            base = Path(tmp) / "ckpt"
+        vlm = {"model": {"pretrained": str(base)}, "lora": {"r": 8 if smoke else 128, "alpha": 16 if smoke else 256,
+                                                            "dropout": 0.05},
+               "dtype": "float32" if smoke else "bfloat16", "gradient_checkpointing": True}
+        torch.manual_seed(0)
+        retriever = build_retriever(ModelParams(family="vlm", vlm=vlm)).to(device)
+        n_params = sum(p.numel() for p in retriever.parameters())
+        n_lora = sum(p.numel() for p in retriever.parameters() if p.requires_grad)
+        col = retriever.collator()
+        q, c = vlm_items(size, smoke)
+        batch = {"query": col(q), "cand": col(c)}
+        tokens = int(batch["query"]["attention_mask"].sum() + batch["cand"]["attention_mask"].sum()) / (2 * size)
+        results = {}
+        for label, gc_chunk in (("plain", None), ("gradcache", chunk)):
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            module = RetrieverModule(retriever, optim, total_steps=1000, grad_cache_chunk=gc_chunk)
+            times = vlm_plain_loop(module, batch, steps, device, gc_chunk)
+            peak = torch.cuda.max_memory_allocated() / GIB if device == "cuda" else 0.0
+            results[label] = (float(np.median(times)), peak)
+            free(device)
+        light = float(np.median(lightning_loop(RetrieverModule(retriever, optim, total_steps=1000), batch, steps,
+                                               device)))
+        retriever.eval()
+        items = q + c
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
+            emb_batch = col(items)
+            retriever(emb_batch)
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                retriever(emb_batch)
+            sync(device)
+            emb_rate = len(items) * steps / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            col(items)
+            collate_rate = len(items) / (time.perf_counter() - t0)
+    (p, p_peak), (g, g_peak) = results["plain"], results["gradcache"]
+    model = f"Qwen2-VL {'miniature' if smoke else '2B-size'} ({n_params / 1e6:.0f}M params, {n_lora / 1e6:.1f}M LoRA)"
+    rows += [
+        row(f"gpu vlm: {model}, {tokens:.0f} tokens/item, batch {size} pairs, plain loop (samples/s)", size / p, size / p,
+            "smp/s", None, better="higher"),
+        row("  Lightning loop vs plain loop (samples/s)", size / light, size / p, "smp/s", 0.95, better="higher"),
+        row(f"  GradCache (chunks of {chunk}) vs plain step (s/step)", g, p, "s", 1.4),
+        row("  embedding, eval bf16 (items/s) vs the CPU collator's preprocessing rate", emb_rate, collate_rate,
+            "it/s", None, better="higher"),
+    ]
+    if device == "cuda":
+        rows += [row("  peak GPU memory, plain step (GiB) vs the card's", p_peak,
+                     torch.cuda.get_device_properties(0).total_memory / GIB, "GiB", None),
+                 row(f"  peak GPU memory, GradCache (chunks of {chunk}) vs plain step (GiB)", g_peak, p_peak, "GiB",
+                     None)]
+    return rows
+
+
+def vlm_plain_loop(module: Any, batch: dict[str, Any], steps: int, device: str, chunk: int | None) -> list[float]:
+    """The vlm step written out (plain, or GradCache), bf16 autocast, AdamW."""
+    from rare.train.gradcache import grad_cache_step
+    from rare.train.loss import contrastive_loss
+
+    r = module.retriever
+    optimizer = module.configure_optimizers()["optimizer"]
+    ends = []
+    for _ in range(WARMUP + steps):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            if chunk is None:
+                contrastive_loss(r(batch["query"]), r(batch["cand"]), r.scale()).backward()
+            else:
+                grad_cache_step(r, batch["query"], batch["cand"], lambda a, b: contrastive_loss(a, b, r.scale()), chunk,
+                                r.split)
+        optimizer.step()
+        sync(device)
+        ends.append(time.perf_counter())
+    return durations(ends)
+
+
 # ------------------------------------------------------------------------------------------------------
 
 PARTS: dict[str, Callable[[bool, str], list[dict[str, Any]]]] = {
-    "train": train_rows, "search": search_rows, "caption": caption_rows, "serve": serve_rows}
+    "train": train_rows, "search": search_rows, "caption": caption_rows, "serve": serve_rows, "vlm": vlm_rows}
 
 
 def main(argv: list[str] | None = None) -> int:

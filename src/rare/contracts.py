@@ -15,7 +15,7 @@ the files the next stage loads are pydantic models, so a damaged file is one cle
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -90,6 +90,7 @@ class RetrieverSpec(TypedDict):
     image_std: list[float]
     max_text_len: int
     text_format: str                       # a key of rare.data.views.TEXT_FORMATS
+    vlm: NotRequired[dict[str, Any]]       # family vlm: its switches and image settings (rare.model.vlm)
 
 
 class EvalInfo(_Contract):

@@ -42,10 +42,44 @@ class Source(Section):
         return self
 
 
+class LoraParams(Section):
+    """LoRA through peft on the 7 linear kinds of every LLM layer (never the vision tower or lm_head).
+    LamRA-Ret stage 2: r 128, alpha 256, dropout 0.05; VLM2Vec: r 16, alpha 64, dropout 0.1, DoRA."""
+
+    r: int = Field(128, ge=1)
+    alpha: float = Field(256.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dora: bool = False
+
+
+class VlmParams(Section):
+    """The ``vlm`` family (docs/vlm.md): LamRA-Ret's recipe by default; VLM2Vec's and U-MARVEL's choices are
+    switches. ``model`` is a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder, or a config (random init)."""
+
+    model: Source
+    prompt: Literal["lamra", "vlm2vec"] = "lamra"            # chat template + suffix prompt | VLM2Vec's bare string
+    pooling: Literal["before_emb", "last", "mean"] = "before_emb"  # LamRA | VLM2Vec | U-MARVEL (no instruction mask)
+    positions: Literal["1d", "mrope"] = "1d"                 # LamRA trains with 1-D positions; mrope = stock 3-D M-RoPE
+    attention: Literal["causal", "bidirectional"] = "causal"  # bidirectional = U-MARVEL (an explicit padding-only mask)
+    deepstack: Literal["inject", "drop"] = "inject"          # Qwen3-VL only: stock injects, U-MARVEL drops
+    temperature: float = Field(0.05, gt=0.0)                 # LamRA 0.05 fixed; VLM2Vec 0.02; U-MARVEL learns it
+    learn_temperature: bool = False
+    padding_side: Literal["right", "left"] = "right"
+    min_image_tokens: int = Field(4, ge=1)                   # images are resized to [min, max] x factor^2 pixels
+    max_image_tokens: int = Field(300, ge=1)                 # (LamRA 300; VLM2Vec 1280)
+    max_len: int = Field(1024, ge=8)                         # a longer item is an error, never a silent cut
+    lora: LoraParams | None = LoraParams()                   # null = train every LLM weight (vision stays frozen)
+    gradient_checkpointing: bool = False
+    dtype: Literal["float32", "bfloat16"] = "float32"        # weights as loaded (LamRA: bf16)
+    grad_cache_chunk: int | None = Field(None, ge=1)         # GradCache sub-batch size; null = one plain step
+    export: Literal["merged", "adapter"] = "merged"          # adapter: only LoRA, beside the pretrained base path
+
+
 class ModelParams(Section):
-    family: Literal["dual", "clip"] = "dual"  # rare.model.families.FAMILIES' keys (a test keeps them equal;
+    family: Literal["dual", "clip", "vlm"] = "dual"  # rare.model.families.FAMILIES' keys (a test keeps them equal;
     #                                           config imports no torch, so it cannot read them at parse time)
     clip: Source | None = None                              # family clip: an HF CLIPModel
+    vlm: VlmParams | None = None                            # family vlm: a Qwen-VL embedder (docs/vlm.md)
     # family dual: any HF text encoder. Embedded default: MiniLM's first 2 pretrained blocks (of 6), a third
     # of the cost, and no dropout (a few dozen steps don't need it; attention dropout also forces PyTorch's
     # slow attention path): what fits training and evaluation into the 2-core budget.
@@ -67,6 +101,10 @@ class ModelParams(Section):
     def _family_fields(self) -> ModelParams:
         if self.family == "clip" and self.clip is None:
             raise ValueError("family 'clip' needs 'clip: {pretrained: <path or hub id>}'")
+        if self.family == "vlm" and self.vlm is None:
+            raise ValueError("family 'vlm' needs 'vlm: {model: {pretrained: <Qwen-VL checkpoint folder>}}'")
+        if self.vlm is not None and self.vlm.export == "adapter" and not self.vlm.model.pretrained:
+            raise ValueError("vlm.export 'adapter' needs a pretrained base (vlm.model.pretrained) to sit beside")
         return self
 
 
@@ -120,3 +158,11 @@ class TrainParams(Section):
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     cache_dir: str = ".cache/rare/train"                    # Arrow caches + resumable checkpoints (outside DVC outs)
     keep_checkpoints: bool = False
+
+    @model_validator(mode="after")
+    def _grad_cache_alone(self) -> TrainParams:
+        vlm = self.model.vlm if self.model.family == "vlm" else None
+        if vlm and vlm.grad_cache_chunk and self.optim.grad_clip is not None:
+            raise ValueError("model.vlm.grad_cache_chunk steps the optimiser by hand: set optim.grad_clip to null "
+                             "(LamRA-Ret does not clip)")
+        return self

@@ -15,6 +15,10 @@ task's instruction, so the gate learns per task how much its image counts. The g
 the plain sum, and is trained at ``lr_new``; an entry with one modality is unaffected. It has no
 pretrained temperature, so it learns a fresh one from ``init_temperature`` (clamped at 100, as CLIP
 clamps), and its uncased WordPiece tokenizer gains nothing from re-capitalised, re-punctuated text.
+
+``vlm`` embeds an entry's text and image together in one Qwen-VL decoder pass (LamRA-Ret's recipe,
+docs/vlm.md): nothing to fuse, UniIR's ``format_string`` on every text as LamRA applies it, a fixed
+temperature of 0.05 unless a switch says otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from rare.model.towers import ClipTowers, DualTowers
+from rare.model.vlm import VlmTowers
 
 NoDecay = Callable[[str, nn.Parameter], bool]
 
@@ -45,7 +50,9 @@ class Family:
     own_temperature: bool    # a fresh learnable scale on the retriever (else: the towers' pretrained one)
     text_format: str         # key of rare.data.views.TEXT_FORMATS applied to every text before tokenising
     no_decay: NoDecay        # parameters trained without weight decay
-    towers: type[DualTowers] | type[ClipTowers]  # builds, reloads and describes the family's encoders
+    towers: type[DualTowers] | type[ClipTowers] | type[VlmTowers]  # builds, reloads and describes the encoders
+    joint: bool = False      # one model embeds text and image together: forward, collator, scale and export are
+    #                          the towers' own (rare.model.vlm), nothing is fused
 
 
 FAMILIES: dict[str, Family] = {
@@ -53,6 +60,8 @@ FAMILIES: dict[str, Family] = {
                    towers=DualTowers),
     "clip": Family(normalise_each=False, gated=False, own_temperature=False, text_format="uniir",
                    no_decay=_uniir_gain_or_bias, towers=ClipTowers),
+    "vlm": Family(normalise_each=False, gated=False, own_temperature=False, text_format="uniir", no_decay=_gain_or_bias,
+                  towers=VlmTowers, joint=True),
 }
 
 

@@ -52,8 +52,12 @@ def save_retriever(retriever: Retriever, out: str | Path, meta: ModelMeta | None
 
 def _write_export(retriever: Retriever, tmp: Path, meta: ModelMeta | None) -> None:
     (tmp / SPEC_FILE).write_text(json.dumps(retriever.spec, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    state = {k: v.detach().cpu().contiguous() for k, v in retriever.state_dict().items()}
+    own = f"towers.{retriever.towers.own_keys()}" if retriever.family.joint else None
+    state = {k: v.detach().cpu().contiguous() for k, v in retriever.state_dict().items()
+             if own is None or not k.startswith(own)}
     save_weights(state, tmp / WEIGHTS_FILE)
+    if own is not None:  # the model folder carries its own weights (rare.model.vlm: merged, or an adapter)
+        retriever.towers.save_export(tmp)
     for name, config in retriever.towers.configs().items():
         config.save_pretrained(tmp / "towers" / name)
     retriever.tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -81,20 +85,28 @@ def load_retriever(model_dir: str | Path, device: str | torch.device = "cpu") ->
         raise ValueError(f"{spec_file}: not valid JSON ({exc})") from None
     if spec.get("format") != FORMAT:
         raise ValueError(f"{spec_file}: unsupported format {spec.get('format')!r}; this code reads format {FORMAT}")
-    tower_cls = family(spec["family"]).towers
-    configs = {name: AutoConfig.from_pretrained(model_dir / "towers" / name) for name in tower_cls.config_names}
-    towers = tower_cls.from_configs(configs, spec)
+    fam = family(spec["family"])
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"), local_files_only=True)
+    if fam.joint:
+        towers = fam.towers.load_export(model_dir, spec, tokenizer)
+    else:
+        configs = {name: AutoConfig.from_pretrained(model_dir / "towers" / name) for name in fam.towers.config_names}
+        towers = fam.towers.from_configs(configs, spec)
     meta = ModelMeta.read(model_dir / META_FILE)
     retriever = Retriever(towers, tokenizer, spec, meta)
     try:
         state = load_file(str(model_dir / WEIGHTS_FILE))
     except SafetensorError as exc:
         raise ValueError(f"{model_dir / WEIGHTS_FILE}: not a readable safetensors file ({exc})") from None
+    own = f"towers.{towers.own_keys()}" if fam.joint else None
     try:
-        retriever.load_state_dict(state, strict=True)
+        result = retriever.load_state_dict(state, strict=own is None)
     except RuntimeError as exc:
         raise ValueError(f"{model_dir / WEIGHTS_FILE}: weights do not match the exported architecture ({exc})") from None
+    if own is not None and (result.unexpected_keys or any(not k.startswith(own) for k in result.missing_keys)):
+        raise ValueError(f"{model_dir / WEIGHTS_FILE}: weights do not match the exported architecture "
+                         f"(missing {[k for k in result.missing_keys if not k.startswith(own)][:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]})")
     retriever.to(device).eval()
     retriever.freeze_fingerprint()
     return retriever

@@ -86,16 +86,28 @@ class Retriever(nn.Module):
         A fresh scale is exp(logit_scale) clamped at 100 (the clamp has zero gradient, as in CLIP);
         a pretrained tower's own is used as UniIR uses it, ``logit_scale.exp()``, and trained.
         """
+        if self.family.joint:
+            return self.towers.scale()
         if self.family.own_temperature:
             return self.logit_scale.clamp(0.0, MAX_LOGIT_SCALE).exp()
         return self.towers.logit_scale.exp()
 
     def collator(self) -> Collator:
         s = self.spec
+        if self.family.joint:
+            return self.towers.collator(self.tokenizer, s)
         return Collator(self.tokenizer, s["max_text_len"], s["image_size"], s["image_mean"], s["image_std"],
                         s.get("text_format", "none"))
 
+    def split(self, batch: dict[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
+        """Sub-batches of ``chunk`` entries for GradCache (rare.train.gradcache); joint families only."""
+        if not self.family.joint:
+            raise ValueError(f"GradCache needs a family that embeds each entry in one pass (vlm), not {self.spec['family']!r}")
+        return self.towers.split(batch, chunk)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.family.joint:
+            return self.towers.embed(batch)
         dev = self.device
         size = int(batch["size"])
         text_part = image_part = torch.zeros(size, self.embed_dim, device=dev, dtype=torch.float32)
@@ -139,6 +151,8 @@ def build_retriever(params: ModelParams) -> Retriever:
     from transformers import AutoTokenizer
 
     fam = family(params.family)
+    if fam.joint:
+        return _build_joint(params)
     towers, new = fam.towers.build(params)
     if params.train_text_layers is not None:
         freeze_lower_layers(towers.text_tower(), params.train_text_layers)
@@ -156,3 +170,16 @@ def build_retriever(params: ModelParams) -> Retriever:
     retriever = Retriever(towers, tokenizer, spec, init_temperature=params.init_temperature)
     retriever.new_parameters |= {f"towers.{n}" for n in new}
     return retriever.train()  # from_pretrained hands back eval mode, and Lightning keeps modules' modes
+
+
+def _build_joint(params: ModelParams) -> Retriever:
+    """A ``vlm`` retriever: the towers bring their tokenizer (with ``<emb>``) and image settings."""
+    fam = family(params.family)
+    towers, tokenizer, vlm_spec = fam.towers.build(params)
+    spec: RetrieverSpec = {
+        "format": 1, "family": params.family, "embed_dim": towers.embed_dim,
+        "text_pooling": vlm_spec["pooling"], "image_pooling": "joint", "image_size": 0,
+        "image_mean": list(vlm_spec["image_mean"]), "image_std": list(vlm_spec["image_std"]),
+        "max_text_len": vlm_spec["max_len"], "text_format": fam.text_format, "vlm": vlm_spec,
+    }
+    return Retriever(towers, tokenizer, spec).train()

@@ -38,9 +38,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(query: torch.Tensor, cand: torch.Tensor, scale: torch.Tensor,
-                     symmetric: bool = False) -> torch.Tensor:
-    """InfoNCE of query i against candidate i, all other candidates in the global batch as negatives."""
+                     symmetric: bool = False, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE of query i against candidate i, all other candidates in the global batch as negatives;
+    ``negatives`` (gathered likewise) are extra columns after the candidates (LamRA's hard-negative block)."""
     q, c = gather_with_grad(query), gather_with_grad(cand)
+    if negatives is not None:
+        if symmetric:
+            raise ValueError("hard negatives are query->candidate columns: not with the symmetric loss")
+        c = torch.cat([c, gather_with_grad(negatives)])
     with torch.autocast(q.device.type, enabled=False):  # bf16 logits would blur a 100x-scaled softmax
         logits = scale.float() * q.float() @ c.float().T
         labels = torch.arange(q.shape[0], device=q.device)

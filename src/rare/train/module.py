@@ -6,6 +6,7 @@ carry the RNG state, so dropout draws continue exactly where an interrupted run 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 
 from rare.config.train import OptimParams
 from rare.model.retriever import Retriever
+from rare.train.gradcache import grad_cache_step
 from rare.train.loss import contrastive_loss
 
 
@@ -43,8 +45,12 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
 
 
 class RetrieverModule(pl.LightningModule):
-    def __init__(self, retriever: Retriever, optim: OptimParams, total_steps: int, symmetric: bool = False):
+    def __init__(self, retriever: Retriever, optim: OptimParams, total_steps: int, symmetric: bool = False,
+                 grad_cache_chunk: int | None = None):
         super().__init__()
+        # GradCache backpropagates chunk by chunk, so the step is driven by hand (Lightning's manual optimisation).
+        self.grad_cache_chunk = grad_cache_chunk
+        self.automatic_optimization = grad_cache_chunk is None
         self.retriever = retriever
         self.optim = optim
         # Known up front: Lightning's estimated_stepping_batches would build the train loader before a
@@ -59,10 +65,22 @@ class RetrieverModule(pl.LightningModule):
         return contrastive_loss(q, c, self.retriever.scale(), self.symmetric)
 
     def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        loss = self._loss(batch) if self.automatic_optimization else self._grad_cache_step(batch)
         size = int(batch["query"]["size"])
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         self.log("train/temperature", 1.0 / self.retriever.scale().detach(), on_step=True, batch_size=size)
+        return loss
+
+    def _grad_cache_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        opt.zero_grad()
+        no_sync = getattr(self.trainer.strategy, "block_backward_sync", None) or contextlib.nullcontext
+        loss = grad_cache_step(
+            self.retriever, batch["query"], batch["cand"],
+            lambda q, c: contrastive_loss(q, c, self.retriever.scale(), self.symmetric),
+            self.grad_cache_chunk, self.retriever.split, backward=self.manual_backward, no_sync=no_sync)
+        opt.step()
+        sched.step()
         return loss
 
     def validation_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:

@@ -220,7 +220,9 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
         raise ValueError(f"{len(datamodule.train_set)} training queries cannot fill one global batch of "
                          f"{params.batch_size * trainer.world_size}; lower train.batch_size")
     total = min(params.epochs * per_epoch, params.max_steps or params.epochs * per_epoch)
-    module = RetrieverModule(retriever, params.optim, total, params.symmetric_loss)
+    vlm = params.model.vlm if params.model.family == "vlm" else None
+    module = RetrieverModule(retriever, params.optim, total, params.symmetric_loss,
+                             grad_cache_chunk=vlm.grad_cache_chunk if vlm else None)
     start = time.monotonic()
     if run_id:
         os.environ[RUN_ENV] = run_id
