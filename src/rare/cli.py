@@ -204,6 +204,39 @@ def import_(
                f"{len(counts['dataset_tasks'])} dataset-tasks")
 
 
+@app.command("debian-sources")
+def debian_sources(
+    out: Annotated[Path, typer.Argument(help="Folder for the captions files (<out>/<source>/captions.jsonl) and "
+                                        "rendered images; a rerun renders only what is missing.")],
+    source: Annotated[list[str], typer.Option("--source", help="tuxstamps, openclipart, notoemoji (repeat; "
+                                              "default: all three).")] = ["tuxstamps", "openclipart", "notoemoji"],  # noqa: B006
+    max_per_source: Annotated[Optional[int], typer.Option("--max-per-source", min=1, help="Keep this many "
+                                                          "items per source (a fixed sample by path hash).")] = None,
+    install: Annotated[bool, typer.Option("--install/--no-install", help="apt-get install the packages "
+                                          "that are missing (apt-get update first).")] = False,
+) -> None:
+    """Write `rare import` inputs from Debian's tuxpaint stamps, openclipart and Noto emoji (docs/realworld.md)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rare.ingest import debian
+
+    unknown = sorted(set(source) - set(debian.SOURCES))
+    if unknown:
+        raise typer.BadParameter(f"unknown source(s) {unknown}; known: {sorted(debian.SOURCES)}")
+    missing = debian.missing_packages(source)
+    if missing and install:
+        debian.install(missing)
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        for name in source:
+            bar = progress.add_task(name, total=max_per_source)
+            path = debian.write_source(name, out, max_per_source, on_item=lambda b=bar: progress.advance(b),
+                                       on_skip=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True))
+            typer.echo(f"{name}={path}")
+
+
 # -- enhance ----------------------------------------------------------------------------------
 EnhanceOutOpt = Annotated[Path, typer.Option("--out", help="Output folder: the input files mirrored with an "
                                              "'enhanced' block per record, plus summary and failure reports.")]
