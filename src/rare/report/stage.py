@@ -23,6 +23,21 @@ def _headline_note(evals: list[Evaluation]) -> str:
     return note + ". Deltas in parentheses are against the baseline (bold row)."
 
 
+def _enhancement_note(corpus_enhanced: Path | None, queries_enhanced: Path | None) -> list[str]:
+    """How many items each side's enhancement changed, and why the others were left as they were (a backend
+    that cannot enhance this data, such as the stand-in on imported data, records every item with its cause)."""
+    lines = []
+    for side, folder in (("corpus", corpus_enhanced), ("queries", queries_enhanced)):
+        path = folder / "enhance_summary.json" if folder else None
+        if path is None or not path.is_file():
+            continue
+        s = json.loads(path.read_text(encoding="utf-8"))
+        causes = "; ".join(f"{n} x {cause}" for cause, n in sorted(s["failures_by_cause"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"- {side}: {s['ok']} of {s['enhanceable']} routed items enhanced by {s['backend']}/{s['model']}, "
+                     f"{s['failed']} not enhanced{f' ({causes})' if causes else ''}; {s['skipped']} text-only left as is.")
+    return ["", "## Enhancement", "", *lines] if lines else []
+
+
 def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpus_enhanced: Path | None = None,
                  queries_enhanced: Path | None = None) -> Path:
     """Write report.md, scores.png, gallery.png, scores_<pool>.csv and summary.json under ``out``."""
@@ -50,6 +65,7 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
           f"Judged on the {params.findings_pool} pool; a difference counts when it exceeds {params.min_gain:g} points.",
           ""]
     md += [f"- **{f.verdict.upper()}**: {f.claim} {f.evidence}." for f in findings]
+    md += _enhancement_note(corpus_enhanced, queries_enhanced)
     for pool in pools:
         md += ["", f"## {pool.capitalize()} pool", "", _headline_note(evaluations), "",
                markdown_table(evaluations, pool)]
