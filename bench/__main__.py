@@ -34,6 +34,7 @@ SUITE = {
     "embed": "bench.embed_bench",            # 5. candidate embedding throughput, decode vs model share
     "pipeline": "bench.pipeline_bench",      # 6. `dvc repro` of the embedded default, per-stage wall time
     "budget": "bench.text_budget_bench",     # 7. share of corpus-enhancement tokens inside CLIP's 77
+    "import": "bench.import_bench",          # 8. rare import vs decoding the images alone with Pillow
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

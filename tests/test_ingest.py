@@ -257,11 +257,11 @@ KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
 from rare.ingest import build, Source, ImportOptions
-orig = build._Collector.take
+orig = build._Collector._check
 def slow(self, name, row):
     time.sleep(0.01)
     return orig(self, name, row)
-build._Collector.take = slow
+build._Collector._check = slow
 build.import_root([Source("mine", Path(sys.argv[1]))], Path(sys.argv[2]), ImportOptions(0.2, 0.3))
 """
 

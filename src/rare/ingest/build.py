@@ -18,7 +18,9 @@ import hashlib
 import io
 import json
 import re
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,43 +112,91 @@ def split_of(item: Item, options: ImportOptions) -> str:
     return "test" if u < options.test else "val" if u < options.test + options.val else "train"
 
 
-class _Collector:
-    """Checks each row's image once: readable, an image, not seen before; writes its bytes under the root."""
+@dataclass(frozen=True)
+class _Checked:
+    """A row's image after the worker's checks: its digest and file name, or why it was refused."""
 
-    def __init__(self, tmp: Path, options: ImportOptions, on_reject: Callable[[Rejected], None]):
+    row: Row
+    digest: str | None = None
+    rel: str | None = None
+    cause: str | None = None
+
+
+class _Collector:
+    """Checks each row's image: readable, an image, not seen before; its bytes land under the root.
+
+    Reading, hashing, decoding and writing run in a few threads (file I/O and Pillow's decoder release the
+    GIL), a bounded window ahead of the rows being taken in input order; the first row with some content
+    keeps it, so which duplicate is refused never depends on timing. Equal contents share one file name, so
+    a duplicate's write is refused by the exclusive create and never touches the first copy."""
+
+    WINDOW = 64
+
+    def __init__(self, tmp: Path, options: ImportOptions, on_reject: Callable[[Rejected], None], workers: int = 4):
         self.tmp, self.options, self.on_reject = tmp, options, on_reject
         self.seen: dict[str, Where] = {}
         self.result = ImportResult(tmp)
-        self.folders: set[Path] = set()
+        self.folders: set[str] = set()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rare-import")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def reject(self, where: Where, cause: str) -> None:
         r = Rejected(where, cause)
         self.result.rejected.append(r)
         self.on_reject(r)
 
-    def take(self, name: str, row: Row) -> Item | None:
+    def _check(self, name: str, row: Row) -> _Checked:
         try:
             data = row.image()
         except FileNotFoundError:
-            return self.reject(row.where, f"image {row.image_name} not found")
+            return _Checked(row, cause=f"image {row.image_name} not found")
         except OSError as exc:
-            return self.reject(row.where, f"image {row.image_name} cannot be read ({exc.strerror or exc})")
+            return _Checked(row, cause=f"image {row.image_name} cannot be read ({exc.strerror or exc})")
         digest = _digest(data)
-        if digest in self.seen:
-            return self.reject(row.where, f"duplicate image {row.image_name} (same content as {self.seen[digest]})")
         try:
             img = decode(io.BytesIO(data), row.image_name, self.options.max_pixels)
         except ImageLoadError as exc:
-            return self.reject(row.where, f"not a usable image: {exc}")
-        self.seen[digest] = row.where
+            return _Checked(row, digest, cause=f"not a usable image: {exc}")
         rel = f"mbeir_images/{name}_images/{digest[:2]}/{digest}.{EXT.get(img.format or '', 'img')}"
-        path = self.tmp / rel
-        if path.parent not in self.folders:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.folders.add(path.parent)
-        with open(path, "wb") as fh:
-            fh.write(data)
-        return Item(digest, row.text, row.group, rel, row.where)
+        folder = rel.rsplit("/", 1)[0]
+        if folder not in self.folders:  # a set add is atomic under the GIL; mkdir tolerates a racing twin
+            (self.tmp / folder).mkdir(parents=True, exist_ok=True)
+            self.folders.add(folder)
+        try:
+            with open(self.tmp / rel, "xb") as fh:
+                fh.write(data)
+        except FileExistsError:
+            pass  # the same bytes, from an earlier row
+        return _Checked(row, digest, rel)
+
+    def items(self, name: str, rows: Iterator[Row | Rejected], on_row: Callable[[], None]) -> Iterator[Item]:
+        window: deque[Future[_Checked] | Rejected] = deque()
+
+        def drain(keep: int) -> Iterator[Item]:
+            while len(window) > keep:
+                head = window.popleft()
+                on_row()
+                if isinstance(head, Rejected):
+                    self.reject(head.where, head.cause)
+                    continue
+                c = head.result()
+                if c.digest is not None and c.digest in self.seen and c.cause is None:
+                    self.reject(c.row.where, f"duplicate image {c.row.image_name} (same content as "
+                                             f"{self.seen[c.digest]})")
+                elif c.cause is not None:
+                    self.reject(c.row.where, c.cause)
+                else:
+                    assert c.digest is not None and c.rel is not None
+                    self.seen[c.digest] = c.row.where
+                    yield Item(c.digest, c.row.text, c.row.group, c.rel, c.row.where)
+
+        for row in rows:
+            self.result.rows += 1
+            window.append(row if isinstance(row, Rejected) else self.pool.submit(self._check, name, row))
+            yield from drain(self.WINDOW)
+        yield from drain(0)
 
 
 @dataclass
@@ -274,19 +324,11 @@ def import_root(sources: list[Source], out: Path, options: ImportOptions = Impor
         raise ValueError(f"dataset names must differ, got {names}")
     for s in sources:
         detect_format(s.path, s.format)  # an unsupported input fails before any work
-    with replacing_folder(Path(out)) as tmp:
-        collector = _Collector(tmp, options, on_reject)
+    with replacing_folder(Path(out)) as tmp, closing(_Collector(tmp, options, on_reject)) as collector:
         result = collector.result
         datasets, declared = [], []
         for i, source in enumerate(sources):
-            items: list[Item] = []
-            for row in _rows(source):
-                on_row()
-                result.rows += 1
-                if isinstance(row, Rejected):
-                    collector.reject(row.where, row.cause)
-                elif (item := collector.take(source.name, row)) is not None:
-                    items.append(item)
+            items = list(collector.items(source.name, _rows(source), on_row))
             if options.limit is not None and len(items) > options.limit:
                 keep = sorted(items, key=lambda it: it.digest)[: options.limit]
                 for it in set(items) - set(keep):

@@ -23,16 +23,29 @@ def _headline_note(evals: list[Evaluation]) -> str:
     return note + ". Deltas in parentheses are against the baseline (bold row)."
 
 
+def _first_causes(failures: Path) -> dict[str, str]:
+    """Per failure category, the whole message of its first item (the summary counts categories only)."""
+    first: dict[str, str] = {}
+    if failures.is_file():
+        with failures.open(encoding="utf-8") as fh:
+            for line in fh:
+                cause = json.loads(line).get("cause") or ""
+                first.setdefault(cause.split(":", 1)[0], cause)
+    return first
+
+
 def _enhancement_note(corpus_enhanced: Path | None, queries_enhanced: Path | None) -> list[str]:
     """How many items each side's enhancement changed, and why the others were left as they were (a backend
     that cannot enhance this data, such as the stand-in on imported data, records every item with its cause)."""
     lines = []
     for side, folder in (("corpus", corpus_enhanced), ("queries", queries_enhanced)):
         path = folder / "enhance_summary.json" if folder else None
-        if path is None or not path.is_file():
+        if folder is None or path is None or not path.is_file():
             continue
         s = json.loads(path.read_text(encoding="utf-8"))
-        causes = "; ".join(f"{n} x {cause}" for cause, n in sorted(s["failures_by_cause"].items(), key=lambda kv: -kv[1]))
+        first = _first_causes(folder / "enhance_failures.jsonl")
+        causes = "; ".join(f"{n} x {first.get(cause, cause)}"
+                           for cause, n in sorted(s["failures_by_cause"].items(), key=lambda kv: -kv[1]))
         lines.append(f"- {side}: {s['ok']} of {s['enhanceable']} routed items enhanced by {s['backend']}/{s['model']}, "
                      f"{s['failed']} not enhanced{f' ({causes})' if causes else ''}; {s['skipped']} text-only left as is.")
     return ["", "## Enhancement", "", *lines] if lines else []
