@@ -287,3 +287,18 @@ def test_kill_9_mid_import_then_rerun(tmp_path: Path) -> None:
     assert res.items == {"mine": 300}
     assert not validate_root(out).errors
     assert not list(tmp_path.glob(".root.tmp-*"))  # the dead run's temp folder was removed
+
+
+def test_imported_datasets_are_known_to_every_reader_of_the_root(tmp_path: Path) -> None:
+    from rare.mbeir import IMPORTED, DatasetTask, dataset
+
+    import_root([Source("zzdata", write_jsonl(tmp_path / "in", items(12)))], tmp_path / "root",
+                ImportOptions(0.2, 0.3, first_id=321))
+    IMPORTED.pop("zzdata", None)
+    with pytest.raises(KeyError, match="unknown dataset 'zzdata'"):
+        dataset("zzdata")
+    MBEIRRoot.open(tmp_path / "root")  # what evaluation, training, reports and serve do first
+    assert dataset("zzdata").id == 321 and dataset(321).name == "zzdata"
+    assert DatasetTask("zzdata", 0).ks == (1, 5, 10)
+    with pytest.raises(ValueError, match="clashes with the built-in dataset 'mscoco'"):
+        import_root([Source("mscoco", tmp_path / "in" / "captions.jsonl")], tmp_path / "r2", OPTS)

@@ -9,6 +9,7 @@ from pathlib import Path
 from rare.atomic import atomic_write_text
 from rare.config.report import ReportParams
 from rare.config.tracking import TrackingParams
+from rare.data.layout import MBEIRRoot
 from rare.report.findings import assess
 from rare.report.table import Evaluation, find_baseline, load_evaluations, markdown_table, scores_csv, summary
 
@@ -57,6 +58,7 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     from rare.report.chart import bar_chart  # matplotlib: imported when the work starts, not with the command
     from rare.report.gallery import gallery
 
+    MBEIRRoot.open(data)  # registers the datasets an imported root declares (their probe groups the table)
     evaluations = load_evaluations(evals)
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
     findings = assess(evaluations, params.findings_pool, params.min_gain)
