@@ -54,13 +54,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-install", action="store_true", help="never apt-get install the packages")
     ap.add_argument("--work", type=Path, default=REPO / "build" / PROFILE)
     ap.add_argument("--sources", nargs="*", default=["tuxstamps", "openclipart", "notoemoji"])
+    ap.add_argument("--stage", action="append", help="only these dvc.yaml stages (repeatable; default: all but "
+                    "pretrain), e.g. --stage eval_zero_shot --stage eval_none --stage report")
+    ap.add_argument("--no-import", action="store_true", help="keep the imported root as it is")
     args = ap.parse_args(argv)
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     rare = str(Path(sys.executable).with_name("rare"))
     doc = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     root = (REPO / doc["profiles"][PROFILE]["data"]["mbeir_root"]).resolve()
-    seconds: dict[str, float] = {}
+    times = work / "stage_seconds.json"
+    seconds: dict[str, float] = json.loads(times.read_text(encoding="utf-8")) if times.is_file() else {}
+    if not args.no_import:
+        _import(args, work, rare, root, seconds)
+    params = profile_params(work, root)
+    pretrained = work / stages.PRETRAINED
+    if not pretrained.exists():
+        pretrained.parent.mkdir(parents=True, exist_ok=True)
+        pretrained.symlink_to(REPO / stages.PRETRAINED)
+    for stage in stages.stages():
+        if stage.step is stages.PRETRAIN or (args.stage and stage.name not in args.stage):
+            continue
+        seconds[stage.name] = _run([rare, *shlex.split(stage.cmd)[1:], "--params", str(params)], work)
+        atomic_write_text(times, json.dumps(seconds, indent=1) + "\n")
+    print(f"report: {work / 'report' / 'report.md'}; stage seconds: {times}")
+
+
+def _import(args: argparse.Namespace, work: Path, rare: str, root: Path, seconds: dict[str, float]) -> None:
     listing = work / "sources.txt"
     cmd = [rare, "debian-sources", str(work / "sources"), "--max-per-source", str(args.max_per_source),
            *(f"--source={s}" for s in args.sources), "--no-install" if args.no_install else "--install"]
@@ -72,17 +92,6 @@ def main(argv: list[str] | None = None) -> None:
     seconds["debian-sources"] = round(time.perf_counter() - start, 1)
     listing.write_text(out.stdout, encoding="utf-8")
     seconds["import"] = _run([rare, "import", *out.stdout.split(), "--out", str(root)], work)
-    params = profile_params(work, root)
-    pretrained = work / stages.PRETRAINED
-    if not pretrained.exists():
-        pretrained.parent.mkdir(parents=True, exist_ok=True)
-        pretrained.symlink_to(REPO / stages.PRETRAINED)
-    for stage in stages.stages():
-        if stage.step is stages.PRETRAIN:
-            continue
-        seconds[stage.name] = _run([rare, *shlex.split(stage.cmd)[1:], "--params", str(params)], work)
-        atomic_write_text(work / "stage_seconds.json", json.dumps(seconds, indent=1) + "\n")
-    print(f"report: {work / 'report' / 'report.md'}; stage seconds: {work / 'stage_seconds.json'}")
 
 
 if __name__ == "__main__":
