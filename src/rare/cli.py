@@ -181,6 +181,8 @@ def import_(
                                           "the next count up.")] = 100,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many items per input "
                                                  "(the first by content hash).")] = None,
+    validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check the written records as "
+                                           "`rare validate` does before the root replaces OUT.")] = True,
 ) -> None:
     """Turn image-text collections into an M-BEIR root (t2i, i2t, i2i within groups) that `rare validate` accepts."""
     from rich.console import Console
@@ -189,7 +191,7 @@ def import_(
     from rare.ingest import ImportOptions, Source, import_root
 
     parsed = [Source.parse(s, fmt) for s in sources]
-    options = ImportOptions(val=val, test=test, seed=seed, first_id=first_id, limit=limit)
+    options = ImportOptions(val=val, test=test, seed=seed, first_id=first_id, limit=limit, validate=validate)
     with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
                   TextColumn("{task.completed} rows"), TimeElapsedColumn(), transient=True,
                   console=Console(stderr=True)) as progress:
