@@ -113,7 +113,7 @@ def write_wds(folder: Path, rows: list) -> Path:
 
 WRITERS = {"jsonl": write_jsonl, "csv": write_csv, "tsv": lambda f, r: write_csv(f, r, "\t"),
            "parquet": write_parquet, "hf": write_hf, "webdataset": write_wds}
-OPTS = ImportOptions(val=0.2, test=0.3)
+OPTS = ImportOptions(val=0.2, test=0.3, min_i2i_queries=1)
 
 
 def _ids_by_image(root: Path) -> dict[str, tuple[str, str]]:
@@ -302,3 +302,15 @@ def test_imported_datasets_are_known_to_every_reader_of_the_root(tmp_path: Path)
     assert DatasetTask("zzdata", 0).ks == (1, 5, 10)
     with pytest.raises(ValueError, match="clashes with the built-in dataset 'mscoco'"):
         import_root([Source("mscoco", tmp_path / "in" / "captions.jsonl")], tmp_path / "r2", OPTS)
+
+
+def test_image_to_image_needs_enough_test_groups(tmp_path: Path) -> None:
+    """Fewer test groups than min_i2i_queries: no task-4 evaluation (one query would swing the mean), and the
+    train split keeps its image->image queries."""
+    src = write_jsonl(tmp_path / "in", items(24))  # 6 pairs
+    import_root([Source("mine", src)], tmp_path / "r", ImportOptions(val=0.2, test=0.3, min_i2i_queries=50))
+    root = MBEIRRoot(tmp_path / "r")
+    assert {dt.task_id for dt in root.eval_tasks("test")} == {0, 3}
+    assert not list((tmp_path / "r/cand_pool/local").glob("*task4*"))
+    assert any(q.task_id == 4 for q in iter_queries(root.query_file("train", "mine")))
+    assert not validate_root(tmp_path / "r").errors

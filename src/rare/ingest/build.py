@@ -7,7 +7,8 @@ Per dataset (one per source), from its items' (image, text, group):
   task 0 text->image and task 3 image->text: every item is a query; its positives are the candidates of
   every item sharing its group (itself when it has none);
   task 4 image->image, where a group holds two or more items of a split: the group's first item (by
-  content hash) is the query, the others' images its positives.
+  content hash) is the query, the others' images its positives; evaluated only where the test split has
+  ``min_i2i_queries`` such groups (train keeps them all).
 Val/test candidates go to one local pool per task (disjoint dids, concatenated into the global pool);
 train candidates to the training pool; train queries to ``query/train`` and the union training file.
 """
@@ -76,6 +77,7 @@ class ImportOptions:
     first_id: int = FIRST_IMPORTED_ID  # dataset id of the first source; the next ones count up
     max_pixels: int = DEFAULT_MAX_PIXELS
     limit: int | None = None  # keep at most this many items per source (the first in content-hash order)
+    min_i2i_queries: int = 10  # image->image is evaluated only with this many test queries (groups) or more
     validate: bool = True  # run `rare validate`'s checks on the records before the swap (images were checked)
 
     def __post_init__(self) -> None:
@@ -265,6 +267,10 @@ def _layout(name: str, ds_id: int, items: list[Item], options: ImportOptions) ->
             ds.query(split, 3, it, [text[g.digest]["did"] for g in group])
             if it.digest in i2i_queries:
                 ds.query(split, 4, it, [i2i[g.digest]["did"] for g in group if g is not it])
+    if len(ds.queries.get(("test", 4), [])) < options.min_i2i_queries:  # one query would swing the mean by itself
+        ds.pools.pop(4, None)
+        ds.queries.pop(("val", 4), None)
+        ds.queries.pop(("test", 4), None)
     return ds
 
 
