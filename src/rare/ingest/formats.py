@@ -56,6 +56,6 @@ def detect_format(path: Path, given: str | None = None) -> Format:
     for fmt in FORMATS.values():
         if fmt.matches(path):
             return fmt
-    what = f"a folder with no captions file, state.json or .tar shards" if path.is_dir() else \
+    what = "a folder with no captions file, state.json or .tar shards" if path.is_dir() else \
         f"format {path.suffix or path.name!r}"
     raise ValueError(f"{path}: unsupported input ({what}); rare import reads {accepted()}")
