@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # stage commands call `rare` and `dvc` from this venv, activated or not
 
-.PHONY: setup lock plots run repro study sweep test test-fast ui ui-stop deploy trigger bench serve clean
+.PHONY: setup lock plots run repro study sweep test test-fast ui ui-stop deploy trigger bench serve clean realworld
 
 setup: $(VENV)/.installed
 
@@ -77,6 +77,13 @@ bench: setup
 
 serve: setup  ## after `make run`: search page + JSON API for models none vs both on http://127.0.0.1:8000 (a worker per core)
 	$(BIN)/rare serve --workers 2
+
+# Real images and texts (docs/realworld.md): installs Debian's tuxpaint-stamps-default, openclipart-svg,
+# fonts-noto-color-emoji, unicode-data and unicode-cldr-core when missing (apt-get; root or sudo), imports them
+# into data/debian_clipart and runs every stage under profile debian_clipart in build/debian_clipart.
+realworld: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[debian]"
+	$(PY) -m flows.realworld $(if $(MAX),--max-per-source $(MAX))
 
 clean:
 	rm -rf data models eval report .cache

@@ -37,6 +37,7 @@ SUITE = {
     "ranks": "bench.ranks_bench",            # 8. evaluation embedding on 2 gloo ranks vs 1, items/s
     "report": "bench.report_bench",          # 9. what the report's intervals add to its stage time
     "manifest": "bench.manifest_bench",      # 10. manifest checks vs the reads they guard (issue 25)
+    "import": "bench.import_bench",          # 11. rare import vs decoding the images alone with Pillow
 }
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -104,5 +104,6 @@ def test_version_help_and_validate_of_nothing(files: dict[str, Path]) -> None:
     version = rare("--version")
     assert version.returncode == 0 and version.stdout.startswith("rare ")
     help_text = rare("--help").stdout
-    assert "import" not in help_text and "Usage" in help_text
+    assert "Traceback" not in help_text and "ImportError" not in help_text and "Usage" in help_text
+    assert "import " in help_text  # the `rare import` command (issue 26) is listed
     one_error(rare("validate", str(files["dir"] / "nonexistent")), "nonexistent: data root does not exist")

@@ -315,3 +315,24 @@ def test_every_audit_row_agrees_with_the_run_files(tiny_evals: Path, tiny_root_s
         assert row["positive_enhanced"] == bool(positives & ok)
     assert any(r["positive_enhanced"] for r in audit) and any(r["enhanced_query_text"] for r in audit)
     assert "## Per-query audit" in text
+
+
+def test_enhancement_section_names_each_cause(tmp_path):
+    """A backend that enhanced nothing (the stand-in on imported data) is reported with its full cause."""
+    import json as _json
+
+    from rare.report.stage import _enhancement_note
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "enhance_summary.json").write_text(_json.dumps({
+        "ok": 0, "enhanceable": 3, "failed": 3, "skipped": 2, "backend": "standin", "model": "m",
+        "failures_by_cause": {"stand_in": 3}}))
+    (corpus / "enhance_failures.jsonl").write_text("".join(
+        _json.dumps({"cause": "stand_in: no scene annotation; the stand-in only works on the embedded benchmark"}) + "\n"
+        for _ in range(3)))
+    lines = _enhancement_note(corpus, tmp_path / "absent")
+    assert lines[:3] == ["", "## Enhancement", ""] and len(lines) == 4
+    assert lines[3] == ("- corpus: 0 of 3 routed items enhanced by standin/m, 3 not enhanced (3 x stand_in: no scene "
+                        "annotation; the stand-in only works on the embedded benchmark); 2 text-only left as is.")
+    assert _enhancement_note(None, None) == []

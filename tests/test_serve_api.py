@@ -331,3 +331,41 @@ def test_service_spec_travels_through_the_environment(monkeypatch: pytest.Monkey
                        torch_threads=3)
     spec.to_env()
     assert ServiceSpec.from_env() == spec
+
+
+def _hits(r: httpx.Response) -> list[list[tuple[str, float]]]:
+    assert r.status_code == 200, r.text
+    return [[(h["did"], round(h["score"], 5)) for h in res["hits"]] for res in r.json()["results"]]
+
+
+def test_json_search_answers_as_the_form_search(client: httpx.Client):
+    """The same query as a form (with an upload) and as application/json (with a data URL): the same ranking."""
+    import base64
+
+    form = search(client, text="a red circle", task="glyphcaps_task0", k=5, variants="none,both")
+    as_json = client.post("/search", json={"text": "a red circle", "task": "glyphcaps_task0", "k": 5,
+                                           "variants": ["none", "both"]})
+    assert _hits(as_json) == _hits(form) and len(_hits(form)[0]) == 5
+    img = png((40, 40), "blue")
+    form = search(client, {"image": ("q.png", img, "image/png")}, task="twinpix_task4", k=4)
+    url = "data:image/png;base64," + base64.b64encode(img).decode()
+    as_json = client.post("/search", json={"task": "twinpix_task4", "k": 4, "image": url})
+    assert _hits(as_json) == _hits(form)
+    assert (as_json.json()["instruction"], as_json.json()["pool"]) == (form.json()["instruction"], form.json()["pool"])
+
+
+@pytest.mark.parametrize(("kwargs", "status", "field", "words"), [
+    ({"content": b"a red circle", "headers": {"content-type": "text/plain"}}, 415, "content-type",
+     "multipart/form-data, application/x-www-form-urlencoded, application/json"),
+    ({"json": {"task": "twinpix_task4", "image": "http://example.com/x.png"}}, 422, "image", "base64 data URL"),
+    ({"json": {"task": "twinpix_task4", "image": "data:image/png;base64,@@@@"}}, 422, "image", "not valid base64"),
+    ({"json": {"task": "twinpix_task4", "image": "data:image/png;base64,"
+               + __import__("base64").b64encode(b"just text").decode()}}, 422, "image", "unreadable"),
+    ({"json": {"text": "x", "colour": "red"}}, 422, "colour", "Extra inputs"),
+    ({"json": {"text": "x", "k": "many"}}, 422, "k", "integer"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "body", "not valid JSON"),
+])
+def test_json_and_content_type_refusals(client: httpx.Client, kwargs: dict, status: int, field: str, words: str):
+    r = client.post("/search", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field and words in r.json()["detail"], r.json()

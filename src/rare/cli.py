@@ -186,6 +186,80 @@ def data(
     _run(stages.DATA, "data", out=out, params_file=params_file)
 
 
+@app.command("import")
+def import_(
+    sources: Annotated[list[str], typer.Argument(help="Inputs, one dataset each: [NAME=]PATH. A captions file "
+                                                 "(.csv/.tsv/.jsonl: image path, text, optional group), a Parquet "
+                                                 "file, a Hugging Face datasets folder (save_to_disk), or WebDataset "
+                                                 ".tar shards (a file or a folder of them).")],
+    out: Annotated[Path, typer.Option("--out", help="M-BEIR root to write (replaced only when the import succeeds).")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Format of every input (default: recognised "
+                                               "from each path): csv, tsv, jsonl, parquet, hf, webdataset.")] = None,
+    val: Annotated[float, typer.Option("--val", help="Share of items (groups) held out for validation.")] = 0.1,
+    test: Annotated[float, typer.Option("--test", help="Share of items (groups) held out for testing.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Salt of the content-hash split.")] = 0,
+    first_id: Annotated[int, typer.Option("--first-id", min=100, help="Dataset id of the first input; "
+                                          "the next count up.")] = 100,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many items per input "
+                                                 "(the first by content hash).")] = None,
+    validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check the written records as "
+                                           "`rare validate` does before the root replaces OUT.")] = True,
+) -> None:
+    """Turn image-text collections into an M-BEIR root (t2i, i2t, i2i within groups) that `rare validate` accepts."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from rare.ingest import ImportOptions, Source, import_root
+
+    parsed = [Source.parse(s, fmt) for s in sources]
+    options = ImportOptions(val=val, test=test, seed=seed, first_id=first_id, limit=limit, validate=validate)
+    with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
+                  TextColumn("{task.completed} rows"), TimeElapsedColumn(), transient=True,
+                  console=Console(stderr=True)) as progress:
+        bar = progress.add_task("importing", total=None)
+        result = import_root(parsed, out, options, on_row=lambda: progress.advance(bar),
+                             on_reject=lambda r: progress.console.print(f"warning: {r}", markup=False, soft_wrap=True,
+                                                                          highlight=False, style="yellow"))
+    counts = result.counts
+    typer.echo(f"{out}: {sum(result.items.values())} items from {result.rows} rows "
+               f"({', '.join(f'{k} {v}' for k, v in result.items.items())}); {len(result.rejected)} rejected; "
+               f"{counts['global_pool']} test/val candidates, {counts['union_train']} train queries, "
+               f"{len(counts['dataset_tasks'])} dataset-tasks")
+
+
+@app.command("debian-sources")
+def debian_sources(
+    out: Annotated[Path, typer.Argument(help="Folder for the captions files (<out>/<source>/captions.jsonl) and "
+                                        "rendered images; a rerun renders only what is missing.")],
+    source: Annotated[list[str], typer.Option("--source", help="tuxstamps, openclipart, notoemoji (repeat; "
+                                              "default: all three).")] = ["tuxstamps", "openclipart", "notoemoji"],  # noqa: B006
+    max_per_source: Annotated[Optional[int], typer.Option("--max-per-source", min=1, help="Keep this many "
+                                                          "items per source (a fixed sample by path hash).")] = None,
+    install: Annotated[bool, typer.Option("--install/--no-install", help="apt-get install the packages "
+                                          "that are missing (apt-get update first).")] = False,
+) -> None:
+    """Write `rare import` inputs from Debian's tuxpaint stamps, openclipart and Noto emoji (docs/realworld.md)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rare.ingest import debian
+
+    unknown = sorted(set(source) - set(debian.SOURCES))
+    if unknown:
+        raise typer.BadParameter(f"unknown source(s) {unknown}; known: {sorted(debian.SOURCES)}")
+    missing = debian.missing_packages(source)
+    if missing and install:
+        debian.install(missing)
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        for name in source:
+            bar = progress.add_task(name, total=max_per_source)
+            path = debian.write_source(name, out, max_per_source, on_item=lambda b=bar: progress.advance(b),
+                                       on_skip=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True))
+            typer.echo(f"{name}={path}")
+
+
 # -- enhance ----------------------------------------------------------------------------------
 EnhanceOutOpt = Annotated[Path, typer.Option("--out", help="Output folder: the input files mirrored with an "
                                              "'enhanced' block per record, plus summary and failure reports.")]

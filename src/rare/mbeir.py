@@ -61,6 +61,21 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# Datasets a root brings itself (`rare import` writes them to the root's datasets.json; opening the root
+# registers them). Ids of imported data start here, so they never clash with M-BEIR's or the benchmark's.
+FIRST_IMPORTED_ID = 100
+IMPORTED: dict[str, Dataset] = {}
+
+
+def register(ds: Dataset) -> None:
+    """Make an imported dataset known by name and id; a name or id of the fixed table is refused."""
+    fixed = _registry()["DATASET_BY_NAME"].get(ds.name) or _registry()["DATASET_BY_ID"].get(ds.id)  # type: ignore[attr-defined]
+    if fixed is not None:
+        raise ValueError(f"dataset {ds.name!r} (id {ds.id}) clashes with the built-in dataset {fixed.name!r} "
+                         f"(id {fixed.id})")
+    IMPORTED[ds.name] = ds
+
+
 # task id -> (query modality, candidate modality); 5 is unused in M-BEIR.
 TASKS: dict[int, tuple[str, str]] = {
     0: ("text", "image"),
@@ -119,10 +134,12 @@ MBEIR_EVAL_TASKS: tuple[DatasetTask, ...] = tuple(
 def dataset(name_or_id: str | int) -> Dataset:
     """Look a dataset up by name or numeric id, failing with the allowed values."""
     table: dict = _registry()["DATASET_BY_ID" if isinstance(name_or_id, int) else "DATASET_BY_NAME"]  # type: ignore[assignment]
-    try:
-        return table[name_or_id]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name_or_id!r}; known: {sorted(table)}") from None
+    found = table.get(name_or_id)
+    if found is None:
+        found = next((d for d in IMPORTED.values() if name_or_id in (d.name, d.id)), None)
+    if found is None:
+        raise KeyError(f"unknown dataset {name_or_id!r}; known: {sorted(table)}, imported: {sorted(IMPORTED)}")
+    return found
 
 
 def dataset_id_of(record_id: str) -> int:

@@ -29,7 +29,8 @@ EVALUATIONS = (ZERO_SHOT, *VARIANTS, *(f"infer-{v}" for v in INFERENCE_ONLY))  #
 
 RAW, PRETRAINED, ZERO_SHOT_MODEL = "data/raw", "models/pretrain", "models/zero-shot"
 ENHANCED = {"corpus": "data/enhanced/corpus", "queries": "data/enhanced/queries"}
-PROFILE_OVERRIDES = "profiles.mbeir"  # the real profile's overrides of each section (params.yaml)
+# The real profiles' overrides of each section (params.yaml): each sets every profiled section, so DVC finds them.
+PROFILE_OVERRIDES = ("profiles.mbeir", "profiles.debian_clipart")
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Stage:
     def params(self) -> list[str]:
         if not self.step.profiled:
             return list(self.step.params)
-        return ["profile", *self.step.params, *(f"{PROFILE_OVERRIDES}.{s}" for s in self.step.params)]
+        return ["profile", *self.step.params, *(f"{p}.{s}" for p in PROFILE_OVERRIDES for s in self.step.params)]
 
     @property
     def deps(self) -> list[str]:

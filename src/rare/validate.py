@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.data.errors import DataError
-from rare.data.images import ImageLoadError, open_image, resolve_image
+from rare.data.images import ImageLoadError, ImageRoot, open_image
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import iter_qrels
@@ -118,6 +118,7 @@ class _Validator:
         self.report = Report()
         self.check_images = check_images
         self.images: dict[str, tuple[Path, int]] = {}  # img_path -> first (file, line)
+        self.image_root = ImageRoot(self.root.path)  # resolves each folder once: a root holds millions of paths
         self.pool_dids = _IdSet()
         self.local_pools: dict[str, _IdSet] = {}  # "<dataset>_task<k>" -> dids
         self.local_pool_files: dict[str, list[Path]] = {}  # "<dataset>_task<k>" -> its pool file(s)
@@ -170,7 +171,7 @@ class _Validator:
         if not rel:
             return
         try:
-            resolve_image(self.root.path, rel)
+            self.image_root.resolve(rel)
         except ImageLoadError as exc:
             self.report.error(path, line, str(exc))
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, ImageFile
 
@@ -80,19 +81,26 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"{path}: image file not found")
+    return to_rgb(decode(path, str(path), max_pixels))
+
+
+def decode(source: str | Path | IO[bytes], name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Fully decode an image file or stream as it is (no mode conversion), under the pixel cap; every failure
+    is an ImageLoadError naming ``name``. ``rare import`` checks its inputs with this, so what it accepts
+    is what ``open_image`` reads back."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageLoadError(f"{path}: {w}x{h} = {w * h} pixels exceeds the cap of {max_pixels}")
-                img.load()
-                return to_rgb(img)
+            img = Image.open(source)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageLoadError(f"{name}: {w}x{h} = {w * h} pixels exceeds the cap of {max_pixels}")
+            img.load()
+            return img
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"{path}: decompression bomb refused ({exc})") from None
+        raise ImageLoadError(f"{name}: decompression bomb refused ({exc})") from None
     except OSError as exc:  # truncated, corrupt, unidentified
-        raise ImageLoadError(f"{path}: unreadable or corrupt image ({exc})") from None
+        raise ImageLoadError(f"{name}: unreadable or corrupt image ({exc})") from None

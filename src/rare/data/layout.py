@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rare import mbeir
-from rare.mbeir import DatasetTask
+from rare.mbeir import Dataset, DatasetTask, Probe, register
 
 SPLITS = ("train", "val", "test")
 POINTER_FILE = "mbeir_root.json"  # written by `rare data` for an external (real) M-BEIR root
+DATASETS_FILE = "datasets.json"  # written by `rare import`: the imported datasets' names and ids
 _EVAL_QUERY = re.compile(r"^mbeir_(?P<ds>[a-z0-9]+)_task(?P<task>\d+)_(?P<split>val|test)\.jsonl$")
 
 
@@ -21,6 +22,7 @@ class MBEIRRoot:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+        register_imported(self.path)
 
     @classmethod
     def open(cls, path: str | Path) -> MBEIRRoot:
@@ -87,7 +89,16 @@ class MBEIRRoot:
                 found.append(DatasetTask(m["ds"], int(m["task"])))
 
         def order(dt: DatasetTask) -> tuple[int, int, str]:
-            info = mbeir.DATASET_BY_NAME.get(dt.dataset)
+            info = mbeir.DATASET_BY_NAME.get(dt.dataset) or mbeir.IMPORTED.get(dt.dataset)
             return (dt.task_id, info.id if info else 1_000, dt.dataset)
 
         return sorted(found, key=order)
+
+
+def register_imported(root: Path) -> None:
+    """Every reader opens a root through MBEIRRoot, so the datasets an import declared are known to all."""
+    path = root / DATASETS_FILE
+    if not path.is_file():
+        return
+    for d in json.loads(path.read_text(encoding="utf-8"))["datasets"]:
+        register(Dataset(d["name"], int(d["id"]), Probe(d.get("probe", Probe.PLAIN.value)), int(d.get("headline_k", 5))))

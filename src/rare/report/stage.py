@@ -11,6 +11,7 @@ from pathlib import Path
 from rare.atomic import atomic_write_text
 from rare.config.report import ReportParams
 from rare.config.tracking import TrackingParams
+from rare.data.layout import MBEIRRoot
 from rare.report.audit import audit_table, largest_moves, write_audit
 from rare.report.costs import cost_lines
 from rare.report.evidence import QueryValues, delta_intervals, load_samples, split_seeds
@@ -55,12 +56,41 @@ def _seed_table(replicas: dict[str, list[Evaluation]], pools: list[str]) -> list
     return lines
 
 
+def _first_causes(failures: Path) -> dict[str, str]:
+    """Per failure category, the whole message of its first item (the summary counts categories only)."""
+    first: dict[str, str] = {}
+    if failures.is_file():
+        with failures.open(encoding="utf-8") as fh:
+            for line in fh:
+                cause = json.loads(line).get("cause") or ""
+                first.setdefault(cause.split(":", 1)[0], cause)
+    return first
+
+
+def _enhancement_note(corpus_enhanced: Path | None, queries_enhanced: Path | None) -> list[str]:
+    """How many items each side's enhancement changed, and why the others were left as they were (a backend
+    that cannot enhance this data, such as the stand-in on imported data, records every item with its cause)."""
+    lines = []
+    for side, folder in (("corpus", corpus_enhanced), ("queries", queries_enhanced)):
+        path = folder / "enhance_summary.json" if folder else None
+        if folder is None or path is None or not path.is_file():
+            continue
+        s = json.loads(path.read_text(encoding="utf-8"))
+        first = _first_causes(folder / "enhance_failures.jsonl")
+        causes = "; ".join(f"{n} x {first.get(cause, cause)}"
+                           for cause, n in sorted(s["failures_by_cause"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"- {side}: {s['ok']} of {s['enhanceable']} routed items enhanced by {s['backend']}/{s['model']}, "
+                     f"{s['failed']} not enhanced{f' ({causes})' if causes else ''}; {s['skipped']} text-only left as is.")
+    return ["", "## Enhancement", "", *lines] if lines else []
+
+
 def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpus_enhanced: Path | None = None,
                  queries_enhanced: Path | None = None, order: Sequence[str] = ()) -> Path:
     """Write report.md, scores.png, gallery.png, scores_<pool>.csv, intervals.json and summary.json under ``out``."""
     from rare.report.chart import bar_chart  # matplotlib: imported when the work starts, not with the command
     from rare.report.gallery import gallery
 
+    MBEIRRoot.open(data)  # registers the datasets an imported root declares (their probe groups the table)
     t0 = time.perf_counter()
     evaluations, replicas = split_seeds(load_evaluations(evals, order))
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
@@ -106,6 +136,7 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     if seed_lines:
         md += ["", "## Seeds", "", "Each row's M-BEIR score across its seeds; the tables' deltas and intervals "
                "use every seed's per-query values (seeds resampled as well as queries).", "", *seed_lines]
+    md += _enhancement_note(corpus_enhanced, queries_enhanced)
     for pool in pools:
         md += ["", f"## {pool.capitalize()} pool", "", _headline_note(evaluations, level), "",
                markdown_table(evaluations, pool, deltas[pool])]

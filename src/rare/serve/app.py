@@ -10,6 +10,8 @@ Request headers and bodies are bounded (``RequestLimits``: 431, 413) before any 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import tempfile
 from collections import OrderedDict
@@ -23,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -133,21 +136,16 @@ def _refusal(field: str, cause: str, status: int) -> JSONResponse:
 
 
 @contextmanager
-def _upload(upload: UploadFile | None, service: Service) -> Iterator[QueryImage | None]:
-    """Read at most the byte cap, spool to a temp file (the backend takes a path; nothing lands in the data),
-    and decode it with the project's safe loader under the pixel cap."""
-    if upload is None or not upload.filename:
-        yield None
-        return
-    if any(ord(c) < 32 or ord(c) == 127 for c in upload.filename):  # NUL and friends: no file is named so
-        raise BadInput("image", "the upload's file name holds control characters")
+def _spooled(name: str, chunks: Iterator[bytes], service: Service) -> Iterator[QueryImage]:
+    """Spool at most the byte cap to a temp file (the backend takes a path; nothing lands in the data) and
+    decode it with the project's safe loader under the pixel cap: an upload and a data URL alike."""
     cap = service.limits.max_upload_bytes
     # The suffix only helps decoders that look at it; from the client's name, so only a plain extension.
-    suffix = Path(upload.filename).suffix
+    suffix = Path(name).suffix
     with tempfile.NamedTemporaryFile(prefix="rare-serve-",
                                      suffix=suffix if _SAFE_SUFFIX.fullmatch(suffix) else "") as tmp:
         size = 0
-        while chunk := upload.file.read(_CHUNK):
+        for chunk in chunks:
             size += len(chunk)
             if size > cap:
                 raise BadInput("image", f"upload is over the size cap of {cap} bytes", 413)
@@ -160,8 +158,69 @@ def _upload(upload: UploadFile | None, service: Service) -> Iterator[QueryImage 
         except ImageLoadError as exc:  # its message names the temp file: never shown to the client
             cause = str(exc).removeprefix(f"{tmp.name}: ").replace(tmp.name, "<upload>")
             cause = cause.replace(str(Path(tmp.name).parent), "<tmp>")
-            raise BadInput("image", f"{upload.filename}: {cause}") from None
+            raise BadInput("image", f"{name}: {cause}") from None
         yield QueryImage(image, Path(tmp.name))
+
+
+@contextmanager
+def _upload(upload: UploadFile | None, service: Service) -> Iterator[QueryImage | None]:
+    if upload is None or not upload.filename:
+        yield None
+        return
+    if any(ord(c) < 32 or ord(c) == 127 for c in upload.filename):  # NUL and friends: no file is named so
+        raise BadInput("image", "the upload's file name holds control characters")
+    with _spooled(upload.filename, iter(lambda: upload.file.read(_CHUNK), b""), service) as image:
+        yield image
+
+
+_DATA_URL = re.compile(r"^data:(?P<mime>image/[\w.+-]+)?(?:;[\w-]+=[^;,]*)*;base64,", re.ASCII)
+_EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
+
+
+@contextmanager
+def _data_url(url: str | None, service: Service) -> Iterator[QueryImage | None]:
+    """``data:image/png;base64,...``: the JSON request's image, held to the upload's caps."""
+    if not url:
+        yield None
+        return
+    m = _DATA_URL.match(url)
+    if m is None:
+        raise BadInput("image", "expected a base64 data URL (data:image/<type>;base64,<bytes>)")
+    cap = service.limits.max_upload_bytes
+    if (len(url) - m.end()) * 3 // 4 > cap + 3:
+        raise BadInput("image", f"upload is over the size cap of {cap} bytes", 413)
+    try:
+        data = base64.b64decode(url[m.end():], validate=True)
+    except binascii.Error as exc:
+        raise BadInput("image", f"the data URL is not valid base64 ({exc})") from None
+    with _spooled(f"data URL{_EXT.get(m['mime'] or '', '')}", iter([data]), service) as image:
+        yield image
+
+
+class SearchJSON(BaseModel):
+    """``POST /search`` as ``application/json``: the form's fields, the image as a base64 data URL."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = ""
+    task: str = ""
+    qid: str = ""
+    k: int = 10
+    pool: str = "local"
+    variants: str | list[str] = ""
+    image: str | None = Field(None, description="data:image/<type>;base64,<bytes>")
+
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+ACCEPTED = (*FORM_TYPES, "application/json")
+
+
+def _json_search(body: bytes) -> SearchJSON:
+    try:
+        return SearchJSON.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        raise BadInput(loc, "not valid JSON" if err["type"] == "json_invalid" else err["msg"]) from None
 
 
 def create_app(service: Service) -> FastAPI:
@@ -194,8 +253,10 @@ def create_app(service: Service) -> FastAPI:
         """Served variants, tasks (with the modalities they fix), pools and the request caps."""
         return service.info()
 
-    @app.post("/search")
+    @app.post("/search", openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": SearchJSON.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
     async def search(
+        request: Request,
         text: Annotated[str, Form(description="Query text (free queries).")] = "",
         task: Annotated[str, Form(description="Dataset-task, e.g. glyphcaps_task0: sets the instruction, the "
                                               "query and candidate modality, and the local pool.")] = "",
@@ -206,13 +267,28 @@ def create_app(service: Service) -> FastAPI:
         variants: Annotated[str, Form(description="Comma-separated variants; empty: every served one.")] = "",
         image: Annotated[UploadFile | None, File(description="Query image (capped in bytes and pixels).")] = None,
     ) -> SearchOut:
-        """Rank candidates for one query with each variant: did, score, modality, original and enhanced text."""
-        names = [v.strip() for v in variants.split(",") if v.strip()]
+        """Rank candidates for one query with each variant: did, score, modality, original and enhanced text.
+        Takes a form (fields, image upload) or ``application/json`` (the same fields, the image as a base64
+        data URL); any other content type is refused with 415."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "application/json":
+            body = _json_search(await request.body())
+            listed = body.variants if isinstance(body.variants, list) else body.variants.split(",")
+            names = [v.strip() for v in listed if v.strip()]
 
-        def submit() -> Pending:
-            with _upload(image, service) as query_image:
-                return service.submit(text=text, image=query_image, task=task, qid=qid, k=k, pool=pool,
-                                      variants=names)
+            def submit() -> Pending:
+                with _data_url(body.image, service) as query_image:
+                    return service.submit(text=body.text, image=query_image, task=body.task, qid=body.qid, k=body.k,
+                                          pool=body.pool, variants=names)
+        elif ctype and ctype not in FORM_TYPES:
+            raise BadInput("content-type", f"{ctype!r} is not accepted; send one of {', '.join(ACCEPTED)}", 415)
+        else:
+            names = [v.strip() for v in variants.split(",") if v.strip()]
+
+            def submit() -> Pending:
+                with _upload(image, service) as query_image:
+                    return service.submit(text=text, image=query_image, task=task, qid=qid, k=k, pool=pool,
+                                          variants=names)
 
         return await (await run_in_threadpool(submit)).done()
 
