@@ -29,8 +29,16 @@ EVALUATIONS = (ZERO_SHOT, *VARIANTS, *(f"infer-{v}" for v in INFERENCE_ONLY))  #
 
 RAW, PRETRAINED, ZERO_SHOT_MODEL = "data/raw", "models/pretrain", "models/zero-shot"
 ENHANCED = {"corpus": "data/enhanced/corpus", "queries": "data/enhanced/queries"}
-# The real profiles' overrides of each section (params.yaml): each sets every profiled section, so DVC finds them.
-PROFILE_OVERRIDES = ("profiles.mbeir", "profiles.debian_clipart")
+
+
+@cache
+def profile_sections() -> dict[str, frozenset[str]]:
+    """Each profile of params.yaml and the sections it overrides: a stage depends on every profile's override of
+    its sections (DVC needs the key to exist, so a section a profile leaves alone is not listed)."""
+    import yaml
+
+    profiles = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8")).get("profiles") or {}
+    return {name: frozenset(sections or ()) for name, sections in profiles.items()}
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,8 @@ class Stage:
     def params(self) -> list[str]:
         if not self.step.profiled:
             return list(self.step.params)
-        return ["profile", *self.step.params, *(f"{p}.{s}" for p in PROFILE_OVERRIDES for s in self.step.params)]
+        return ["profile", *self.step.params, *(f"profiles.{p}.{s}" for p, sections in profile_sections().items()
+                                                for s in self.step.params if s in sections)]
 
     @property
     def deps(self) -> list[str]:
