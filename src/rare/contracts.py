@@ -123,6 +123,8 @@ class StoredShard(TypedDict):
     tokens_in: int
     tokens_out: int
     failures: list[dict[str, object]]      # {"index", "id", "op", "cause"} per failed record
+    fingerprint: NotRequired[str]          # the engine's: a rebuilt item cache takes only its own shards
+    tokens: NotRequired[list[list[int]]]   # [tokens_in, tokens_out] per record, for a rebuilt item cache
 
 
 class EnhanceSummary(TypedDict):

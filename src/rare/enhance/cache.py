@@ -13,8 +13,11 @@ runs the next batch: a kill -9 loses at most the batches in flight. A second tab
 rerun or a repeated pool does not re-read hundreds of GB of images just to hash them.
 
 The cache is never the only copy of anything: a damaged one (not a SQLite file, shorter than its
-header says, or refused by SQLite) is moved aside with a warning and a fresh one is started. Finished
-shards, the source of truth, are still reused as they are; only unfinished ones generate again.
+header says, or refused by SQLite) is moved aside with a warning and a fresh one is started, beside a
+marker (``cache.sqlite.refill``) that asks every engine to refill it from its own finished shards
+(``Engine.rebuild_cache``) and lists the engines (fingerprints) that did: keys depend on the engine's
+settings, so the corpus and the queries, or two models, refill in turn. A fingerprint is listed only
+after its refill, so a killed refill is done again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from rare.atomic import atomic_write_text
 from rare.enhance.backends.base import EnhanceResult
 from rare.errors import print_warning
 from rare.hashing import file_digest
@@ -95,8 +99,15 @@ def damage(path: Path) -> str | None:
     return None
 
 
+def refill_marker(path: Path) -> Path:
+    """Beside a cache started after a damaged one: the engines (fingerprints) that refilled it, one a line."""
+    return path.with_name(f"{path.name}.refill")
+
+
 def move_aside(path: Path, cause: str) -> Path:
-    """Rename a damaged cache (with its WAL files) out of the way, keeping it for inspection."""
+    """Rename a damaged cache (with its WAL files) out of the way, keeping it for inspection, and mark
+    the fresh one for a refill from the shards (the marker first: a kill in between still refills)."""
+    atomic_write_text(refill_marker(path), "")
     aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     try:
         os.replace(path, aside)
@@ -105,7 +116,7 @@ def move_aside(path: Path, cause: str) -> Path:
     for suffix in ("-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     print_warning(f"{path}: damaged item cache ({cause}); moved aside to {aside.name}, starting a fresh one "
-                  f"(finished shards are kept)")
+                  f"rebuilt from the finished shards")
     return aside
 
 
@@ -132,6 +143,18 @@ class Cache:
                 self.close()
         move_aside(self.path, cause)
         self._conn().executescript(_SCHEMA)
+
+    def needs_refill(self, engine: str) -> bool:
+        """Started after a damaged cache, and not yet refilled from the shards of ``engine`` (a fingerprint)."""
+        try:
+            return engine not in refill_marker(self.path).read_text().split()
+        except FileNotFoundError:
+            return False
+
+    def refilled(self, engine: str) -> None:
+        marker = refill_marker(self.path)
+        done = marker.read_text() if marker.exists() else ""
+        atomic_write_text(marker, done + engine + "\n")
 
     def _conn(self) -> sqlite3.Connection:
         """One connection per thread; WAL (on local disk) lets readers run beside the one writer."""

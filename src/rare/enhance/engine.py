@@ -14,7 +14,9 @@ in input order. Consequences:
   cache, and the output is byte-identical to an uninterrupted run;
 - ``dvc repro`` may delete ``out``: the resume state lives elsewhere;
 - memory holds one shard per worker, whatever the input size;
-- the only files written under ``out`` are the mirrored inputs and the two reports.
+- the only files written under ``out`` are the mirrored inputs and the two reports;
+- a damaged item cache is refilled from the finished shards (``rebuild_cache``): their records are
+  keyed again by ``_address``, so a later run over another shard layout finds them there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -139,6 +142,9 @@ class ShardStats:
     tokens_in: int = 0
     tokens_out: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"index", "id", "op", "cause"}
+    # What a rebuilt item cache needs and the output lacks: the engine that made the shard, each record's tokens
+    fingerprint: str = ""
+    tokens: list[list[int]] = field(default_factory=list)  # [tokens_in, tokens_out] per output line
 
     shard: str = ""
     reused: bool = False    # the whole shard came from the store
@@ -150,7 +156,7 @@ class ShardStats:
     costs: list[CostRecord] = field(default_factory=list)  # per item processed in this run (not stored)
     fresh: set[int] = field(default_factory=set)           # results generated here, not yet charged to an item
 
-    STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures")
+    STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures", "fingerprint", "tokens")
 
     def stored(self) -> StoredShard:
         return {k: getattr(self, k) for k in self.STORED}  # type: ignore[return-value]
@@ -233,6 +239,8 @@ class Engine:
         # Pools repeat images; one Path per image, not per request, also spares CPython's interned-string
         # table the churn of re-interning the same path parts (its rebuilds showed up as memory spikes).
         self._as_path = functools.lru_cache(maxsize=65536)(Path)
+        if self.cache.needs_refill(self.fingerprint):
+            self.rebuild_cache()
 
     # -- backend ------------------------------------------------------------------------------
     def _generate(self, requests: list[EnhanceRequest]) -> list[EnhanceResult]:
@@ -303,7 +311,7 @@ class Engine:
                 progress(stats.items)
         else:
             items = self._read(shard)
-            stats = ShardStats(shard=shard.name, worker=worker)
+            stats = ShardStats(shard=shard.name, worker=worker, fingerprint=self.fingerprint)
             results = self._results(items, stats, progress)
             lines = [self._finish(item, results, stats, shard) for item in items]
             manifest = self.manifest_path(shard)
@@ -315,18 +323,21 @@ class Engine:
         return stats
 
     def _read(self, shard: Shard) -> list[_Item]:
-        """Parse and validate every record (bad input stops the stage, naming file and line), then route it."""
         path = self.config.root / shard.rel
         with open(path, "rb") as fh:
             fh.seek(shard.offset)
             raw = fh.read(shard.length)
+        return self._items(raw, path, shard.first_line)
+
+    def _items(self, raw: bytes, path: Path, first_line: int) -> list[_Item]:
+        """Parse and validate every record (bad input stops the stage, naming file and line), route and key it."""
         corpus = self.config.side == "corpus"
         parse = parse_candidate if corpus else parse_query
         items = []
         for i, line in enumerate(raw.splitlines()):
             if not line.strip():
                 continue
-            lineno = shard.first_line + i
+            lineno = first_line + i
             obj = loads_line(line, path, lineno)
             try:
                 rec = parse(obj)
@@ -423,6 +434,7 @@ class Engine:
 
     def _finish(self, item: _Item, results: dict[str, EnhanceResult], stats: ShardStats, shard: Shard) -> bytes:
         cfg = self.config
+        result = None
         if item.op == NONE:
             enhanced = Enhanced(NONE, "skipped", backend=cfg.backend, model=cfg.model, prompt_version=cfg.prompt_version)
         else:
@@ -441,10 +453,38 @@ class Engine:
             enhanced = Enhanced(item.op, status, text, cause, cfg.backend, cfg.model, cfg.prompt_version)
             if cause is not None:
                 stats.failures.append({"index": item.index, "id": item.rid, "op": item.op, "cause": cause})
+        stats.tokens.append([result.tokens_in, result.tokens_out] if result is not None else [0, 0])
         stats.count(enhanced.op, enhanced.status, enhanced.cause)
         item.obj.pop("enhanced", None)  # re-enhancing an enhanced file replaces the block, never the original
         item.obj["enhanced"] = enhanced.to_json()
         return (dumps(item.obj) + "\n").encode()
+
+    # -- a damaged item cache --------------------------------------------------------------------
+    def rebuild_cache(self) -> None:
+        """Refill a fresh item cache from every finished shard this engine would have written (same fingerprint)
+        whose files match their manifest in full: each record is keyed again as ``_items`` keys a new one, and
+        its stored text and tokens are what the key finds. Only ``ok`` records: a failed one keeps no text, so
+        it is asked again. Shards from before this (no fingerprint) are skipped. Idempotent; marked done last."""
+        shards = items = 0
+        for manifest in sorted(self.store.glob("*.manifest.json")):
+            out_path = manifest.with_name(manifest.name.removesuffix(".manifest.json") + ".jsonl")
+            try:
+                stored = json.loads(out_path.with_suffix(".json").read_text())
+                if not isinstance(stored, dict) or stored.get("fingerprint") != self.fingerprint:
+                    continue  # another side or other settings: its keys are not this engine's to compute
+                verify(manifest, full=True)
+            except (OSError, ManifestError, ValueError):
+                continue  # not trusted: left for ``process`` to discard, with its warning, if a run needs it
+            # The stored text already passed ``judge`` (whitespace collapsed); with "stop" it passes again unchanged.
+            rows = [(item.key, EnhanceResult(text=item.obj["enhanced"]["txt"], tokens_in=tin, tokens_out=tout,
+                                             finish_reason="stop"))
+                    for item, (tin, tout) in zip(self._items(out_path.read_bytes(), out_path, 1), stored["tokens"])
+                    if item.key is not None and item.obj["enhanced"]["status"] == "ok"]
+            self.cache.put_many(rows)
+            shards, items = shards + 1, items + len(rows)
+        self.cache.refilled(self.fingerprint)
+        print(f"enhance: item cache {self.config.item_cache} rebuilt from {shards} finished shard(s), "
+              f"{items} item(s)", file=sys.stderr, flush=True)
 
     # -- the whole side -------------------------------------------------------------------------
     def assemble(self, files: list[str], shards: list[Shard], out: Path, shard_size: int,
