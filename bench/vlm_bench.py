@@ -71,7 +71,7 @@ def plain_steps(module: RetrieverModule, batch: dict, steps: int, chunk: int | N
             contrastive_loss(r(batch["query"]), r(batch["cand"]), r.scale()).backward()
         else:
             grad_cache_step(r, batch["query"], batch["cand"], lambda q, c: contrastive_loss(q, c, r.scale()), chunk,
-                            r.split)
+                            r.split, prepare=r.frozen_features)
         opt.step()
         times.append(time.perf_counter() - t0)
     return times[WARMUP:]
@@ -103,13 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps and rounds")
     ap.add_argument("--batch", type=int, default=16, help="pairs per step")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's own); 1 keeps a shared machine's contention out of "
+                         "the many small ops of a chunked step")
     args = ap.parse_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     steps, rounds = (3, 2) if args.quick else (5, 3)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory(prefix="vlm-bench-") as tmp:
         base = save_tiny(Path(tmp) / "ckpt", "qwen2_vl")
         r = _retriever(base)

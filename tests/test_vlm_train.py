@@ -68,14 +68,20 @@ def test_grad_cache_equals_the_full_batch_step(base: Path, learn: bool) -> None:
     full.backward()
     expected = _grads(r)
     assert len(expected) == 2 * 7 * 2 + int(learn)  # A and B of 14 LoRA layers (+ the temperature)
-    for chunk in (1, 2, 3):
+    calls = []
+    r.towers.model.visual.register_forward_hook(lambda *_: calls.append(1))
+    for chunk, prepare in [(1, None), (2, None), (3, None), (1, r.frozen_features), (3, r.frozen_features)]:
         r.zero_grad()
-        loss = grad_cache_step(r, q, c, loss_fn, chunk, r.split)
+        calls.clear()
+        loss = grad_cache_step(r, q, c, loss_fn, chunk, r.split, prepare=prepare)
         assert abs(float(loss) - float(full.detach())) < 1e-5
         got = _grads(r)
         assert got.keys() == expected.keys()
         for name, g in expected.items():
-            assert torch.allclose(got[name], g, atol=1e-5, rtol=1e-4), (chunk, name)
+            assert torch.allclose(got[name], g, atol=1e-5, rtol=1e-4), (chunk, prepare, name)
+        # the frozen vision tower runs once per chunk that has images with prepare, twice without
+        chunks_with_images = sum(bool(p["image_grid_thw"].numel()) for b in (q, c) for p in r.split(b, chunk))
+        assert len(calls) == chunks_with_images * (1 if prepare else 2), (chunk, prepare)
 
 
 def test_split_batch_keeps_each_entrys_patches(base: Path) -> None:

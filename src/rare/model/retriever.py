@@ -105,6 +105,12 @@ class Retriever(nn.Module):
             raise ValueError(f"GradCache needs a family that embeds each entry in one pass (vlm), not {self.spec['family']!r}")
         return self.towers.split(batch, chunk)
 
+    def frozen_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``batch`` plus what its embedding computes in frozen modules (GradCache's ``prepare``): computed once,
+        reused by both of a chunk's passes. Families without such a part return the batch as it is."""
+        hook = getattr(self.towers, "frozen_features", None)
+        return hook(batch) if hook is not None else batch
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.family.joint:
             return self.towers.embed(batch)

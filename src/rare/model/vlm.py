@@ -38,6 +38,8 @@ LAMRA_SUFFIX = {
     (True, True): "\nSummarize above image and sentence in one word: ",
 }
 VLM_DIR, ADAPTER_DIR = "vlm", "adapter"
+# Batch keys of precomputed vision features (``VlmTowers.frozen_features``); ``embed`` runs the tower without them.
+VISUAL_KEY, DEEPSTACK_KEY = "image_embeds", "deepstack_embeds"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Full-match regex (peft): the 7 linear kinds under the language model only. A substring match on "model" would
 # also reach the vision tower (``model.visual``), whose Qwen2.5-VL MLP has gate/up/down_proj too.
@@ -330,6 +332,25 @@ class VlmTowers(nn.Module):
         return split_batch(batch, chunk)
 
     # -- embedding -------------------------------------------------------------------------------------
+    def _with_visual(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``batch`` plus the vision tower's merged patch features (and Qwen3-VL's deepstack levels when they are
+        injected), one row per image token in the order the text holds them."""
+        model = self.model
+        dev = next(model.parameters()).device
+        out = model.get_image_features(batch["pixel_values"].to(dev), batch["image_grid_thw"].to(dev))
+        added = {VISUAL_KEY: torch.cat(out.pooler_output)}
+        if self.backbone.deepstack and self.v["deepstack"] == "inject":
+            added[DEEPSTACK_KEY] = torch.stack([torch.cat(f) for f in out.deepstack_features])
+        return {**batch, **added}
+
+    def frozen_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The vision tower is frozen (``build``), so its output for a GradCache chunk is the same in the pass
+        without a graph and in the pass with one: computed here once, without a graph, and reused by both."""
+        if not batch["image_grid_thw"].numel() or any(p.requires_grad for p in self.model.visual.parameters()):
+            return batch
+        with torch.no_grad():
+            return self._with_visual(batch)
+
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         model = self.model
         dev = next(model.parameters()).device
@@ -339,14 +360,15 @@ class VlmTowers(nn.Module):
         extra: dict[str, Any] = {}
         grid = batch["image_grid_thw"].to(dev)
         if grid.numel():
-            out = model.get_image_features(batch["pixel_values"].to(dev), grid)
-            visual = torch.cat(out.pooler_output).to(embeds.dtype)
+            if VISUAL_KEY not in batch:
+                batch = self._with_visual(batch)
+            visual = batch[VISUAL_KEY].to(dev, embeds.dtype)
             if visual.shape[0] != int(image_mask.sum()):
                 raise ValueError(f"{int(image_mask.sum())} image tokens in the text, {visual.shape[0]} visual features")
             embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual)
-            if self.backbone.deepstack and self.v["deepstack"] == "inject":
+            if DEEPSTACK_KEY in batch:
                 extra = {"visual_pos_masks": image_mask,
-                         "deepstack_visual_embeds": [torch.cat(f).to(embeds.dtype) for f in out.deepstack_features]}
+                         "deepstack_visual_embeds": list(batch[DEEPSTACK_KEY].to(dev, embeds.dtype).unbind(0))}
         positions = None
         if self.v["positions"] == "mrope":
             positions, _ = model.get_rope_index(ids, mm_token_type_ids=image_mask.int(),

@@ -7,6 +7,10 @@ one sub-batch.
 3. re-embed each chunk with a graph under its recorded RNG state (same dropout draws) and backpropagate the
    surrogate ``sum(rep * cached_grad)``, which gives the model exactly the full-batch gradient.
 
+``prepare`` (optional) adds to a chunk, once and without a graph, what both of its passes share and what needs no
+gradient: the ``vlm`` family's frozen vision tower output. Step 3 then runs only the trainable part again, which
+is most of what GradCache costs over the plain step on a model whose vision tower is a large share of the pass.
+
 Under DDP the parameter gradients are synchronised on the last chunk only (``no_sync`` for the others).
 """
 
@@ -51,7 +55,8 @@ def grad_cache_step(embed: Callable[[Batch], torch.Tensor], query: Batch, cand: 
                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], chunk: int,
                     split: Callable[[Batch, int], list[Batch]],
                     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-                    no_sync: Callable[[], AbstractContextManager] = nullcontext) -> torch.Tensor:
+                    no_sync: Callable[[], AbstractContextManager] = nullcontext,
+                    prepare: Callable[[Batch], Batch] | None = None) -> torch.Tensor:
     """Accumulate the full-batch gradient of ``loss_fn(embed(query), embed(cand))`` into the parameters and
     return the (detached) loss. ``backward`` is the trainer's (Lightning's ``manual_backward``)."""
     sides = [split(query, chunk), split(cand, chunk)]
@@ -59,9 +64,11 @@ def grad_cache_step(embed: Callable[[Batch], torch.Tensor], query: Batch, cand: 
     reps: list[torch.Tensor] = []
     for i, chunks in enumerate(sides):
         parts = []
-        for sub in chunks:
-            states[i].append(RngState.capture())
+        for j, sub in enumerate(chunks):
             with torch.no_grad():
+                if prepare is not None:
+                    sub = chunks[j] = prepare(sub)
+                states[i].append(RngState.capture())
                 parts.append(embed(sub))
         reps.append(torch.cat(parts).detach().requires_grad_(True))
     loss = loss_fn(reps[0], reps[1])

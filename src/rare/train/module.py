@@ -78,7 +78,8 @@ class RetrieverModule(pl.LightningModule):
         loss = grad_cache_step(
             self.retriever, batch["query"], batch["cand"],
             lambda q, c: contrastive_loss(q, c, self.retriever.scale(), self.symmetric),
-            self.grad_cache_chunk, self.retriever.split, backward=self.manual_backward, no_sync=no_sync)
+            self.grad_cache_chunk, self.retriever.split, backward=self.manual_backward, no_sync=no_sync,
+            prepare=self.retriever.frozen_features)
         opt.step()
         sched.step()
         return loss
