@@ -101,10 +101,16 @@ def problem(item: Configured) -> str | None:
     return None  # a hub id, fetched by transformers
 
 
+# family -> the ModelParams sources it loads (the others keep their defaults and are never read)
+FAMILY_SOURCES: dict[str, tuple[str, ...]] = {"dual": ("text", "vision"), "clip": ("clip",), "vlm": ("vlm.model",)}
+
+
 def model_sources(model: Any, prefix: str) -> Iterator[Configured]:
-    """The configured sources of a ``ModelParams`` (towers and tokenizer)."""
-    for name in ("text", "vision", "clip"):
-        source = getattr(model, name, None)
+    """The configured sources of a ``ModelParams`` that its family loads (towers and tokenizer)."""
+    for name in FAMILY_SOURCES[getattr(model, "family", "dual")]:
+        source = model
+        for part in name.split("."):
+            source = getattr(source, part, None)
         if source is not None and source.pretrained:
             yield Configured(f"{prefix}.{name}.pretrained", source.pretrained, MODEL_FILES)
     if model.tokenizer:

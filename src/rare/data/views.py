@@ -68,7 +68,8 @@ def uniir_text(s: str) -> str:
 
 
 # Applied by the collator to every text just before tokenising (the family names one: rare.model.families).
-TEXT_FORMATS = {"none": lambda s: s, "uniir": uniir_text}
+# `format_string` alone is LamRA's text path (a cased Qwen tokenizer: no CLIP cleaning, no lower-casing).
+TEXT_FORMATS = {"none": lambda s: s, "uniir": uniir_text, "format_string": format_string}
 
 
 def _sentence(s: str) -> str:

@@ -60,7 +60,7 @@ FAMILIES: dict[str, Family] = {
                    towers=DualTowers),
     "clip": Family(normalise_each=False, gated=False, own_temperature=False, text_format="uniir",
                    no_decay=_uniir_gain_or_bias, towers=ClipTowers),
-    "vlm": Family(normalise_each=False, gated=False, own_temperature=False, text_format="uniir", no_decay=_gain_or_bias,
+    "vlm": Family(normalise_each=False, gated=False, own_temperature=False, text_format="format_string", no_decay=_gain_or_bias,
                   towers=VlmTowers, joint=True),
 }
 
