@@ -101,14 +101,15 @@ def remove_stale_temps(path: Path) -> None:
     """Delete temp siblings that a killed writer of ``path`` left behind (only ours, only dead writers)."""
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
         pid = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with that id exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

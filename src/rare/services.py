@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from rare.atomic import pid_alive
+
 HOST = "127.0.0.1"
 
 
@@ -142,16 +144,6 @@ def claim(svc: Service) -> None:
     owner_file(svc).write_text(str(os.getpid()))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _session_leader(pid: int) -> bool:
     """``start`` puts each server in its own session: a pid that leads none is not (or no longer) ours."""
     try:
@@ -183,7 +175,7 @@ def adopt_leftover(name: str, state_dir: Path, prefix: str) -> Service | None:
     adopted = None
     for svc in recorded(name, state_dir, prefix):
         owner = _owner(svc)
-        if owner is not None and owner != os.getpid() and _alive(owner):
+        if owner is not None and owner != os.getpid() and pid_alive(owner):
             continue
         if adopted is None and healthy(svc):
             claim(svc)
