@@ -1,27 +1,22 @@
-"""Resumable shards of one embedding entry: each written atomically beside a record of its rows and hash.
+"""Resumable shards of one embedding entry: each written atomically beside its manifest (``rare.manifest``).
 
-A shard counts as finished only when its ``.npy`` and its ``.json`` record (rows, blake2b of the
-array's bytes) agree; the record is written after the array, both by atomic rename, so a kill at any
-point leaves either a finished shard or none. A shard whose bytes no longer match its record is
-embedded again rather than assembled into an entry.
+A shard counts as finished only when its ``.npy`` and its ``.json`` manifest (size, shape, sha256) agree;
+the manifest is written after the array, both by atomic rename, so a kill at any point leaves either a
+finished shard or none. A shard whose bytes no longer match its manifest is embedded again rather than
+assembled into an entry.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rare.atomic import atomic_write_text, replacing
+from rare.atomic import replacing
 from rare.evaluate.ranks import Ranks
-
-
-def _digest(arr: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(arr).data, digest_size=16).hexdigest()
+from rare.manifest import ManifestError, verify, write_manifest
 
 
 @dataclass(frozen=True)
@@ -37,18 +32,16 @@ class ShardStore:
     def write(self, i: int, arr: np.ndarray) -> None:
         with replacing(self.array_path(i)) as tmp, open(tmp, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)
-        atomic_write_text(self.record_path(i), json.dumps({"rows": len(arr), "hash": _digest(arr)}))
+        write_manifest(self.record_path(i), [self.array_path(i)])
 
     def load(self, i: int, rows: int) -> np.ndarray | None:
-        """The shard if it is finished, has ``rows`` rows and still hashes to its record; else None."""
+        """The shard if it is finished, has ``rows`` rows and still matches its manifest; else None."""
         try:
-            record = json.loads(self.record_path(i).read_text())
+            verify(self.record_path(i), full=True)
             arr = np.load(self.array_path(i), allow_pickle=False)
-        except (OSError, ValueError):
+        except (ManifestError, OSError, ValueError):
             return None
-        if record.get("rows") != rows or len(arr) != rows or record.get("hash") != _digest(arr):
-            return None
-        return arr
+        return arr if len(arr) == rows else None
 
     def read(self, i: int, rows: int) -> np.ndarray:
         """A finished shard, checked; a damaged one is removed (the next run embeds it again) and named."""
