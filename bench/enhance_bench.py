@@ -36,7 +36,7 @@ runtime.configure()
 
 from rare.config.enhance import EnhanceParams  # noqa: E402
 from rare.enhance.backends.base import EnhanceRequest, EnhanceResult  # noqa: E402
-from rare.enhance.run import enhance_side  # noqa: E402
+from rare.enhance.side import enhance_side  # noqa: E402
 
 IMAGES = 64  # distinct image files; records reuse them, their texts keep every input distinct
 

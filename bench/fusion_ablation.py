@@ -27,11 +27,12 @@ from rare.data.images import load_image
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_queries
-from rare.data.views import side_file, variant_sides
+from rare.data.views import side_file
 from rare.evaluate.embed import Item, TextView, pool_items, query_items
 from rare.model import EncodeInput
 from rare.model.io import load_retriever
 from rare.model.retriever import Retriever
+from rare.stages.variants import variant_sides
 
 # (query keeps text, query keeps image, candidates keep text, candidates keep image)
 VIEWS = {

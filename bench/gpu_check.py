@@ -408,7 +408,7 @@ def serve_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
     import socket
 
     from rare.config.enhance import EnhanceParams
-    from rare.enhance.run import enhance_side
+    from rare.enhance.side import enhance_side
     from tests.fixtures.enhance import make_tiny_vlm
     from tests.fixtures.openai_server import ScriptedServer
     from tests.fixtures.tiny_root import make_tiny_root

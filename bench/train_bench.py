@@ -44,7 +44,7 @@ def _setup(root: Path, params: TrainParams) -> tuple[RetrieverModule, PairDataMo
     raw = MBEIRRoot(root)
     text = TextSettings(False, False, params.text_mode.query, params.text_mode.corpus, params.instruction_seed,
                         params.seed)
-    dm = PairDataModule(raw, resolve_inputs(raw, "none", params, None, None), text, params, retriever.collator())
+    dm = PairDataModule(raw, resolve_inputs(raw, params, None, None), text, params, retriever.collator())
     dm.setup("fit")
     return RetrieverModule(retriever, params.optim, total_steps=params.max_steps or 1), dm
 

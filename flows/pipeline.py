@@ -101,7 +101,7 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
         from prefect.artifacts import create_markdown_artifact
         from prefect.runtime import flow_run
 
-        from rare.report.stage import markdown_summary
+        from rare.report.compose import markdown_summary
 
         stageflow.quiet_expected_failures()
         stage_output.to_add.clear()

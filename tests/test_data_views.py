@@ -2,7 +2,8 @@ import pytest
 
 from rare.data import DataError, MBEIRRoot
 from rare.data.records import Candidate, Enhanced, Query
-from rare.data.views import candidate_text, query_text, side_file, variant_sides
+from rare.data.views import candidate_text, query_text, side_file
+from rare.stages.variants import variant_sides
 
 
 def enh(txt, status="ok"):

@@ -43,7 +43,7 @@ def test_more_workers_than_the_cluster_can_place_fail_at_start_naming_both() -> 
 @pytest.mark.slow
 def test_a_ray_cluster_without_the_gpus_fails_before_any_actor_starts(tiny_root_session, tmp_path) -> None:
     ray = pytest.importorskip("ray")
-    from rare.enhance.run import enhance_side
+    from rare.enhance.side import enhance_side
     from tests.fixtures.enhance import FAKE_IDENTITY, FakeBackend
 
     params = EnhanceParams(cache_dir=str(tmp_path / "cache"), shard_size=4,

@@ -16,7 +16,7 @@ from rare.data.views import candidate_text
 from rare.enhance.engine import FAILURES_FILE, SUMMARY_FILE, input_files
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import is_question
-from rare.enhance.run import EnhanceFailure, check_failures, enhance_side
+from rare.enhance.side import EnhanceFailure, check_failures, enhance_side
 from tests.fixtures.enhance import FAKE_IDENTITY, FakeBackend, image_tag
 
 ENHANCED_KEYS = ["op", "status", "txt", "cause", "backend", "model", "prompt_version"]
@@ -287,7 +287,7 @@ def test_backend_contract_violations_are_errors(tiny_root, tmp_path):
 def test_printed_stats_show_counts_throughput_cache_and_failures(tiny_root, tmp_path):
     from rich.console import Console
 
-    from rare.enhance.run import print_outcome
+    from rare.enhance.side import print_outcome
 
     pool = tiny_root / "cand_pool/local/mbeir_webqa_task2_cand_pool.jsonl"
     _set_field(pool, 0, "REFUSE this")
@@ -320,7 +320,7 @@ def test_long_texts_are_cut_in_the_prompt_only(tiny_root, tmp_path):
 
 def test_samples_show_each_sides_own_text_and_image_before_and_after(tiny_root, tmp_path):
     """The MLflow samples table: a query's request and image, a candidate's passage, beside the enhanced text."""
-    from rare.enhance.run import samples
+    from rare.enhance.side import samples
 
     for side, op_with_text in (("queries", "rewrite"), ("corpus", "refine")):
         outcome, _ = run(tiny_root, tmp_path / side, tmp_path / "cache", side=side)

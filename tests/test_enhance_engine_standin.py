@@ -7,7 +7,7 @@ import pytest
 
 from rare.config.enhance import EnhanceParams
 from rare.data.records import iter_candidates, iter_jsonl
-from rare.enhance.run import EnhanceFailure, check_failures, enhance_side, samples
+from rare.enhance.side import EnhanceFailure, check_failures, enhance_side, samples
 
 
 def run(root, out, cache, side, **params):
@@ -55,7 +55,7 @@ def test_standin_on_data_without_annotations_fails_loudly(tiny_root, tmp_path):
 
 
 def test_cost_records_add_up_to_the_stage_totals(tiny_benchmark_root, tmp_path):  # noqa: F811
-    from rare.enhance.entry import costs_file, write_metrics
+    from rare.enhance.side import costs_file, write_enhance_metrics
     from rare.report.costs import cost_lines, per_op, read_costs
 
     outcome = run(tiny_benchmark_root, tmp_path / "c", tmp_path / "cache", "corpus")
@@ -70,7 +70,7 @@ def test_cost_records_add_up_to_the_stage_totals(tiny_benchmark_root, tmp_path):
     generated = [c for c in enhanced if not c.cached]
     assert len(generated) == outcome.runtime["generated"]
     assert 0 < sum(c.seconds for c in generated) <= outcome.runtime["seconds"]
-    write_metrics(outcome, tmp_path / "m" / "enhance_corpus.json")
+    write_enhance_metrics(outcome, tmp_path / "m" / "enhance_corpus.json")
     ops = per_op("corpus", read_costs(costs_file(tmp_path / "m" / "enhance_corpus.json")))
     assert sum(o.tokens_in for o in ops) == s["tokens_in"] and sum(o.items for o in ops) == len(outcome.costs)
     assert any(line.startswith("| corpus | caption |") for line in cost_lines(tmp_path / "m" / "runtime"))

@@ -33,7 +33,7 @@ def test_flow_maps_shards_writes_outputs_and_logs_to_mlflow(prefect_harness, tin
     from rare import stageflow, stages
 
     params = tiny_params(tmp_path, tiny_vlm, max_failure_rate=1.0)
-    summary = stageflow.run(stages.ENHANCE, "enhance-corpus", side="corpus", data=tiny_root, out=tmp_path / "out",
+    summary = stageflow.run_step(stages.ENHANCE, "enhance-corpus", side="corpus", data=tiny_root, out=tmp_path / "out",
                             params_file=params, metrics=tmp_path / "metrics/corpus.json")
     assert summary == json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert json.loads((tmp_path / "metrics/corpus.json").read_text()) == {"failure_rate": summary["failure_rate"]}

@@ -29,7 +29,7 @@ from rare.enhance.backends.base import BackendConfigError, BackendUnavailable, E
 from rare.enhance.backends.openai import UNIFORM_MIN_REQUESTS, BaseUrls, _Stopped, retry_after
 from rare.enhance.checks import judge
 from rare.enhance.prompts import PromptSet
-from rare.enhance.run import EnhanceFailure, check_failures, enhance_side, samples
+from rare.enhance.side import EnhanceFailure, check_failures, enhance_side, samples
 from tests.fixtures import openai_server as script
 from tests.fixtures.openai_server import ANSWER_PREFIX, ScriptedServer
 

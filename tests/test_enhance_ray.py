@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rare.config.enhance import EnhanceParams
-from rare.enhance.run import enhance_side
+from rare.enhance.side import enhance_side
 from tests.fixtures.enhance import FAKE_IDENTITY, FakeBackend
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from rare import runtime
 runtime.configure()
 import rare.enhance.engine as engine
 from rare.config.enhance import EnhanceParams
-from rare.enhance.run import enhance_side
+from rare.enhance.side import enhance_side
 from tests.fixtures.enhance import FAKE_IDENTITY, FakeBackend
 
 root, out, cache, log, die_on_call, die_on_write, delay = sys.argv[1:]

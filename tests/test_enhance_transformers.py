@@ -11,7 +11,7 @@ from rare.enhance.backends.base import EnhanceRequest
 from rare.enhance.backends.transformers import TransformersBackend
 from rare.enhance.backends.vlm import fit_pixels
 from rare.enhance.prompts import PromptSet
-from rare.enhance.run import enhance_side
+from rare.enhance.side import enhance_side
 
 PROMPTS = PromptSet.load("v1")
 

@@ -79,9 +79,8 @@ def test_weights_are_byte_identical_across_processes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_missing_training_image_is_named_in_one_line(tiny_root: Path, tiny_tokenizer_dir: Path,
                                                       tmp_path: Path) -> None:
-    from rare.config.tracking import TrackingParams
     from rare.config.train import TrainParams
-    from rare.train.stage import train_variant
+    from rare.train.fit import train_variant
     from tests.fixtures.models import tiny_model_params
 
     images = sorted((tiny_root / "mbeir_images").rglob("*.*"))
@@ -90,7 +89,7 @@ def test_a_missing_training_image_is_named_in_one_line(tiny_root: Path, tiny_tok
     params = TrainParams(model=tiny_model_params(tiny_tokenizer_dir), batch_size=8, max_steps=2, num_workers=1,
                          cache_dir=str(tmp_path / "cache"))
     with pytest.raises(errors.WorkerFailure) as exc:
-        train_variant("none", tiny_root, tmp_path / "model", params, TrackingParams(enabled=False))
+        train_variant("none", tiny_root, tmp_path / "model", params)
     message = str(exc.value)
     assert "\n" not in message and "image file not found" in message and str(tiny_root / "mbeir_images") in message
     assert not (tmp_path / "model").exists()

@@ -154,13 +154,13 @@ def test_a_damaged_shard_is_embedded_again_and_never_assembled(tmp_path: Path) -
 @pytest.mark.slow
 def test_rare_evaluate_on_two_ranks_writes_what_one_process_writes(tiny_root_session: Path, tiny_retriever_dir: Path,
                                                                   tmp_path: Path) -> None:
-    """``rare.evaluate.entry.run`` under torchrun's variables: rank 1 only embeds, rank 0 evaluates; the
+    """``rare.stages.evaluate.run`` under torchrun's variables: rank 1 only embeds, rank 0 evaluates; the
     queries, the local pools and the global pool's rest pair their collectives up, and the scores and run
     files equal a single process's."""
     import yaml
 
     from rare.config.evaluate import EvaluateParams
-    from rare.evaluate.stage import evaluate
+    from rare.evaluate.protocol import evaluate
     from rare.model import load_retriever
 
     params = {"device": "cpu", "precision": "fp32", "shard_rows": 3, "embed_batch": 2}

@@ -17,7 +17,7 @@ from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import APPEND_PREFIX
 from rare.evaluate import embed
 from rare.evaluate.metrics import score_run
-from rare.evaluate.stage import evaluate, plan
+from rare.evaluate.protocol import evaluate, plan
 from rare.model import load_retriever
 from tests.fixtures.evaluate import make_enhanced_mirrors
 

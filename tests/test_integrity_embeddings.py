@@ -15,7 +15,7 @@ import pytest
 
 from rare.config.evaluate import EvaluateParams
 from rare.evaluate import embed
-from rare.evaluate.stage import evaluate
+from rare.evaluate.protocol import evaluate
 from rare.manifest import ManifestError
 from rare.model import load_retriever
 from rare.serve.index import load_variant

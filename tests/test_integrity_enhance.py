@@ -13,7 +13,7 @@ import pytest
 
 from rare.config.enhance import EnhanceParams
 from rare.enhance.cache import Cache
-from rare.enhance.run import enhance_side
+from rare.enhance.side import enhance_side
 from tests.fixtures.enhance import CUES, FAKE_IDENTITY, FakeBackend
 
 SHARD_SIZE = 4

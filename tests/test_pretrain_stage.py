@@ -13,15 +13,13 @@ from safetensors.torch import load_file, save_file
 
 from rare.config.evaluate import EvaluateParams
 from rare.config.pretrain import PretrainParams
-from rare.config.tracking import TrackingParams
 from rare.config.train import OptimParams, Source, TrainParams
-from rare.evaluate.stage import evaluate
+from rare.evaluate.protocol import evaluate
 from rare.manifest import verify
 from rare.model import EncodeInput, build_retriever, load_retriever
-from rare.pretrain.stage import export_zero_shot, pretrain
+from rare.pretrain.tower import export_zero_shot, pretrain
 from tests.fixtures.models import tiny_model_params
 
-OFF = TrackingParams(enabled=False)
 TINY_CNN = {"model_type": "rare-cnn", "channels": [8, 16], "hidden_size": 32, "image_size": 32}
 
 
@@ -87,7 +85,7 @@ def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path: Path, tiny_t
 @pytest.mark.slow
 def test_train_loads_the_checkpoint_and_its_weights_change_the_trained_model(
         tmp_path: Path, tiny_tokenizer_dir: Path, tiny_benchmark_root: Path, checkpoint: tuple[Path, dict]) -> None:
-    from rare.train.stage import train_variant
+    from rare.train.fit import train_variant
 
     path = checkpoint[0]
     weights = load_file(str(path / "model.safetensors"))
@@ -105,7 +103,7 @@ def test_train_loads_the_checkpoint_and_its_weights_change_the_trained_model(
     embeddings = []
     for i, ckpt in enumerate((path, path, changed)):
         out = train_variant("none", tiny_benchmark_root, tmp_path / f"m{i}", _train_params(tiny_tokenizer_dir, ckpt,
-                            tmp_path / f"cache{i}"), OFF)
+                            tmp_path / f"cache{i}")).out
         r = load_retriever(out)
         with torch.no_grad():
             embeddings.append(r(r.collator()([image])))
@@ -132,11 +130,11 @@ def test_zero_shot_export_is_evaluated_by_the_ordinary_evaluation(
 
 def test_pretrain_metrics_split_scores_curve_and_runtime(tmp_path: Path) -> None:
     """The DVC metric holds quality only: a rebuild with other timings leaves it (and git) unchanged."""
-    from rare.pretrain.entry import write_metrics
+    from rare.pretrain.tower import write_pretrain_metrics
 
     figures = {"holdout_t2i_r5": 94.4, "loss_start": 5.5, "loss_final": 2.5, "loss": [5.5, 4.0, 2.5],
                "steps": 3, "fit_seconds": 12.5, "pretrain_seconds": 20.0}
-    write_metrics(figures, tmp_path / "metrics/pretrain.json")
+    write_pretrain_metrics(figures, tmp_path / "metrics/pretrain.json")
     assert json.loads((tmp_path / "metrics/pretrain.json").read_text()) == {
         "holdout_t2i_r5": 94.4, "loss_start": 5.5, "loss_final": 2.5}
     assert json.loads((tmp_path / "metrics/loss/pretrain.json").read_text()) == [

@@ -14,8 +14,9 @@ from rare import tracking as rare_tracking
 from rare.config.evaluate import EvaluateParams
 from rare.config.tracking import TrackingParams
 from rare.evaluate import embed
-from rare.evaluate.stage import embed_all, evaluate, plan
+from rare.evaluate.protocol import embed_all, plan
 from rare.model import load_retriever
+from rare.stages.evaluate import evaluate_tracked
 from tests.fixtures.models import make_tiny_retriever
 
 
@@ -53,8 +54,8 @@ def test_registered_pyfunc_embeds_like_the_evaluation_stage(tiny_root: Path, tmp
         np.testing.assert_allclose(got, np.asarray(stored.vectors(), dtype=np.float32), atol=2e-3)  # cache is fp16
         assert list(stored.ids()) == [it.id for it in items]
 
-    metrics = evaluate("none", retriever, "none", tiny_root, tmp_path / "eval/none", params, tracking=tracking,
-                       model=model_dir)
+    metrics = evaluate_tracked("none", retriever, "none", tiny_root, tmp_path / "eval/none", params, None, None,
+                               tracking, model=model_dir)
     tagged = mlflow.MlflowClient().get_model_version("rare-none", "1").tags
     assert tagged[registry.FINGERPRINT_TAG] == retriever.fingerprint
     assert float(tagged["score.none.local"]) == pytest.approx(metrics["score"]["local"])

@@ -13,10 +13,10 @@ from PIL import Image
 from rare.config.report import ReportParams
 from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
+from rare.report.compose import build_report
 from rare.report.evidence import load_samples, split_seeds
 from rare.report.findings import CONTRADICTED, INCONCLUSIVE, NOT_ASSESSABLE, SUPPORTED, assess
 from rare.report.gallery import pick_examples
-from rare.report.stage import build_report
 from rare.report.stats import Bootstrap
 from rare.report.table import load_evaluations, markdown_table, summary
 from rare.stages import EVALUATIONS  # the row order the pipeline hands the report
@@ -257,7 +257,7 @@ def test_report_logged_on_the_parent_run(paper_like: Path, tiny_root_session: Pa
     from mlflow.tracking import MlflowClient
 
     from rare.config.tracking import TrackingParams
-    from rare.report.stage import log_report
+    from rare.stages.report import log_report
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RARE_PARENT_RUN_ID", raising=False)
@@ -321,7 +321,7 @@ def test_enhancement_section_names_each_cause(tmp_path):
     """A backend that enhanced nothing (the stand-in on imported data) is reported with its full cause."""
     import json as _json
 
-    from rare.report.stage import _enhancement_note
+    from rare.report.compose import _enhancement_note
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

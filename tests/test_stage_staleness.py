@@ -82,7 +82,7 @@ def test_a_comment_in_the_openai_client_stales_only_the_enhance_stages(finished:
 @pytest.mark.slow
 def test_a_comment_in_the_cli_mount_stales_no_stage(finished: Path, edit) -> None:
     edit("src/rare/cli.py", "from __future__", "# a comment\nfrom __future__")
-    edit("src/rare/stages.py", "from __future__", "# a comment\nfrom __future__")
+    edit("src/rare/stages/", "from __future__", "# a comment\nfrom __future__")
     assert _stale(finished) == set()
 
 

@@ -13,8 +13,9 @@ import yaml
 from typer.testing import CliRunner
 
 from rare import stages
+from rare.stages import declare
 from rare.cli import app
-from rare.data.views import VARIANTS
+from rare.stages.variants import VARIANTS
 
 ROOT = stages.ROOT
 
@@ -28,16 +29,18 @@ def _covered(path: Path, deps: list[str]) -> bool:
     return any(rel == Path(d) or Path(d) in rel.parents for d in deps)
 
 
-# The CLI mount and the declarations reach a stage through its cmd, which DVC tracks; rare.stageflow names
-# rare.stages for the type checker only (modulefinder's bytecode scan cannot tell).
-MOUNT = ("rare.cli", "rare.stages")
+# The CLI mount, the declarations and the variant table reach a stage through its cmd, which DVC tracks;
+# rare.stageflow names rare.stages.declare for the type checker only (modulefinder's bytecode scan cannot tell).
+MOUNT = tuple(sorted(declare.MOUNT))
+MOUNT_FILES = {"src/rare/cli.py", "src/rare/stages/__init__.py", "src/rare/stages/declare.py",
+               "src/rare/stages/variants.py", "src/rare/stages/command.py"}
 
 
 def _finder_closure(module: str, excludes: tuple[str, ...] = MOUNT) -> set[Path]:
     """Every module of rare and flows that ``module`` may import, lazily inside functions too, found by
     the standard library's bytecode scanner (not the registry's own walker)."""
     finder = modulefinder.ModuleFinder(path=[str(ROOT / "src"), str(ROOT)], excludes=list(excludes))
-    finder.run_script(str(stages._module_file(module)))
+    finder.run_script(str(declare._module_file(module)))
     return {Path(m.__file__) for name, m in finder.modules.items()
             if m.__file__ and name.split(".")[0] in ("rare", "flows", "__main__")}
 
@@ -51,14 +54,15 @@ def test_deps_are_the_files_of_the_import_closure(stage: stages.Stage) -> None:
     assert "src/rare/mbeir.py" in needed  # the scan found the headline cutoffs every stage imports
     assert code == needed, (f"{stage.name}: missing {sorted(needed - code)}, extra {sorted(code - needed)}")
     assert all((ROOT / d).is_file() for d in code)
-    assert not {"src/rare/cli.py", "src/rare/stages.py"} & code
+    assert not MOUNT_FILES & code
+    assert f"src/{stage.step.module.replace('.', '/')}.py" in code  # its own stage module
 
 
-def test_the_stage_modules_import_neither_the_cli_nor_the_declarations() -> None:
-    """Imported in a fresh interpreter, no stage's module loads rare.cli or rare.stages."""
+def test_the_stage_modules_do_not_import_the_cli() -> None:
+    """Imported in a fresh interpreter, no stage module loads the CLI (or torch: the CLI reads them first)."""
     modules = sorted({s.module for s in stages.STEPS.values()})
     code = (f"import sys; [__import__(m) for m in {modules!r}]; "
-            "print(sorted(n for n in sys.modules if n in ('rare.cli', 'rare.stages')))")
+            "print(sorted(n for n in sys.modules if n in ('rare.cli', 'torch', 'mlflow', 'prefect')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -66,10 +70,10 @@ def test_the_stage_modules_import_neither_the_cli_nor_the_declarations() -> None
 def test_the_closure_walker_sees_lazy_imports_and_skips_type_only_ones() -> None:
     """The generator's walker follows imports inside functions (the stages import torch & co. lazily) and
     leaves out ``if TYPE_CHECKING:`` blocks, which never run."""
-    files = {str(p.relative_to(ROOT)) for p in stages.import_closure("rare.evaluate.entry")}
-    assert {"src/rare/evaluate/stage.py", "src/rare/model/__init__.py", "src/rare/mbeir.py"} <= files
+    files = {str(p.relative_to(ROOT)) for p in stages.import_closure("rare.stages.evaluate")}
+    assert {"src/rare/evaluate/protocol.py", "src/rare/model/__init__.py", "src/rare/mbeir.py"} <= files
     flow = {str(p.relative_to(ROOT)) for p in stages.import_closure("rare.stageflow")}
-    assert "src/rare/stageflow.py" in flow and "src/rare/stages.py" not in flow
+    assert "src/rare/stageflow.py" in flow and not MOUNT_FILES & flow
 
 
 def _changed(before: dict, after: dict) -> set[str]:
@@ -90,13 +94,15 @@ def test_a_file_stales_only_the_stages_that_run_it() -> None:
 
 
 def test_a_new_variant_adds_its_stages_and_changes_only_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Declaration-side half of adding a variant (one VARIANTS line): DVC sees the new variant's train and
-    evaluation stages and a changed report (its cmd and needs), and every other stage as it was. (Its code
-    side: the line lands in rare/data/views.py, which train and evaluate import; see docs/serving.md.)"""
+    """Adding a variant (one VARIANTS line): DVC sees the new variant's train and evaluation stages and a
+    changed report (its cmd and needs), and every other stage as it was, deps included (the variant table
+    is no stage's code dep; tests/test_stage_staleness.py checks it with `dvc status`)."""
     before = stages.pipeline()
     monkeypatch.setitem(stages.VARIANTS, "image", (True, False))
-    monkeypatch.setattr(stages, "INFERENCE_ONLY", (*stages.INFERENCE_ONLY, "image"))
-    monkeypatch.setattr(stages, "EVALUATIONS", (*stages.EVALUATIONS[:5], "image", *stages.EVALUATIONS[5:], "infer-image"))
+    monkeypatch.setattr("rare.stages.evaluate.INFERENCE_ONLY", (*stages.INFERENCE_ONLY, "image"))
+    evaluations = (*stages.EVALUATIONS[:5], "image", *stages.EVALUATIONS[5:], "infer-image")
+    monkeypatch.setattr("rare.stages.report.EVALUATIONS", evaluations)
+    monkeypatch.setattr(stages, "EVALUATIONS", evaluations)
     assert _changed(before, stages.pipeline()) == {"train_image", "eval_image", "eval_infer_image", "report"}
 
 
@@ -115,7 +121,7 @@ def test_the_cli_runs_every_declared_command(stage: stages.Stage, tmp_path: Path
         calls.append((step, run_name, kwargs))
         return {"score": {"local": 0.0}} if step is stages.EVALUATE else Path("x")
 
-    monkeypatch.setattr("rare.cli._run", fake_run)
+    monkeypatch.setattr(f"{stage.step.module}.run_stage", fake_run)
     result = CliRunner().invoke(app, stage.cmd.split()[1:])
     assert result.exit_code == 0, result.output
     ((step, run_name, kwargs),) = calls

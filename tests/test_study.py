@@ -8,9 +8,9 @@ import pytest
 
 from rare.config.tracking import TrackingParams
 from rare.config.train import OptimParams, TrainParams
-from rare.data.views import VARIANTS
 from rare.report.evidence import row_of
 from rare.stages import INFERENCE_ONLY, study_stages
+from rare.stages.variants import VARIANTS
 
 
 def test_study_declares_every_variant_and_evaluation_per_seed():
@@ -32,7 +32,7 @@ def test_seeds_give_distinct_models_grouped_in_mlflow(tmp_path: Path, monkeypatc
                                                       tiny_benchmark_root: Path) -> None:
     import mlflow
 
-    from rare.train.stage import train_variant
+    from rare.stages.train import train_tracked as train_variant
 
     monkeypatch.chdir(tmp_path)
     tracking = TrackingParams(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",

@@ -9,15 +9,12 @@ import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
 
-from rare.config.tracking import TrackingParams
 from rare.config.train import OptimParams, TrainParams
 from rare.data.layout import MBEIRRoot
 from rare.model import build_retriever, load_retriever
 from rare.train.data import resolve_inputs
-from rare.train.stage import LAST, train_variant, work_dir
+from rare.train.fit import LAST, train_variant, work_dir
 from tests.fixtures.models import tiny_model_params
-
-NO_TRACKING = TrackingParams(enabled=False)
 
 
 class _Killed(RuntimeError):
@@ -44,18 +41,17 @@ def _params(tok: Path, cache: Path) -> TrainParams:
 
 
 def test_resume_after_kill_equals_straight_run(tmp_path: Path, tiny_root_session: Path, tiny_tokenizer_dir: Path) -> None:
-    straight = train_variant("none", tiny_root_session, tmp_path / "straight", _params(tiny_tokenizer_dir, tmp_path / "a"),
-                             NO_TRACKING)
+    straight = train_variant("none", tiny_root_session, tmp_path / "straight", _params(tiny_tokenizer_dir, tmp_path / "a")).out
 
     params = _params(tiny_tokenizer_dir, tmp_path / "b")
     with pytest.raises(_Killed):
-        train_variant("none", tiny_root_session, tmp_path / "resumed", params, NO_TRACKING, callbacks=[_KillAt(4)])
+        train_variant("none", tiny_root_session, tmp_path / "resumed", params, callbacks=[_KillAt(4)])
     assert not (tmp_path / "resumed").exists()  # no half export
-    work = work_dir(params, "none", resolve_inputs(MBEIRRoot(tiny_root_session), "none", params, None, None))
+    work = work_dir(params, "none", resolve_inputs(MBEIRRoot(tiny_root_session), params, None, None))
     ckpt = torch.load(work / LAST, weights_only=True)  # nothing in a checkpoint needs unpickling
     assert ckpt["global_step"] == 3 and "rng" in ckpt
 
-    resumed = train_variant("none", tiny_root_session, tmp_path / "resumed", params, NO_TRACKING)
+    resumed = train_variant("none", tiny_root_session, tmp_path / "resumed", params).out
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys()
     for name in a:
@@ -79,11 +75,11 @@ def test_resume_from_a_validation_step_keeps_the_whole_curve(tmp_path: Path, tin
     def params(cache: Path) -> TrainParams:
         return _params(tiny_tokenizer_dir, cache).model_copy(update={"checkpoint_every_n_steps": 2})
 
-    straight = train_variant("none", tiny_root_session, tmp_path / "straight", params(tmp_path / "a"), NO_TRACKING)
+    straight = train_variant("none", tiny_root_session, tmp_path / "straight", params(tmp_path / "a")).out
     with pytest.raises(_Killed):
-        train_variant("none", tiny_root_session, tmp_path / "resumed", params(tmp_path / "b"), NO_TRACKING,
+        train_variant("none", tiny_root_session, tmp_path / "resumed", params(tmp_path / "b"),
                       callbacks=[_KillAt(3)])
-    resumed = train_variant("none", tiny_root_session, tmp_path / "resumed", params(tmp_path / "b"), NO_TRACKING)
+    resumed = train_variant("none", tiny_root_session, tmp_path / "resumed", params(tmp_path / "b")).out
     ma, mb = load_retriever(straight).meta, load_retriever(resumed).meta
     assert [s for s, _ in mb.val_loss] == [0, 2, 4, 6]
     assert mb.val_loss == ma.val_loss

@@ -21,7 +21,7 @@ def test_default_model_lowers_val_loss_and_is_tracked(tmp_path: Path, monkeypatc
     """Real MiniLM text tower + ViT from scratch on the tiny embedded benchmark, a few CPU steps."""
     import mlflow
 
-    from rare.train.stage import train_variant
+    from rare.stages.train import train_tracked as train_variant
 
     monkeypatch.chdir(tmp_path)
     tracking = TrackingParams(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",
@@ -144,12 +144,12 @@ def test_ddp_on_two_cpu_processes_through_the_cli(tmp_path: Path, tiny_root_sess
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bf16_mixed_training_on_gpu(tmp_path: Path, tiny_root_session: Path, tiny_tokenizer_dir: Path) -> None:
-    from rare.train.stage import train_variant
+    from rare.train.fit import train_variant
 
     params = TrainParams(model=tiny_model_params(tiny_tokenizer_dir), optim=OptimParams(lr=1e-3, lr_new=3e-3),
                          batch_size=8, epochs=3, max_steps=8, val_every_n_steps=4, num_workers=0,
                          accelerator="gpu", precision="bf16-mixed", cache_dir=str(tmp_path / "cache"))
-    out = train_variant("none", tiny_root_session, tmp_path / "model", params, TrackingParams(enabled=False))
+    out = train_variant("none", tiny_root_session, tmp_path / "model", params).out
     curve = json.loads((out / "meta.json").read_text())["val_loss"]
     assert curve[-1][1] < curve[0][1]
     r = load_retriever(out, device="cuda")

@@ -27,10 +27,10 @@ def test_vlm_family_runs_train_evaluate_zero_shot_and_serve(tmp_path: Path, monk
     import pandas as pd
     import transformers
 
-    from rare.evaluate.stage import evaluate
-    from rare.pretrain.stage import export_zero_shot
+    from rare.evaluate.protocol import evaluate
+    from rare.pretrain.tower import export_zero_shot
     from rare.serve.index import load_variant
-    from rare.train.stage import train_variant
+    from rare.stages.train import train_tracked as train_variant
 
     transformers.utils.logging.set_verbosity_error()
     monkeypatch.chdir(tmp_path)

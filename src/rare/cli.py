@@ -1,5 +1,6 @@
-"""The ``rare`` command. Each stage command runs its stage's function (declared in ``rare.stages``) as
-one Prefect flow run (``rare.stageflow``); ``rare dvc-yaml`` writes dvc.yaml from the same declarations.
+"""The ``rare`` command: the mount of every stage module's command (``rare.stages.MODULES``; each runs its
+stage's function as one Prefect flow run) and the commands that are no stage: validate, params, dvc-yaml,
+import, debian-sources, score, serve.
 
 Heavy imports (torch, prefect, mlflow) happen inside the commands, after the arguments and the
 stage's params section are checked, so a mistake costs a second, not a Prefect run. Every
@@ -12,17 +13,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from rare import errors, runtime, stages
-from rare.stages import VARIANTS, Step
+from rare.stages.command import CorpusEnhOpt, DataOpt, InFile, ParamsOpt, QueriesEnhOpt, check_section
+from rare.stages.variants import VARIANTS
 
 HELP = ("rare: reasoning-augmented multimodal retrieval on M-BEIR-format data. Generate or validate the data, "
         "enhance it with a VLM, train the retriever per ablation variant, evaluate by the M-BEIR protocol, report.")
-Variant = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]  # choices checked at parse time
 
 
 def _readable_help(command: Any) -> None:
@@ -74,18 +75,6 @@ class _Rare(TyperGroup):
 
 
 app = typer.Typer(cls=_Rare, add_completion=True, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False)
-enhance_app = typer.Typer(no_args_is_help=True, help="VLM enhancement of the corpus or the queries.")
-app.add_typer(enhance_app, name=stages.ENHANCE.command)
-
-InFile = {"exists": True, "dir_okay": False, "readable": True}  # checked at parse time
-InDir = {"exists": True, "file_okay": False}
-ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read this stage's section from.", **InFile)]
-DataOpt = Annotated[Path, typer.Option("--data", help="M-BEIR-layout root (raw data).", **InDir)]
-CorpusEnhOpt = Annotated[Optional[Path], typer.Option("--corpus-enhanced", help="Output of `rare enhance corpus`.",
-                                                      **InDir)]
-QueriesEnhOpt = Annotated[Optional[Path], typer.Option("--queries-enhanced", help="Output of `rare enhance queries`.",
-                                                       **InDir)]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -106,31 +95,6 @@ def main(
         os.environ[errors.DEBUG_ENV] = "1"
     runtime.configure()
     runtime.setup_logging(verbose)
-
-
-def _check(section: str, params_file: Path) -> None:
-    """The stage's params section, validated before the flow (and its heavy imports) starts: values, and the
-    paths it configures (a missing pretrained folder is named here, never as a hub error mid-stage)."""
-    from rare.config import load_section
-    from rare.config.paths import check_paths
-
-    check_paths(section, load_section(section, params_file), params_file)
-
-
-def _run(step: Step, run_name: str, **kwargs: Any) -> Any:
-    """``step``'s function as one Prefect flow run named ``run_name``, after its params are checked."""
-    _check(step.params[0], kwargs["params_file"])
-    from rare import stageflow
-
-    return stageflow.run(step, run_name, **kwargs)
-
-
-def _enhanced_given(variant: str, corpus_enhanced: Path | None, queries_enhanced: Path | None) -> None:
-    use_corpus, use_query = VARIANTS[variant]
-    for needed, given, option in ((use_corpus, corpus_enhanced, "--corpus-enhanced"),
-                                  (use_query, queries_enhanced, "--queries-enhanced")):
-        if needed and given is None:
-            raise typer.BadParameter(f"variant {variant!r} needs enhanced data: pass {option}")
 
 
 @app.command()
@@ -174,16 +138,6 @@ def dvc_yaml(
         return
     atomic_write(path, [text.encode()])
     typer.echo(f"{path}: {sum(1 for _ in stages.stages())} stages")
-
-
-# -- data ---------------------------------------------------------------------------------------
-@app.command(stages.DATA.command)
-def data(
-    out: Annotated[Path, typer.Argument(help="Where to write the M-BEIR-layout root (replaced if it exists).")],
-    params_file: ParamsOpt = Path("params.yaml"),
-) -> None:
-    """Generate the embedded benchmark (params `data:` section: preset, seed, sizes) into OUT."""
-    _run(stages.DATA, "data", out=out, params_file=params_file)
 
 
 @app.command("import")
@@ -260,93 +214,6 @@ def debian_sources(
             typer.echo(f"{name}={path}")
 
 
-# -- enhance ----------------------------------------------------------------------------------
-EnhanceOutOpt = Annotated[Path, typer.Option("--out", help="Output folder: the input files mirrored with an "
-                                             "'enhanced' block per record, plus summary and failure reports.")]
-MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics", help="Also write the summary here (a DVC metric "
-                                                    "cannot live inside the stage's output folder).")]
-
-
-def _enhance(side: str, data: Path, out: Path, params_file: Path, metrics: Optional[Path]) -> None:
-    _run(stages.ENHANCE, f"enhance-{side}", side=side, data=data, out=out, params_file=params_file, metrics=metrics)
-
-
-@enhance_app.command("corpus")
-def enhance_corpus(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = Path("params.yaml"),
-                   metrics: MetricsOpt = None) -> None:
-    """Caption image-only candidates and add visual context to image+text ones (every pool file)."""
-    _enhance("corpus", data, out, params_file, metrics)
-
-
-@enhance_app.command("queries")
-def enhance_queries(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = Path("params.yaml"),
-                    metrics: MetricsOpt = None) -> None:
-    """Caption image queries, name the subject of image questions, condense modification requests."""
-    _enhance("queries", data, out, params_file, metrics)
-
-
-# -- pretrain -------------------------------------------------------------------------------------
-@app.command(stages.PRETRAIN.command)
-def pretrain(
-    out: Annotated[Path, typer.Argument(help="Checkpoint directory (HF format: config.json, model.safetensors), "
-                                        "replaced atomically.")],
-    params_file: ParamsOpt = Path("params.yaml"),
-    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write pretraining figures (seconds, "
-                                                    "loss, held-out recall) here, for DVC.")] = None,
-) -> None:
-    """Pretrain the vision tower CLIP-style on generated alt-text pairs (params `pretrain:`); resumes after a kill."""
-    _run(stages.PRETRAIN, "pretrain", out=out, params_file=params_file, metrics=metrics)
-
-
-@app.command(stages.ZERO_SHOT_EXPORT.command)
-def zero_shot(
-    out: Annotated[Path, typer.Option("--out", help="Export directory, as `rare train` writes it.")],
-    params_file: ParamsOpt = Path("params.yaml"),
-) -> None:
-    """Export the retriever `train` starts from, with no fine-tuning (params `train:`): the zero-shot row."""
-    _run(stages.ZERO_SHOT_EXPORT, "zero-shot", out=out, params_file=params_file)
-
-
-# -- train ----------------------------------------------------------------------------------------
-@app.command(stages.TRAIN.command)
-def train(
-    variant: Annotated[Variant, typer.Argument(help="Ablation variant.")],
-    data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Export directory: safetensors weights, configs, tokenizer, "
-                                      "meta.json (replaced atomically).")],
-    corpus_enhanced: CorpusEnhOpt = None,
-    queries_enhanced: QueriesEnhOpt = None,
-    params_file: ParamsOpt = Path("params.yaml"),
-    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write training figures (wall time, "
-                                                    "steps, val loss) here, for DVC.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Override train.seed (a seed study's replica; "
-                                                "`make study`).", min=0)] = None,
-) -> None:
-    """Train the retriever for one variant (params `train:`); resumes from its last checkpoint after a kill."""
-    _enhanced_given(variant, corpus_enhanced, queries_enhanced)
-    _run(stages.TRAIN, f"train-{variant}", variant=variant, data=data, out=out, params_file=params_file,
-         corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced, metrics=metrics, seed=seed)
-
-
-# --- evaluate, score, report (evaluation and report stages) ---------------------------------------
-@app.command(stages.EVALUATE.command)
-def evaluate(
-    name: Annotated[str, typer.Argument(help="Evaluation name, e.g. none, corpus, infer-corpus.")],
-    model: Annotated[Path, typer.Option("--model", help="Retriever directory exported by `rare train`.", **InDir)],
-    inputs: Annotated[Variant, typer.Option("--inputs", help="Input variant: which sides read enhanced text.")],
-    data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Output directory (metrics.json, info.json, runs/).")],
-    corpus_enhanced: CorpusEnhOpt = None,
-    queries_enhanced: QueriesEnhOpt = None,
-    params_file: ParamsOpt = Path("params.yaml"),
-) -> None:
-    """Evaluate one model on one input variant by the M-BEIR protocol (local and global pools)."""
-    _enhanced_given(inputs, corpus_enhanced, queries_enhanced)
-    # The stage logs its scores once (in its flow run's log too); they are not printed again here.
-    _run(stages.EVALUATE, f"evaluate-{name}", name=name, model=model, inputs=inputs, data=data, out=out,
-         params_file=params_file, corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced)
-
-
 @app.command()
 def score(
     run: Annotated[Path, typer.Option("--run", help="TREC run file: qid Q0 did rank score run_id.", **InFile)],
@@ -384,25 +251,6 @@ def score(
         raise typer.Exit(code=1)
 
 
-@app.command(stages.REPORT.command)
-def report(
-    evals: Annotated[Path, typer.Option("--evals", help="Directory of evaluations (<evals>/<name>/metrics.json).",
-                                        **InDir)],
-    out: Annotated[Path, typer.Option("--out", help="Report directory.")],
-    data: DataOpt,
-    corpus_enhanced: CorpusEnhOpt = None,
-    queries_enhanced: QueriesEnhOpt = None,
-    order: Annotated[str, typer.Option("--order", help="The table's rows: evaluation names, comma-separated "
-                                       "(others follow by name).")] = ",".join(stages.EVALUATIONS),
-    params_file: ParamsOpt = Path("params.yaml"),
-) -> None:
-    """Ablation table, bar chart, qualitative gallery and the paper's findings, logged to the parent MLflow run."""
-    path = _run(stages.REPORT, "report", evals=evals, out=out, data=data, params_file=params_file,
-                corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced,
-                order=tuple(n for n in order.split(",") if n))
-    typer.echo(f"report: {path}")
-
-
 # -- serve ----------------------------------------------------------------------------------------
 def _variants(values: list[str]) -> list[str]:
     """typer has no list-of-choices option type: the same parse-time check, by hand."""
@@ -431,7 +279,7 @@ def serve(
                                          "(its embeddings memory-mapped, so shared): one per core.")] = 1,
 ) -> None:
     """Search the trained indexes (the evaluation's cached embeddings) from a web page and a JSON API."""
-    _check("evaluate", params_file)
+    check_section("evaluate", params_file)
     from rare.services import port_free
 
     if not port_free(port, host):
@@ -458,6 +306,10 @@ def serve(
         return
     typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} (API docs: /docs)")
     uvicorn.run(create_app(service), **options)
+
+
+for _module in stages.MODULES:  # the stage commands, in pipeline order
+    _module.mount(app)
 
 
 def run_cli() -> None:

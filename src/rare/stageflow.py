@@ -1,6 +1,6 @@
 """A stage's function as one Prefect flow run holding one task: the one place stage retries are set.
 
-    rare train none ...  ->  flow "train" (run "train-none")  ->  task "train-none"  ->  rare.train.entry.run
+    rare train none ...  ->  flow "train" (run "train-none")  ->  task "train-none"  ->  rare.stages.train.run_train
 
 Under the pipeline flow (`make run`) the stage's flow run is a subflow of the pipeline's run.
 
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from rare import errors
 from rare.runtime import is_rank_zero_process
 
-if TYPE_CHECKING:  # the declarations are the CLI's: a stage's code deps leave them out
-    from rare.stages import Step
+if TYPE_CHECKING:  # the declarations are the mount's: a stage's code deps leave them out
+    from rare.stages.declare import Step
 
 RETRIES, RETRY_DELAY_S = 1, 5
 # Set by the pipeline flow for the stage processes it starts: the task run each stage's flow run hangs under.
@@ -120,7 +120,7 @@ def _retries(step: Step, params_file: Path) -> int:
     return 0 if getattr(load_section(step.params[0], params_file), "strategy", None) == "ddp" else RETRIES
 
 
-def run(step: Step, run_name: str, **kwargs: Any) -> Any:
+def run_step(step: Step, run_name: str, **kwargs: Any) -> Any:
     """``step``'s function on ``kwargs`` (the command's options, ``params_file`` among them)."""
     fn = function(step)
     if not is_rank_zero_process() or not server_configured():

@@ -21,8 +21,8 @@ import typer
 import yaml
 
 from rare.atomic import atomic_write_text
-from rare.data.views import VARIANTS
 from rare.stages import BASELINE, ENHANCE, EVALUATE, RAW, ROOT, TRAIN
+from rare.stages.variants import VARIANTS
 
 app = typer.Typer(add_completion=False)
 ENHANCED_VARIANTS = ("corpus", "query", "both")

@@ -1,6 +1,7 @@
 """What text the retriever sees for a record: original or enhanced, replaced or appended.
 
-This is the one place the ablation variants differ, so train and evaluate share it.
+Train and evaluate share it. Which sides read enhanced text (the ablation variant) is decided by the
+caller, from the enhanced inputs it was given; the variant table is the stage declarations' (``rare.stages.variants``).
 
 Text budget. CLIP reads 77 tokens and the tokenizer cuts from the end, so where the enhancement
 sits decides whether it is read at all: appended after a 50-word passage, one word of a 13-word
@@ -22,12 +23,6 @@ from rare.data.layout import MBEIRRoot
 from rare.data.records import Candidate, Enhanced, Query
 
 TextMode = Literal["replace", "append", "prepend"]
-VARIANTS: dict[str, tuple[bool, bool]] = {  # variant -> (enhanced candidates, enhanced queries)
-    "none": (False, False),
-    "corpus": (True, False),
-    "query": (False, True),
-    "both": (True, True),
-}
 APPEND_PREFIX = "Visual context:"
 SENTENCE_END = (".", "?", "!")
 
@@ -75,13 +70,6 @@ TEXT_FORMATS = {"none": lambda s: s, "uniir": uniir_text, "format_string": forma
 def _sentence(s: str) -> str:
     s = s.strip()
     return s if not s or s.endswith(SENTENCE_END) else s + "."
-
-
-def variant_sides(variant: str) -> tuple[bool, bool]:
-    try:
-        return VARIANTS[variant]
-    except KeyError:
-        raise ValueError(f"unknown variant {variant!r}; allowed: {list(VARIANTS)}") from None
 
 
 def combine(original: str, enhanced: Enhanced | None, use_enhanced: bool, mode: TextMode) -> str:

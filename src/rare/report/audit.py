@@ -8,7 +8,7 @@ counts as depth + 1 in ``rank_change`` (baseline rank minus the row's: positive 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from rare.atomic import replacing
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import read_qrels
 from rare.data.records import iter_candidates, iter_queries
-from rare.data.views import side_file, variant_sides
+from rare.data.views import side_file
 from rare.mbeir import DatasetTask
 from rare.report.evidence import QueryValues
 from rare.report.table import Evaluation
@@ -60,9 +60,10 @@ def read_texts(root: MBEIRRoot, split: str, dt: DatasetTask, corpus_enhanced: Pa
 
 
 def audit_table(rows: Sequence[Evaluation], base: Evaluation, values: dict[tuple[str, str], QueryValues],
-                data: Path, corpus_enhanced: Path | None = None,
+                data: Path, sides: Mapping[str, tuple[bool, bool]], corpus_enhanced: Path | None = None,
                 queries_enhanced: Path | None = None) -> pa.Table:
-    """One row per (dataset-task, query, evaluation other than the baseline); ``values`` from ``load_samples``."""
+    """One row per (dataset-task, query, evaluation other than the baseline); ``values`` from ``load_samples``;
+    ``sides``: which sides each input variant enhances (an unknown one is an error, not a guess)."""
     root = MBEIRRoot.open(data)
     cols: dict[str, list] = {name: [] for name in SCHEMA.names}
     for dt_name in base.info.dataset_tasks:
@@ -75,7 +76,9 @@ def audit_table(rows: Sequence[Evaluation], base: Evaluation, values: dict[tuple
                 continue
             v = values[(e.name, dt_name)]
             depth = max(b.depth, v.depth)
-            use_corpus, use_query = variant_sides(e.inputs)
+            if e.inputs not in sides:
+                raise ValueError(f"evaluation {e.name}: input variant {e.inputs!r} is not declared; known: {sorted(sides)}")
+            use_corpus, use_query = sides[e.inputs]
             change = np.where(b.first_rank > 0, b.first_rank, depth + 1) - np.where(v.first_rank > 0, v.first_rank, depth + 1)
             for i, qid in enumerate(v.qids):
                 cols["dataset_task"].append(dt_name)

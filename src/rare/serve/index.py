@@ -24,8 +24,8 @@ from rare.data.layout import MBEIRRoot
 from rare.data.records import Candidate, Query, iter_candidates, iter_queries
 from rare.data.views import side_file
 from rare.evaluate import embed
+from rare.evaluate.protocol import Plan, candidate_key, plan, resolve_device
 from rare.evaluate.search import did_order, search
-from rare.evaluate.stage import Plan, candidate_key, plan, resolve_device
 from rare.manifest import ManifestError
 from rare.mbeir import DatasetTask
 from rare.model import EncodeInput, Retriever, load_retriever

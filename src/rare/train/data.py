@@ -24,7 +24,7 @@ from rare.data.errors import DataError
 from rare.data.images import load_image
 from rare.data.instructions import InstructionTable, stable_index
 from rare.data.layout import MBEIRRoot
-from rare.data.views import candidate_text, query_text, side_file, variant_sides
+from rare.data.views import candidate_text, query_text, side_file
 from rare.mbeir import TASKS, dataset_id_of
 from rare.model.preprocess import Collator, EncodeInput
 from rare.train.querytable import QueryTable
@@ -161,9 +161,10 @@ class Inputs:
     val: list[tuple[Path, Path]]  # (query file, candidate pool)
 
 
-def resolve_inputs(raw: MBEIRRoot, variant: str, params: TrainParams, corpus_enhanced: Path | None,
+def resolve_inputs(raw: MBEIRRoot, params: TrainParams, corpus_enhanced: Path | None,
                    queries_enhanced: Path | None) -> Inputs:
-    use_corpus, use_query = variant_sides(variant)
+    """A side reads its enhanced mirror exactly when its enhanced folder is given."""
+    use_corpus, use_query = corpus_enhanced is not None, queries_enhanced is not None
     if params.train_file == "union":
         train = [raw.union_train_file]
     else:

@@ -1,4 +1,4 @@
-"""Train one ablation variant, export it, track it.
+"""Train one ablation variant and export it; the stage (``rare.stages.train``) tracks it.
 
 Resumable: checkpoints live in ``train.cache_dir`` (outside the DVC output, which ``dvc repro``
 deletes first), keyed by the params and the identity of every input file, so a killed run
@@ -9,34 +9,30 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
 
-from rare import tracking as rare_tracking
 from rare.atomic import atomic_write
-from rare.config.tracking import TrackingParams
 from rare.config.train import TrainParams
 from rare.contracts import ModelMeta, TextModes, TrainInputs
 from rare.data.layout import MBEIRRoot
-from rare.data.views import variant_sides
 from rare.errors import worker_errors_unwrapped
 from rare.hashing import key_digest
-from rare.model import build_retriever, load_retriever, save_retriever
-from rare.runtime import is_rank_zero_process, sig4
+from rare.model import build_retriever, save_retriever
+from rare.runtime import sig4
 from rare.train.data import Inputs, PairDataModule, TextSettings, resolve_inputs
 from rare.train.module import RetrieverModule
 from rare.train.progress import StepProgress
 
 log = logging.getLogger(__name__)
-RUN_ENV = "RARE_TRAIN_RUN_ID"  # rank 0's MLflow run, inherited by the DDP workers Lightning starts
 LAST = "last.ckpt"
 
 
@@ -148,37 +144,34 @@ def _checkpointed(ckpt: Path, history: LossHistory) -> tuple[int, set[int]]:
     return int(state["global_step"]), {int(step) for step, _ in recorded}
 
 
-def train_variant(variant: str, data: Path, out: Path, params: TrainParams, tracking: TrackingParams,
-                  corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
-                  callbacks: Sequence[Callback] = (), metrics: Path | None = None) -> Path:
-    """Train ``variant`` (none|corpus|query|both) on the M-BEIR root ``data``; export to ``out``.
+@dataclass(frozen=True)
+class Trained:
+    """What one training hands its stage: the export, and (rank 0 only) its meta and timings to track."""
 
+    out: Path
+    meta: ModelMeta | None = None              # None on the DDP worker ranks: rank 0 exports and tracks
+    timings: dict[str, float] = field(default_factory=dict)
+    example_image: Path | None = None          # an input example for the registered model's signature
+
+
+def train_variant(variant: str, data: Path, out: Path, params: TrainParams, corpus_enhanced: Path | None = None,
+                  queries_enhanced: Path | None = None, callbacks: Sequence[Callback] = (),
+                  metrics: Path | None = None, logger: Any = False) -> Trained:
+    """Train ``variant`` on the M-BEIR root ``data``; export to ``out``.
+
+    A side reads enhanced text exactly when its enhanced folder is given (the stage passes only the
+    folders its variant reads), so the variant's name only labels the export and keys its checkpoints.
     ``callbacks`` are extra Lightning callbacks (profiling, or a test that interrupts a run);
-    ``metrics`` gets the training figures (see ``write_metrics``). Rank 0 opens the MLflow run
-    ``train-<variant>`` before any work and ends it with the outcome; the DDP workers Lightning starts
-    log into it.
+    ``metrics`` gets the training figures (see ``write_train_metrics``); ``logger`` is the Lightning
+    logger the stage hands in (its MLflow run), or False.
     """
-    if not tracking.enabled or RUN_ENV in os.environ or not is_rank_zero_process():
-        return _train_variant(variant, data, out, params, tracking, corpus_enhanced, queries_enhanced, callbacks,
-                              metrics, os.environ.get(RUN_ENV) if tracking.enabled else None)
-    # rare.seed_group: one value per variant, so MLflow lists a variant's seeds side by side (filter or group on it)
-    tags = {"rare.variant": variant, "rare.seed": str(params.seed), "rare.seed_group": f"train-{variant}"}
-    with rare_tracking.child_run(tracking, "train", f"train-{variant}", tags, data=data,
-                                 active=False) as run_id:
-        return _train_variant(variant, data, out, params, tracking, corpus_enhanced, queries_enhanced, callbacks,
-                              metrics, run_id)
-
-
-def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tracking: TrackingParams,
-                   corpus_enhanced: Path | None, queries_enhanced: Path | None, callbacks: Sequence[Callback],
-                   metrics: Path | None, run_id: str | None) -> Path:
     import transformers
 
     began = time.monotonic()
     transformers.utils.logging.set_verbosity_error()  # the unused pretrained pooler is expected
-    use_corpus, use_query = variant_sides(variant)
+    use_corpus, use_query = corpus_enhanced is not None, queries_enhanced is not None
     raw = MBEIRRoot.open(data)
-    inputs = resolve_inputs(raw, variant, params, corpus_enhanced, queries_enhanced)
+    inputs = resolve_inputs(raw, params, corpus_enhanced, queries_enhanced)
     pl.seed_everything(params.seed, workers=True, verbose=False)
     retriever = build_retriever(params.model)
     text = TextSettings(use_query, use_corpus, params.text_mode.query, params.text_mode.corpus,
@@ -187,11 +180,7 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
     work = work_dir(params, variant, inputs)
     resume = work / LAST
 
-    logger: Any = False
-    if run_id:
-        from pytorch_lightning.loggers import MLFlowLogger
-
-        logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.tracking_uri, run_id=run_id)
+    if logger:
         logger.log_hyperparams({**_flat("train", params.model_dump(mode="json")), "variant": variant,
                                 "data": str(raw.path), "train_files": json.dumps([str(p) for p in inputs.train]),
                                 "train_pool": str(inputs.train_pool)})
@@ -224,16 +213,11 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
     module = RetrieverModule(retriever, params.optim, total, params.symmetric_loss,
                              grad_cache_chunk=vlm.grad_cache_chunk if vlm else None)
     start = time.monotonic()
-    if run_id:
-        os.environ[RUN_ENV] = run_id
-    try:
-        with worker_errors_unwrapped():
-            _fit(trainer, module, datamodule, resume, history, params.val_every_n_steps)
-    finally:
-        os.environ.pop(RUN_ENV, None)
+    with worker_errors_unwrapped():
+        _fit(trainer, module, datamodule, resume, history, params.val_every_n_steps)
     fit_seconds = time.monotonic() - start
     if not trainer.is_global_zero:
-        return Path(out)
+        return Trained(Path(out))
     samples = trainer.global_step * params.batch_size * trainer.world_size
 
     meta = ModelMeta(
@@ -251,25 +235,17 @@ def _train_variant(variant: str, data: Path, out: Path, params: TrainParams, tra
                "samples_per_sec": round(samples / fit_seconds, 2)}
     save_retriever(retriever, out, meta)
     if metrics is not None:
-        write_metrics(meta, timings, metrics)
-    if run_id:
-        client = logger.experiment
-        for key, value in timings.items():
-            client.log_metric(run_id, key, value)
-        from rare import registry
-
-        # The fingerprint of the export as evaluation loads it, which is how evaluation finds this version.
-        registry.log_retriever(run_id, Path(out), variant, load_retriever(out).fingerprint, _example_image(raw))
+        write_train_metrics(meta, timings, metrics)
     if not params.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     log.info("trained %s: %d steps in %.1f s (fit %.1f s, %.1f samples/s), val loss %s -> %s", variant,
              trainer.global_step, timings["train_seconds"], timings["fit_seconds"], timings["samples_per_sec"],
              sig4(history.history[0][1] if history.history else None),
              sig4(history.history[-1][1] if history.history else None))
-    return Path(out)
+    return Trained(Path(out), meta, timings, _example_image(raw))
 
 
-def write_metrics(meta: ModelMeta, timings: dict[str, float], path: Path) -> Path:
+def write_train_metrics(meta: ModelMeta, timings: dict[str, float], path: Path) -> Path:
     """Training figures, split by what they are for.
 
     ``path`` (the DVC metric) holds the losses only, so `dvc exp show` and `dvc metrics diff` compare

@@ -1,6 +1,6 @@
 """One evaluation: embed (cached), search every dataset-task's local pool and the global pool, score, track.
 
-The steps (plan, embed_all, search_pool, write_metrics, track) are separate functions so each can be
+The steps (plan, embed_all, search_pool, write_eval_outputs, track) are separate functions so each can be
 tested and timed alone; ``evaluate`` runs them in order. Query and candidate text is built exactly as
 training builds it (``rare.data.views``), with the text mode the model was trained with, so the
 variants differ only in their inputs.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,14 +20,13 @@ import numpy as np
 
 from rare.atomic import atomic_write_text
 from rare.config.evaluate import EvaluateParams
-from rare.config.tracking import TrackingParams
 from rare.contracts import EvalInfo, EvalMetrics, ModelMeta, Regime
 from rare.data.errors import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import read_qrels
 from rare.data.records import iter_jsonl
-from rare.data.views import side_file, variant_sides
+from rare.data.views import side_file
 from rare.evaluate import embed
 from rare.evaluate.metrics import mbeir_score, task_metrics
 from rare.evaluate.runfile import write_run
@@ -98,8 +96,9 @@ def regime_of(model_variant: str, inputs: str) -> Regime:
 def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluateParams,
          corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None) -> Plan:
     """Resolve every file one evaluation reads; fails before any work if one is missing. Texts are built as
-    the model was trained on them: its text modes and instruction seed come from its ``meta``."""
-    use_corpus, use_query = variant_sides(inputs)
+    the model was trained on them: its text modes and instruction seed come from its ``meta``. A side reads
+    its enhanced mirror exactly when its enhanced folder is given; ``inputs`` names the input variant."""
+    use_corpus, use_query = corpus_enhanced is not None, queries_enhanced is not None
     root = MBEIRRoot.open(data)
     dts = root.eval_tasks(params.split)
     if not dts:
@@ -226,7 +225,7 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def write_metrics(p: Plan, results: dict[str, dict[str, dict[str, float]]], out: Path,
+def write_eval_outputs(p: Plan, results: dict[str, dict[str, dict[str, float]]], out: Path,
                   info: dict[str, str], runtime: dict[str, Any]) -> EvalMetrics:
     """Every output file but the run files, split by what each is for:
 
@@ -277,37 +276,28 @@ def track(p: Plan, metrics: EvalMetrics, out: Path, params: EvaluateParams, mode
 
 def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, params: EvaluateParams,
              corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
-             tracking: TrackingParams | None = None, model: Path | None = None,
-             started_at: float | None = None) -> EvalMetrics:
+             tracked: bool = False, model: Path | None = None) -> EvalMetrics:
     """All steps of one evaluation; returns the metrics written to ``out/metrics.json``.
 
-    With ``tracking``, the MLflow run ``eval-<name>`` spans the whole evaluation and ends with its outcome;
-    ``started_at`` (``time.time()``) backdates its start to work done before, such as loading the model.
+    ``tracked``: log it into the active MLflow run (the stage, ``rare.stages.evaluate``, opens that run).
     """
-    from rare import tracking as rare_tracking
-
-    model_variant = retriever.meta.variant
-    tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.regime": regime_of(model_variant, inputs)}
-    run = (rare_tracking.child_run(tracking, "evaluate", f"eval-{name}", tags, data=data, started_at=started_at)
-           if tracking else nullcontext())
-    with run as run_id:
-        device = resolve_device(params.device)
-        t0 = time.perf_counter()
-        p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced)
-        emb = embed_all(p, retriever, params, device)
-        timings = {"embed_s": time.perf_counter() - t0}
-        results = {}
-        for pool in params.pools:
-            t1 = time.perf_counter()
-            results[pool] = search_pool(p, emb, pool, params, out, device)
-            timings[f"search_{pool}_s"] = time.perf_counter() - t1
-        timings["total_s"] = time.perf_counter() - t0
-        info = {"model": str(model or ""), "fingerprint": retriever.fingerprint, "device": device,
-                "precision": embed.resolve_precision(params.precision, device)}
-        runtime = {"timings": {k: round(v, 3) for k, v in timings.items()}, "embeddings": vars(emb.stats)}
-        metrics = write_metrics(p, results, out, info, runtime)
-        if run_id:
-            track(p, metrics, out, params, model or Path(""), retriever.fingerprint)
+    device = resolve_device(params.device)
+    t0 = time.perf_counter()
+    p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced)
+    emb = embed_all(p, retriever, params, device)
+    timings = {"embed_s": time.perf_counter() - t0}
+    results = {}
+    for pool in params.pools:
+        t1 = time.perf_counter()
+        results[pool] = search_pool(p, emb, pool, params, out, device)
+        timings[f"search_{pool}_s"] = time.perf_counter() - t1
+    timings["total_s"] = time.perf_counter() - t0
+    info = {"model": str(model or ""), "fingerprint": retriever.fingerprint, "device": device,
+            "precision": embed.resolve_precision(params.precision, device)}
+    runtime = {"timings": {k: round(v, 3) for k, v in timings.items()}, "embeddings": vars(emb.stats)}
+    metrics = write_eval_outputs(p, results, out, info, runtime)
+    if tracked:
+        track(p, metrics, out, params, model or Path(""), retriever.fingerprint)
     log.info("%s: M-BEIR score %s in %.1f s", name,
              ", ".join(f"{pool} {value:.2f}" for pool, value in metrics["score"].items()), timings["total_s"])
     return metrics

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rare.atomic import atomic_write_text
 from rare.config.report import ReportParams
-from rare.config.tracking import TrackingParams
 from rare.data.layout import MBEIRRoot
 from rare.report.audit import audit_table, largest_moves, write_audit
 from rare.report.costs import cost_lines
@@ -85,8 +84,12 @@ def _enhancement_note(corpus_enhanced: Path | None, queries_enhanced: Path | Non
 
 
 def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpus_enhanced: Path | None = None,
-                 queries_enhanced: Path | None = None, order: Sequence[str] = ()) -> Path:
-    """Write report.md, scores.png, gallery.png, scores_<pool>.csv, intervals.json and summary.json under ``out``."""
+                 queries_enhanced: Path | None = None, order: Sequence[str] = (),
+                 sides: Mapping[str, tuple[bool, bool]] | None = None) -> Path:
+    """Write report.md, scores.png, gallery.png, scores_<pool>.csv, intervals.json and summary.json under ``out``.
+
+    ``order`` is the table's row order and ``sides`` each input variant's (enhanced corpus, enhanced queries),
+    both handed in by the stage, which reads the declarations: the report's code never imports them."""
     from rare.report.chart import bar_chart  # matplotlib: imported when the work starts, not with the command
     from rare.report.gallery import gallery
 
@@ -104,7 +107,7 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
     stats_s = time.perf_counter() - t0
     audit_lines: list[str] = []
     if base is not None:
-        table = audit_table(evaluations, base, kept, data, corpus_enhanced, queries_enhanced)
+        table = audit_table(evaluations, base, kept, data, sides or {}, corpus_enhanced, queries_enhanced)
         write_audit(table, out / "audit.parquet")
         shown_row = params.gallery_compare if any(e.name == params.gallery_compare for e in evaluations) else None
         if shown_row:
@@ -180,39 +183,3 @@ def markdown_summary(out: Path) -> str:
     findings, for a Prefect markdown artifact."""
     text = (out / "report.md").read_text(encoding="utf-8")
     return text.split("\n## Figures", 1)[0].rstrip() + f"\n\nFigures: `{out / 'scores.png'}`, `{out / 'gallery.png'}`.\n"
-
-
-def log_report(out: Path, tracking: TrackingParams, params_file: Path, run_id: str | None = None) -> str | None:
-    """Attach the report, with every evaluation's score as a metric, to the stage's own run ``run_id`` and
-    to the pipeline's parent run (where pipeline runs are compared). Returns the parent's id."""
-    if not tracking.enabled:
-        return None
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from rare import tracking as rare_tracking
-
-    parent = rare_tracking.parent_run_id(tracking, params_file)
-    client = MlflowClient()
-    scores = json.loads((out / "summary.json").read_text(encoding="utf-8"))["scores"]
-    intervals = json.loads((out / "intervals.json").read_text(encoding="utf-8"))
-    for target in dict.fromkeys([run_id, parent]):
-        if target is None:
-            continue
-        client.log_artifacts(target, str(out), artifact_path="report")
-        audit = out / "audit.parquet"
-        if audit.exists():
-            import pyarrow.parquet as pq
-
-            client.log_table(target, pq.read_table(audit).to_pandas(), artifact_file="report/audit_table.json")
-        for pool, rows in scores.items():
-            for name, row in rows.items():
-                for group, value in row.items():
-                    if value is not None:
-                        client.log_metric(target, f"report/{name}/{pool}/{group.replace(' ', '_')}", value)
-        now = int(time.time() * 1000)
-        client.log_batch(target, metrics=[
-            Metric(f"report_ci/{name}/{pool}/{col.replace(' ', '_')}/{end}", iv[end], now, 0)
-            for pool, rows in intervals["deltas"].items() for name, cols in rows.items()
-            for col, iv in cols.items() for end in ("estimate", "lo", "hi")])
-    return parent

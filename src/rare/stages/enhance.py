@@ -1,21 +1,35 @@
-"""What `rare enhance corpus|queries` runs: one Prefect task per shard, then assembly, reports and the
-MLflow run ``enhance-<side>``; the stage fails loudly when too many items failed (after the failure
-report is written). The enhancement itself lives in ``rare.enhance.run``.
+"""The ``enhance_corpus`` and ``enhance_queries`` stages: their declarations, the ``rare enhance`` commands,
+and their wiring: one Prefect task per shard, the MLflow run ``enhance-<side>``, the failure artifact. The
+stage fails loudly when too many items failed (after the failure report is written). The enhancement
+itself is ``rare.enhance.side.enhance_side``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-from rare import stageflow
-from rare.atomic import atomic_write
-from rare.config import load_section
-from rare.enhance.engine import FAILURES_FILE, Engine, Shard, ShardStats
-from rare.enhance.run import WORKERS, Mapper, Outcome, check_failures, enhance_side, failures, print_outcome, samples
+import typer
+
+from rare.stages.command import DataOpt, ParamsOpt, run_stage
+from rare.stages.declare import ENHANCED, RAW, Out, Stage, Step
+
+if TYPE_CHECKING:
+    from rare.enhance.engine import Engine, Shard, ShardStats
+    from rare.enhance.side import Mapper, Outcome
+
+ENHANCE = Step("enhance", "rare.stages.enhance:run_enhance", ("enhance",))
+
+
+def _side(side: str) -> Stage:
+    metrics = f"metrics/enhance_{side}.json"
+    return Stage(f"enhance_{side}", ENHANCE, (side,), {"--data": RAW},
+                 {"--out": ENHANCED[side], "--metrics": metrics}, outs=(Out(ENHANCED[side]), Out(metrics, cache=False)))
+
+
+def declared() -> Iterator[Stage]:
+    yield from (_side(side) for side in ENHANCED)
 
 
 def prefect_mapper(retries: int) -> Mapper:
@@ -25,22 +39,27 @@ def prefect_mapper(retries: int) -> Mapper:
     from prefect.cache_policies import NO_CACHE
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    from rare import stageflow
+    from rare.enhance.side import WORKERS
+
     shard_task = task(lambda engine, shard, progress: engine.process(shard, progress), name="enhance-shard",
                       task_run_name="enhance {shard.rel}#{shard.index}", cache_policy=NO_CACHE,
                       **stageflow.retry_options(retries))
 
-    def run(engine: Engine, shards: list[Shard], progress: Callable[[int], None]) -> list[ShardStats]:
+    def map_shards(engine: Engine, shards: list[Shard], progress: Callable[[int], None]) -> list[ShardStats]:
         with ThreadPoolTaskRunner(max_workers=WORKERS) as runner:
             futures = [runner.submit(shard_task, {"engine": engine, "shard": s, "progress": progress}) for s in shards]
             return [f.result() for f in futures]
 
-    return run
+    return map_shards
 
 
 def log_to_mlflow(outcome: Outcome, params: dict[str, Any]) -> None:
     """Into the active run: params, throughput and counts, the summary, and the samples and failures as tables."""
     import mlflow
     import pandas as pd
+
+    from rare.enhance.side import failures, samples
 
     mlflow.log_params(params)
     s, r = outcome.summary, outcome.runtime
@@ -55,25 +74,11 @@ def log_to_mlflow(outcome: Outcome, params: dict[str, Any]) -> None:
     mlflow.log_table(pd.DataFrame(failures(outcome), columns=["file", "line", "id", "op", "cause"]), "failures.json")
 
 
-def write_metrics(outcome: Outcome, path: Path) -> None:
-    """``path`` (the DVC metric) holds the failure rate only; the counts and this run's throughput go to
-    ``runtime/<name>`` beside it, which neither git nor DVC tracks, with one cost record per item enhanced
-    in this run (``costs_file``). (DVC refuses a metric file inside a
-    stage's output folder, so the summary in the output folder cannot be the metric.)"""
-    atomic_write(path, [(json.dumps({"failure_rate": outcome.summary["failure_rate"]}, indent=2) + "\n").encode()])
-    runtime = {**outcome.summary, "runtime": outcome.runtime}
-    atomic_write(path.parent / "runtime" / path.name, [(json.dumps(runtime, indent=2, sort_keys=True) + "\n").encode()])
-    atomic_write(costs_file(path), (json.dumps(asdict(c)).encode() + b"\n" for c in outcome.costs))
-
-
-def costs_file(metrics: Path) -> Path:
-    """Per-item cost records (tokens, seconds) of the run that wrote ``metrics``: runtime data, untracked."""
-    return metrics.parent / "runtime" / f"{metrics.stem}_costs.jsonl"
-
-
 def failures_artifact(outcome: Outcome, side: str) -> None:
     """A table of failures by cause on the flow run, where a failed enhancement is looked at first."""
     from prefect.artifacts import create_table_artifact
+
+    from rare.enhance.engine import FAILURES_FILE
 
     causes = outcome.summary["failures_by_cause"]
     create_table_artifact(
@@ -84,11 +89,14 @@ def failures_artifact(outcome: Outcome, side: str) -> None:
     )
 
 
-def run(side: str, data: Path, out: Path, params_file: Path, metrics: Path | None = None) -> dict:
+def run_enhance(side: str, data: Path, out: Path, params_file: Path, metrics: Path | None = None) -> dict:
     """Enhance the corpus or the queries of the M-BEIR root ``data`` into ``out``; returns the summary.
 
     The MLflow run ``enhance-<side>`` spans the work and ends FAILED when too many items failed.
     """
+    from rare import stageflow
+    from rare.config import load_section
+    from rare.enhance.side import check_failures, enhance_side, print_outcome, write_enhance_metrics
     from rare.tracking import child_run
 
     params = load_section("enhance", params_file)
@@ -106,5 +114,34 @@ def run(side: str, data: Path, out: Path, params_file: Path, metrics: Path | Non
             log_to_mlflow(outcome, logged)
         check_failures(outcome)  # before the metrics: a failed run replaces no output
         if metrics is not None:
-            write_metrics(outcome, Path(metrics))
+            write_enhance_metrics(outcome, Path(metrics))
     return outcome.summary
+
+
+EnhanceOutOpt = Annotated[Path, typer.Option("--out", help="Output folder: the input files mirrored with an "
+                                             "'enhanced' block per record, plus summary and failure reports.")]
+MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics", help="Also write the summary here (a DVC metric "
+                                                    "cannot live inside the stage's output folder).")]
+
+
+def _enhance(side: str, data: Path, out: Path, params_file: Path, metrics: Optional[Path]) -> None:
+    run_stage(ENHANCE, f"enhance-{side}", side=side, data=data, out=out, params_file=params_file, metrics=metrics)
+
+
+def enhance_corpus(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = Path("params.yaml"),
+                   metrics: MetricsOpt = None) -> None:
+    """Caption image-only candidates and add visual context to image+text ones (every pool file)."""
+    _enhance("corpus", data, out, params_file, metrics)
+
+
+def enhance_queries(data: DataOpt, out: EnhanceOutOpt, params_file: ParamsOpt = Path("params.yaml"),
+                    metrics: MetricsOpt = None) -> None:
+    """Caption image queries, name the subject of image questions, condense modification requests."""
+    _enhance("queries", data, out, params_file, metrics)
+
+
+def mount(app: typer.Typer) -> None:
+    group = typer.Typer(no_args_is_help=True, help="VLM enhancement of the corpus or the queries.")
+    group.command("corpus")(enhance_corpus)
+    group.command("queries")(enhance_queries)
+    app.add_typer(group, name=ENHANCE.command)

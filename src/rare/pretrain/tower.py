@@ -10,6 +10,7 @@ loads CLIP. Resumable: a checkpoint every few steps in ``pretrain.cache_dir``, k
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rare.atomic import replacing, replacing_folder
+from rare.atomic import atomic_write, replacing, replacing_folder
 from rare.benchmark.render import render
 from rare.config.pretrain import PretrainParams
 from rare.config.train import TrainParams
@@ -230,3 +231,18 @@ def export_zero_shot(params: TrainParams, out: Path) -> Path:
     meta = ModelMeta(variant=ZERO_SHOT, text_mode=TextModes(corpus=params.text_mode.corpus, query=params.text_mode.query),
                      instruction_seed=params.instruction_seed, seed=params.seed, global_steps=0)
     return save_retriever(retriever, out, meta)
+
+
+RUNTIME = ("text_seconds", "fit_seconds", "pretrain_seconds", "steps", "batch_size", "pairs", "captions",
+           "holdout_pairs", "holdout_captions")
+
+
+def write_pretrain_metrics(figures: dict[str, Any], path: Path) -> None:
+    """Split as the other stages split it: ``path`` (the DVC metric) holds quality figures only, the loss
+    curve goes to ``loss/pretrain.json`` for `dvc plots`, timings and counts to the untracked ``runtime/``."""
+    def write(target: Path, obj: Any) -> None:
+        atomic_write(target, [(json.dumps(obj, indent=2) + "\n").encode()])
+
+    write(path, {k: v for k, v in figures.items() if k not in RUNTIME and k != "loss"})
+    write(path.parent / "loss" / "pretrain.json", [{"step": i, "loss": v} for i, v in enumerate(figures["loss"])])
+    write(path.parent / "runtime" / path.name, {k: figures[k] for k in RUNTIME if k in figures})

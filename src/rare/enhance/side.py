@@ -6,6 +6,7 @@ task per shard, with retries) and on Ray (actors); planning and assembly are alw
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -13,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rare import runtime
-from rare.atomic import remove_stale_temps, swap_in_files, temp_sibling
+from rare.atomic import atomic_write, remove_stale_temps, swap_in_files, temp_sibling
 from rare.config.enhance import EnhanceParams
 from rare.contracts import EnhanceRuntime, EnhanceSummary
 from rare.data.layout import MBEIRRoot
@@ -222,3 +223,19 @@ def print_outcome(outcome: Outcome, console: Console | None = None) -> None:
     console.print(table)
     for line in lines:
         console.print(line, **plain)
+
+
+def write_enhance_metrics(outcome: Outcome, path: Path) -> None:
+    """``path`` (the DVC metric) holds the failure rate only; the counts and this run's throughput go to
+    ``runtime/<name>`` beside it, which neither git nor DVC tracks, with one cost record per item enhanced
+    in this run (``costs_file``). (DVC refuses a metric file inside a
+    stage's output folder, so the summary in the output folder cannot be the metric.)"""
+    atomic_write(path, [(json.dumps({"failure_rate": outcome.summary["failure_rate"]}, indent=2) + "\n").encode()])
+    runtime = {**outcome.summary, "runtime": outcome.runtime}
+    atomic_write(path.parent / "runtime" / path.name, [(json.dumps(runtime, indent=2, sort_keys=True) + "\n").encode()])
+    atomic_write(costs_file(path), (json.dumps(asdict(c)).encode() + b"\n" for c in outcome.costs))
+
+
+def costs_file(metrics: Path) -> Path:
+    """Per-item cost records (tokens, seconds) of the run that wrote ``metrics``: runtime data, untracked."""
+    return metrics.parent / "runtime" / f"{metrics.stem}_costs.jsonl"

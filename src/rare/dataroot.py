@@ -1,5 +1,5 @@
-"""What `rare data` runs: the embedded benchmark generated into a fresh directory, or a pointer to a
-real M-BEIR root (``data.source: mbeir``), either way logged as the MLflow run ``data``.
+"""The data root `rare data` writes (``rare.stages.data``): the embedded benchmark generated into a fresh
+directory, or a pointer to a real M-BEIR root (``data.source: mbeir``), either way validated.
 
 The output is written to a temporary sibling and renamed into place only once it is whole and valid,
 so a killed run never leaves half a dataset where later stages would read it.
@@ -8,15 +8,16 @@ so a killed run never leaves half a dataset where later stages would read it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rare import stageflow
 from rare.atomic import swap_in
-from rare.config import ConfigError, load_section
+from rare.config import ConfigError
 from rare.config.data import DataParams
 from rare.data.layout import POINTER_FILE
 from rare.validate import print_report, validate_root
@@ -52,40 +53,11 @@ def point_at(tmp: Path, root: Path) -> dict[str, Any]:
     return {"counts": report.counts, "files": len(files)}
 
 
-def _log(params: DataParams, out: Path, manifest: dict[str, Any] | None, seconds: float) -> None:
-    """Into the active run: the settings and sizes, and the data's content digest."""
-    import mlflow
-
-    from rare.tracking import data_digest
-
-    mlflow.set_tag("rare.data_digest", data_digest(out.resolve()))
-    mlflow.log_params({"source": params.source, "preset": params.preset, "seed": params.seed,
-                       "image_size": params.image_size, "unseen_entities": params.unseen_entities})
-    mlflow.log_metric("seconds", seconds)
-    if manifest is None:
-        return
-    mlflow.log_params({f"sizes.{k}": v for k, v in manifest["sizes"].items()})
-    counts = manifest["counts"]
-    mlflow.log_metrics({"images": counts["images"], "global_pool": counts["global_pool"],
-                        "train_pool": counts["train_pool"], "union_train": counts["union_train"]})
-    mlflow.log_dict(manifest, "benchmark.json")
-
-
-def run(out: Path, params_file: Path) -> Path:
-    """Write the data root at ``out`` (replacing what is there); the MLflow run spans the work."""
-    from rare.tracking import child_run
-
-    params = load_section("data", params_file)
-    with child_run(load_section("tracking", params_file), "data", "data", {"rare.source": params.source}) as run_id:
-        start = time.perf_counter()
-        manifest = _build(Path(out), params, params_file)
-        if run_id:
-            _log(params, Path(out), manifest, time.perf_counter() - start)
-    return Path(out)
-
-
-def _build(out: Path, params: DataParams, params_file: Path) -> dict[str, Any] | None:
-    """The benchmark's manifest, or None for a pointer to real M-BEIR."""
+def build_data_root(out: Path, params: DataParams, params_file: Path,
+                    log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """Write the data root at ``out`` (replacing what is there); the benchmark's manifest, or None for a
+    pointer to real M-BEIR. ``log`` takes the one summary line (the stage's run logger; default: ``rare``'s)."""
+    log = log or logging.getLogger("rare").info
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed run: ours by name
         shutil.rmtree(stale, ignore_errors=True)
@@ -98,14 +70,14 @@ def _build(out: Path, params: DataParams, params_file: Path) -> dict[str, Any] |
                 raise ConfigError(f"{params_file}: data.mbeir_root: {root} is not a directory")
             summary = point_at(tmp, root)
             swap_in(tmp, out)
-            stageflow.logger().info(f"M-BEIR root {root}: {summary['counts']} in {summary['files']} files; pointer at {out}")
+            log(f"M-BEIR root {root}: {summary['counts']} in {summary['files']} files; pointer at {out}")
             return None
         manifest = generate_checked(tmp, params)
         swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     counts = manifest["counts"]
-    stageflow.logger().info(f"embedded benchmark ({params.preset}, seed {params.seed}) at {out}: "
+    log(f"embedded benchmark ({params.preset}, seed {params.seed}) at {out}: "
                             f"{counts['global_pool']} candidates, {counts['union_train']} train queries, "
                             f"{sum(r['test'] for r in counts['dataset_tasks'].values())} test queries, "
                             f"{counts['images']} images in {time.perf_counter() - start:.1f} s")
