@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from rare import stages
-from rare.stages import declare
 from rare.cli import app
+from rare.stages import declare
 from rare.stages.variants import VARIANTS
 
 ROOT = stages.ROOT

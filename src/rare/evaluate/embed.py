@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,13 +100,26 @@ class Embeddings:
         return np.load(self.vectors_path, mmap_mode="r", allow_pickle=False)
 
 
+# CPU features under which oneDNN runs bf16 kernels (its own support check, read through torch's public CPU
+# capabilities): the AVX-512 core set (native BF16 or AMX on top), AVX-NE-CONVERT, or Arm's BF16 extension.
+CPU_BF16 = (("avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"), ("avx_ne_convert",), ("bf16",))
+
+
+def cpu_runs_bf16(capabilities: Mapping[str, Any] | None = None) -> bool:
+    """Whether oneDNN runs bf16 on this CPU (``capabilities``: ``torch.cpu.get_capabilities()``)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    caps = torch.cpu.get_capabilities() if capabilities is None else capabilities
+    return any(all(caps.get(flag) for flag in group) for group in CPU_BF16)
+
+
 def resolve_precision(precision: str, device: str) -> str:
-    """"auto" picks bf16 where the hardware runs it natively (CUDA, or a CPU with AVX512-BF16/AMX)."""
+    """"auto" picks bf16 where the hardware runs it natively (CUDA, or a CPU oneDNN runs bf16 on)."""
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
         return "bf16"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if cpu_runs_bf16() else "fp32"
 
 
 @functools.cache
