@@ -115,7 +115,7 @@ def matmul_tflops(dtype: torch.dtype, n: int, device: str, precision: str = "hig
 
 def clip_params(tokenizer_dir: Path, smoke: bool) -> Any:
     """UniIR's CLIP ViT-L/14 as a bare config (random init), or a miniature of it for --smoke."""
-    from rare.config.train import ModelParams, Source
+    from rare.config.train import ModelParams, TowerSource
 
     if smoke:
         text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
@@ -129,7 +129,7 @@ def clip_params(tokenizer_dir: Path, smoke: bool) -> Any:
         projection = 768
     text |= {"vocab_size": 49408, "max_position_embeddings": 77}
     config = {"model_type": "clip", "text_config": text, "vision_config": vision, "projection_dim": projection}
-    return ModelParams(family="clip", clip=Source(config=config), tokenizer=str(tokenizer_dir), max_text_len=77,
+    return ModelParams(family="clip", clip=TowerSource(config=config), tokenizer=str(tokenizer_dir), max_text_len=77,
                        train_text_layers=None)
 
 

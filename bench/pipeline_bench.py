@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/pipeline_bench.py` from anywhere
 
 from bench.common import print_rows, row  # noqa: E402
-from rare import services  # noqa: E402
-from rare.pipeline import stage_env  # noqa: E402
+from rare import servers  # noqa: E402
+from rare.repro import stage_env  # noqa: E402
 
 BUDGET_S = 600.0
 NOOPS = ("noop_1", "noop_2", "noop_3")
@@ -149,8 +149,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             _, noops = run_pipeline(copy, Path(tmp) / "noop.log", NOOPS)
             imports = import_seconds(copy_env(copy))
         finally:  # a killed pipeline leaves its Prefect server (its own process group) behind
-            for svc in services.recorded("prefect", copy / ".prefect", "pipeline-server"):
-                services.stop(svc)
+            for svc in servers.recorded("prefect", copy / ".prefect", "pipeline-server"):
+                servers.stop(svc)
 
     noop = statistics.median(noops[name] for name in NOOPS)
     fixed = noop * len(stages)

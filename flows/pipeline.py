@@ -22,23 +22,23 @@ from rare import runtime
 
 runtime.configure()
 
-from rare import errors, services  # noqa: E402
+from rare import errors, servers  # noqa: E402
 
 
-def _ensure_prefect_server() -> services.Service | None:
+def _ensure_prefect_server() -> servers.Server | None:
     """On `make ui`'s port when it is free: the server shares that one's database, so the "View at"
     links the run prints keep working in `make ui` after the run. A server that a killed run left
     behind is reused (and stopped at the end of this run), never left to pile up."""
     if os.environ.get("PREFECT_API_URL"):
         return None
-    ui = services.prefect_service()
+    ui = servers.prefect_service()
     state = ui.pidfile.parent
-    svc = services.adopt_leftover("prefect", state, PIPELINE_SERVER)
+    svc = servers.adopt_leftover("prefect", state, PIPELINE_SERVER)
     if svc is None:
-        port = ui.port if services.port_free(ui.port) else services.free_port()
-        svc = services.Service("prefect", port, state / f"{PIPELINE_SERVER}-{port}.pid", state / f"{PIPELINE_SERVER}.log")
-        services.start(svc)
-        services.claim(svc)
+        port = ui.port if servers.port_free(ui.port) else servers.free_port()
+        svc = servers.Server("prefect", port, state / f"{PIPELINE_SERVER}-{port}.pid", state / f"{PIPELINE_SERVER}.log")
+        servers.start(svc)
+        servers.claim(svc)
     os.environ["PREFECT_API_URL"] = f"{svc.url}/api"
     return svc
 
@@ -74,7 +74,7 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
     from prefect import flow, get_run_logger, task
     from prefect.cache_policies import NO_CACHE
 
-    from rare import pipeline as dvc_pipeline
+    from rare import repro as dvc_pipeline
     from rare import stageflow, tracking
     from rare.config import load_section
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if server:
         # Registered before Prefect registers its own exit hooks, so it runs after them: the log and
         # event workers drain into a live server instead of retrying against a stopped one.
-        atexit.register(services.stop, server)
+        atexit.register(servers.stop, server)
     try:
         seconds = build_flow()(force=args.force, stages=args.stage)
     except Exception as exc:  # one `error:` line (none if the stage's own is already above), as the CLI does

@@ -8,16 +8,16 @@ from rare import runtime
 
 runtime.configure()
 
-from rare import services  # noqa: E402
+from rare import servers  # noqa: E402
 from rare.config import load_section  # noqa: E402
 
 
 def main(action: str) -> None:
     tracking = load_section("tracking")
-    prefect, mlflow = services.prefect_service(), services.mlflow_service()
+    prefect, mlflow = servers.prefect_service(), servers.mlflow_service()
     if action == "start":
         for svc in (prefect, mlflow):
-            started = services.start(svc, tracking.tracking_uri, tracking.artifact_root)
+            started = servers.start(svc, tracking.tracking_uri, tracking.artifact_root)
             print(f"{svc.name:8s} {'started' if started else 'already up'} at {svc.url}")
         from rare.tracking import setup
 
@@ -26,7 +26,7 @@ def main(action: str) -> None:
         print("Runs of `make run` / `dvc repro` now report to this Prefect server; `make ui-stop` ends both.")
     elif action == "stop":
         for svc in (prefect, mlflow):
-            print(f"{svc.name:8s} {'stopped' if services.stop(svc) else 'was not started by make ui'}")
+            print(f"{svc.name:8s} {'stopped' if servers.stop(svc) else 'was not started by make ui'}")
     else:
         raise SystemExit(f"usage: python -m flows.ui start|stop (got {action!r})")
 

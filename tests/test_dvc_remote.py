@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rare.pipeline import dvc_command, stage_env
+from rare.repro import dvc_command, stage_env
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rare.pipeline import dvc_command, stage_env
+from rare.repro import dvc_command, stage_env
 
 DVC_YAML = "stages:\n  data:\n    cmd: rare data data/raw\n    params: [data]\n    outs: [data/raw]\n"
 

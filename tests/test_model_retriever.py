@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from rare.config.train import PRETRAINED_TEXT, ModelParams, Source
+from rare.config.train import PRETRAINED_TEXT, ModelParams, TowerSource
 from rare.data.errors import DataError
 from rare.manifest import ManifestError, write_folder_manifest
 from rare.model import EncodeInput, build_retriever, load_retriever, save_retriever
@@ -133,7 +133,7 @@ def test_clip_family_from_a_tiny_config(tmp_path: Path, tiny_tokenizer_dir: Path
     vocab = len(AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir)))
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     params = ModelParams(family="clip", tokenizer=str(tiny_tokenizer_dir), max_text_len=32, train_text_layers=1,
-                         clip=Source(config={"model_type": "clip", "projection_dim": 24,
+                         clip=TowerSource(config={"model_type": "clip", "projection_dim": 24,
                                              "text_config": {**tower, "vocab_size": vocab, "max_position_embeddings": 64,
                                                              "eos_token_id": 3},
                                              "vision_config": {**tower, "image_size": 32, "patch_size": 8}}))

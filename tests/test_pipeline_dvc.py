@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rare.pipeline import StageFailed, dvc_command, run_stage, stage_order
+from rare.repro import StageFailed, dvc_command, run_stage, stage_order
 
 
 @pytest.fixture

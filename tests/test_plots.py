@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from rare import plots
-from rare.pipeline import dvc_command, stage_env
+from rare.repro import dvc_command, stage_env
 
 
 def test_series_are_named_by_variant_or_evaluation():

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from rare.config.evaluate import EvaluateParams
 from rare.config.pretrain import PretrainParams
-from rare.config.train import OptimParams, Source, TrainParams
+from rare.config.train import OptimParams, TowerSource, TrainParams
 from rare.evaluate.protocol import evaluate
 from rare.manifest import verify
 from rare.model import EncodeInput, build_retriever, load_retriever
@@ -24,14 +24,14 @@ TINY_CNN = {"model_type": "rare-cnn", "channels": [8, 16], "hidden_size": 32, "i
 
 
 def _pretrain_params(tokenizer: Path, cache: Path, **kw) -> PretrainParams:
-    model = tiny_model_params(tokenizer).model_copy(update={"vision": Source(config=TINY_CNN), "image_pooling": "pooler"})
+    model = tiny_model_params(tokenizer).model_copy(update={"vision": TowerSource(config=TINY_CNN), "image_pooling": "pooler"})
     return PretrainParams.model_validate({"model": model.model_dump(), "scenes": 96, "holdout": 16, "batch_size": 16,
                                           "steps": 4, "checkpoint_every_n_steps": 2, "num_workers": 0,
                                           "cache_dir": str(cache), **kw})
 
 
 def _train_params(tokenizer: Path, checkpoint: Path, cache: Path) -> TrainParams:
-    model = tiny_model_params(tokenizer).model_copy(update={"vision": Source(pretrained=str(checkpoint)),
+    model = tiny_model_params(tokenizer).model_copy(update={"vision": TowerSource(pretrained=str(checkpoint)),
                                                             "image_pooling": "pooler"})
     return TrainParams.model_validate({"model": model.model_dump(), "batch_size": 8, "max_steps": 2,
                                        "val_every_n_steps": 2, "checkpoint_every_n_steps": 2, "num_workers": 0,

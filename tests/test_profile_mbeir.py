@@ -30,7 +30,7 @@ from rare.config import load_all, load_section, raw_params
 from rare.data.layout import POINTER_FILE, MBEIRRoot
 from rare.enhance.prompts import PromptSet
 from rare.model import load_retriever
-from rare.pipeline import dvc_command
+from rare.repro import dvc_command
 from tests.fixtures.openai_server import ANSWER_PREFIX, ScriptedServer
 from tests.fixtures.profile import make_tiny_clip
 from tests.fixtures.tiny_root import make_tiny_root

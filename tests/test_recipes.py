@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rare.pipeline import stage_env
+from rare.repro import stage_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- runs-on-default: (\S+) -->\n```bash\n(.*?)```", re.DOTALL)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rare.config.train import Source
+from rare.config.train import TowerSource
 from rare.model import EncodeInput, build_retriever
 from rare.serve.index import MaxPool2x2, Variant, fast_paths
 from tests.fixtures.models import tiny_model_params
@@ -47,7 +47,7 @@ def _image(seed: int) -> Image.Image:
 def test_served_vectors_are_bit_identical(tiny_tokenizer_dir: Path, vision: str, precision: str):
     params = tiny_model_params(tiny_tokenizer_dir)
     if vision == "rare-cnn":
-        params = params.model_copy(update={"vision": Source(config=TINY_CNN), "image_pooling": "pooler"})
+        params = params.model_copy(update={"vision": TowerSource(config=TINY_CNN), "image_pooling": "pooler"})
     torch.manual_seed(0)
     plain = build_retriever(params).eval()
     fast = copy.deepcopy(plain)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rare import services
+from rare import servers
 
 
 @pytest.mark.slow
@@ -13,35 +13,35 @@ def test_prefect_and_mlflow_ui_start_and_stop(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
     (tmp_path / "mlruns").mkdir()
-    prefect = services.Service("prefect", services.free_port(), tmp_path / "p.pid", tmp_path / "p.log")
-    mlflow = services.Service("mlflow", services.free_port(), tmp_path / "m.pid", tmp_path / "m.log")
+    prefect = servers.Server("prefect", servers.free_port(), tmp_path / "p.pid", tmp_path / "p.log")
+    mlflow = servers.Server("mlflow", servers.free_port(), tmp_path / "m.pid", tmp_path / "m.log")
     try:
         for svc in (prefect, mlflow):
-            assert services.start(svc, f"sqlite:///{tmp_path}/mlruns/mlflow.db", str(tmp_path / "mlruns/art"))
-            assert services.healthy(svc)
-            assert services.start(svc) is False  # already up: not started twice
+            assert servers.start(svc, f"sqlite:///{tmp_path}/mlruns/mlflow.db", str(tmp_path / "mlruns/art"))
+            assert servers.healthy(svc)
+            assert servers.start(svc) is False  # already up: not started twice
     finally:
-        stopped = [services.stop(svc) for svc in (prefect, mlflow)]
+        stopped = [servers.stop(svc) for svc in (prefect, mlflow)]
     assert stopped == [True, True]
-    assert not services.healthy(prefect) and not services.healthy(mlflow)
+    assert not servers.healthy(prefect) and not servers.healthy(mlflow)
     assert not prefect.pidfile.exists() and os.path.exists(tmp_path / "mlruns/mlflow.db")
 
 
 def test_start_failure_is_reported(tmp_path: Path, monkeypatch):
-    svc = services.Service("mlflow", services.free_port(), tmp_path / "m.pid", tmp_path / "m.log")
-    monkeypatch.setattr(services, "_command", lambda *a: ["python3", "-c", "import sys; sys.exit(4)"])
+    svc = servers.Server("mlflow", servers.free_port(), tmp_path / "m.pid", tmp_path / "m.log")
+    monkeypatch.setattr(servers, "_command", lambda *a: ["python3", "-c", "import sys; sys.exit(4)"])
     with pytest.raises(RuntimeError, match=r"mlflow server exited with code 4; see .*m.log"):
-        services.start(svc, wait_s=20)
+        servers.start(svc, wait_s=20)
 
 
 def test_a_port_in_use_is_not_free():
     import socket
 
     with socket.socket() as taken:
-        taken.bind((services.HOST, 0))
+        taken.bind((servers.HOST, 0))
         taken.listen()
-        assert not services.port_free(taken.getsockname()[1])
-    assert services.port_free(services.free_port())
+        assert not servers.port_free(taken.getsockname()[1])
+    assert servers.port_free(servers.free_port())
 
 
 @pytest.mark.parametrize("terminal", [False, True])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rare import services
+from rare import servers
 
 REPO = Path(__file__).resolve().parents[1]
 # A run of the pipeline up to its server: flows.pipeline._ensure_prefect_server, with a small HTTP server
@@ -22,13 +22,13 @@ RUN = textwrap.dedent("""
     import atexit, os, signal, sys
     from pathlib import Path
     import flows.pipeline as pipeline
-    from rare import services
+    from rare import servers
 
     web, mode = sys.argv[1:]
-    services._command = lambda svc, *_: [sys.executable, "-m", "http.server", "--bind", services.HOST,
+    servers._command = lambda svc, *_: [sys.executable, "-m", "http.server", "--bind", servers.HOST,
                                          str(svc.port), "--directory", web]
     svc = pipeline._ensure_prefect_server()
-    atexit.register(services.stop, svc)
+    atexit.register(servers.stop, svc)
     print(svc.port, open(svc.pidfile).read(), flush=True)
     if mode == "kill":
         os.killpg(os.getpgid(0), signal.SIGKILL)  # what a killed `make run` gets: the whole process group
@@ -89,7 +89,7 @@ def test_an_unhealthy_leftover_is_stopped_and_a_fresh_server_started(project: Pa
     stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     dead_owner = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_owner.wait()
-    port = services.free_port()
+    port = servers.free_port()
     (state / f"pipeline-server-{port}.pid").write_text(str(stuck.pid))
     (state / f"pipeline-server-{port}.owner").write_text(str(dead_owner.pid))
     try:
@@ -107,11 +107,11 @@ def test_a_server_whose_run_is_still_going_is_left_alone(project: Path) -> None:
     state.mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a run still going
-    port = services.free_port()
+    port = servers.free_port()
     (state / f"pipeline-server-{port}.pid").write_text(str(other.pid))
     (state / f"pipeline-server-{port}.owner").write_text(str(owner.pid))
     try:
-        assert services.adopt_leftover("prefect", state, "pipeline-server") is None
+        assert servers.adopt_leftover("prefect", state, "pipeline-server") is None
         assert other.poll() is None and (state / f"pipeline-server-{port}.pid").exists()
     finally:
         for proc in (other, owner):
@@ -122,10 +122,10 @@ def test_a_server_whose_run_is_still_going_is_left_alone(project: Path) -> None:
 def test_a_pid_reused_by_another_process_is_never_signalled(tmp_path: Path) -> None:
     """The pid file names a process that is not a session leader: not the server we started."""
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # our own session
-    svc = services.Service("prefect", 1, tmp_path / "pipeline-server-1.pid", tmp_path / "log")
+    svc = servers.Server("prefect", 1, tmp_path / "pipeline-server-1.pid", tmp_path / "log")
     svc.pidfile.write_text(str(bystander.pid))
     try:
-        assert services.stop(svc) is False and bystander.poll() is None
+        assert servers.stop(svc) is False and bystander.poll() is None
         assert not svc.pidfile.exists()
     finally:
         bystander.kill()

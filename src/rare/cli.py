@@ -280,7 +280,7 @@ def serve(
 ) -> None:
     """Search the trained indexes (the evaluation's cached embeddings) from a web page and a JSON API."""
     check_section("evaluate", params_file)
-    from rare.services import port_free
+    from rare.servers import port_free
 
     if not port_free(port, host):
         raise ValueError(f"--port {port}: {host}:{port} is already in use (another `rare serve`?); pick another port")

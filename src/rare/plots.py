@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rare.atomic import atomic_write
-from rare.pipeline import dvc_command, stage_env
+from rare.repro import dvc_command, stage_env
 
 # metrics/loss/none_train.json -> none; eval/both/headline.json (shown as both/headline.json) -> both
 _SERIES = re.compile(r"(?:^|/)(?P<name>[\w.-]+?)(?:_(?:train|val))?(?:/headline)?\.json$")

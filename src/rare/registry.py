@@ -87,7 +87,7 @@ def log_retriever(run_id: str, model_dir: Path, variant: str, fingerprint: str,
     example = _example(example_image)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="retriever", python_model=str(Path(__file__).with_name("registry_model.py")),
+            name="retriever", python_model=str(Path(__file__).with_name("pyfunc_loader.py")),
             artifacts={"retriever": str(model_dir)}, signature=signature,
             input_example=example, registered_model_name=model_name(variant),
             pip_requirements=_requirements(), tags={FINGERPRINT_TAG: fingerprint},

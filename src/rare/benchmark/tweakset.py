@@ -36,7 +36,7 @@ class Slot:
 
 
 @dataclass(frozen=True)
-class Family:
+class TweakFamily:
     objects: tuple[Obj, ...]
     slots: tuple[Slot, ...]
     background: str
@@ -54,7 +54,7 @@ class Family:
         return Scene(tuple(o for o in objs if o is not None), (), self.background)
 
 
-def sample_family(rng: random.Random) -> Family:
+def sample_family(rng: random.Random) -> TweakFamily:
     shapes = rng.sample(SHAPES, len(SHAPES))  # 4 for the objects, 2 spare for reshape slots
     cells = rng.sample(list(CELLS), SLOTS)
     colors = list(SCENE_COLORS)
@@ -75,7 +75,7 @@ def sample_family(rng: random.Random) -> Family:
         else:
             slots.append(Slot(attribute, i, o.shape, spare[0]))
     background = rng.choices(("white", "cream", "pale blue", "pale gray"), weights=(4, 1, 1, 1))[0]
-    return Family(objs, tuple(slots), background)
+    return TweakFamily(objs, tuple(slots), background)
 
 
 # -------------------------------------------------------------- instructions
@@ -97,7 +97,7 @@ _CLAUSES = {
 }
 
 
-def edit_of(family: Family, slot: Slot, to_on: bool) -> dict[str, Any]:
+def edit_of(family: TweakFamily, slot: Slot, to_on: bool) -> dict[str, Any]:
     """The atomic edit that moves ``slot`` to its on (or off) state, in the annotation's terms."""
     o = family.objects[slot.index]
     new, old = (slot.on, slot.off) if to_on else (slot.off, slot.on)
@@ -141,7 +141,7 @@ def _pairs(rng: random.Random, n: int) -> list[tuple[int, int]]:
     return out
 
 
-def _query(b: Builder, split: str, family: Family, ref: int, target: dict[str, Any], tgt: int) -> None:
+def _query(b: Builder, split: str, family: TweakFamily, ref: int, target: dict[str, Any], tgt: int) -> None:
     edits = [edit_of(family, s, bool(tgt >> bit & 1)) for bit, s in enumerate(family.slots) if (ref ^ tgt) >> bit & 1]
     b.query(split, 7, instruction(b.rng, edits), family.scene(ref), [target], edit=edits)
 

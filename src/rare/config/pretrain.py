@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from rare.config.base import Section
-from rare.config.train import ModelParams, OptimParams, Source
+from rare.config.train import ModelParams, OptimParams, TowerSource
 
 # 4 conv blocks on 64x64 images (src/rare/model/cnn.py), its head at the text tower's width (MiniLM: 384),
 # so the pooled output lands directly in the text embedding space.
@@ -19,7 +19,7 @@ SMALL_CNN = {"model_type": "rare-cnn", "channels": [32, 64, 128, 256], "hidden_s
 
 
 class PretrainParams(Section):
-    model: ModelParams = ModelParams(vision=Source(config=SMALL_CNN), image_pooling="pooler")
+    model: ModelParams = ModelParams(vision=TowerSource(config=SMALL_CNN), image_pooling="pooler")
     seed: int = 0                              # the corpus stream is rare-pretrain:<seed>, apart from the benchmark's
     scenes: int = Field(30000, ge=8)           # generated (image, alt-text) pairs
     holdout: int = Field(1000, ge=1)           # pairs kept out of training to measure image<->text retrieval

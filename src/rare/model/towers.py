@@ -18,14 +18,14 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from rare.config.paths import PACKAGE_PREFIX, resolve_source  # noqa: F401  (re-exported)
-from rare.config.train import ModelParams, Source
+from rare.config.train import ModelParams, TowerSource
 from rare.contracts import RetrieverSpec
 from rare.model import cnn  # noqa: F401  (registers model_type rare-cnn with the Auto classes)
 
 log = logging.getLogger(__name__)
 
 
-def source_config(source: Source) -> PretrainedConfig:
+def source_config(source: TowerSource) -> PretrainedConfig:
     if source.pretrained:
         return AutoConfig.from_pretrained(resolve_source(source.pretrained), **source.config)
     cfg = dict(source.config)

@@ -26,7 +26,7 @@ TEMPLATES = ("Clip art of {list}", "Flat illustration with {list}", "Simple grap
 
 
 @dataclass(frozen=True)
-class Pair:
+class AltTextPair:
     scene: Scene
     caption: str
 
@@ -48,11 +48,11 @@ def _photometric(rng: random.Random, scene: Scene) -> Scene:
                    shift=(round(rng.uniform(-1, 1), 2), round(rng.uniform(-1, 1), 2)))
 
 
-def build_corpus(seed: int, n: int) -> list[Pair]:
+def build_corpus(seed: int, n: int) -> list[AltTextPair]:
     """``n`` (scene, caption) pairs on the stream ``rare-pretrain:<seed>`` (the benchmark's are ``rare-bench:``)."""
     rng = random.Random(f"rare-pretrain:{seed}")
     out = []
     for _ in range(n):
         scene = _photometric(rng, sample_scene(rng, max_objects=MAX_OBJECTS, word_p=WORD_P))
-        out.append(Pair(scene, alt_text(rng, scene)))
+        out.append(AltTextPair(scene, alt_text(rng, scene)))
     return out

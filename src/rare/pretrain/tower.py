@@ -31,7 +31,7 @@ from rare.contracts import HoldoutRecall, ModelMeta, PretrainFigures, TextModes
 from rare.hashing import key_digest
 from rare.manifest import write_folder_manifest
 from rare.model import Collator, EncodeInput, Retriever, build_retriever, save_retriever
-from rare.pretrain.corpus import Pair, build_corpus
+from rare.pretrain.corpus import AltTextPair, build_corpus
 from rare.train.module import lr_factor
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ TEXT_BATCH = 512
 class _Renders(Dataset):
     """Pair i -> (its rendered image, its caption's index); rendering runs in the loader's workers."""
 
-    def __init__(self, pairs: Sequence[Pair], caption_ids: Sequence[int], image_size: int):
+    def __init__(self, pairs: Sequence[AltTextPair], caption_ids: Sequence[int], image_size: int):
         self.pairs, self.caption_ids, self.image_size = pairs, caption_ids, image_size
 
     def __len__(self) -> int:
@@ -89,7 +89,7 @@ def _embed_texts(retriever: Retriever, texts: Sequence[str]) -> torch.Tensor:
                           for i in range(0, len(texts), TEXT_BATCH)])
 
 
-def _embed_images(retriever: Retriever, pairs: Sequence[Pair], image_size: int) -> torch.Tensor:
+def _embed_images(retriever: Retriever, pairs: Sequence[AltTextPair], image_size: int) -> torch.Tensor:
     collate = retriever.collator()
     with torch.no_grad():
         return torch.cat([retriever(collate([EncodeInput("", render(p.scene, image_size))
@@ -110,7 +110,7 @@ def contrastive(images: torch.Tensor, texts: torch.Tensor, caption_ids: torch.Te
     return (image_to_text + text_to_image) / 2
 
 
-def holdout_recall(retriever: Retriever, pairs: Sequence[Pair], image_size: int) -> HoldoutRecall:
+def holdout_recall(retriever: Retriever, pairs: Sequence[AltTextPair], image_size: int) -> HoldoutRecall:
     """Retrieval among held-out pairs: text->image R@5 (any image with that caption is a hit),
     image->text R@1 (over the distinct captions)."""
     captions = sorted({p.caption for p in pairs})

@@ -29,7 +29,7 @@ HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
-class Service:
+class Server:
     name: str
     port: int
     pidfile: Path
@@ -44,12 +44,12 @@ class Service:
         return f"{self.url}/api/health" if self.name == "prefect" else f"{self.url}/health"
 
 
-def prefect_service(port: int = 4200, state_dir: Path = Path(".prefect")) -> Service:
-    return Service("prefect", port, state_dir / "server.pid", state_dir / "server.log")
+def prefect_service(port: int = 4200, state_dir: Path = Path(".prefect")) -> Server:
+    return Server("prefect", port, state_dir / "server.pid", state_dir / "server.log")
 
 
-def mlflow_service(port: int = 5000, state_dir: Path = Path("mlruns")) -> Service:
-    return Service("mlflow", port, state_dir / "ui.pid", state_dir / "ui.log")
+def mlflow_service(port: int = 5000, state_dir: Path = Path("mlruns")) -> Server:
+    return Server("mlflow", port, state_dir / "ui.pid", state_dir / "ui.log")
 
 
 def free_port() -> int:
@@ -68,7 +68,7 @@ def port_free(port: int, host: str = HOST) -> bool:
         return True
 
 
-def healthy(svc: Service, timeout: float = 5.0) -> bool:
+def healthy(svc: Server, timeout: float = 5.0) -> bool:
     """A refused connection answers at once; the timeout only bounds a server that is up but slow, as an
     MLflow server just started on 2 busy cores is (0.5 s was too short there)."""
     try:
@@ -78,7 +78,7 @@ def healthy(svc: Service, timeout: float = 5.0) -> bool:
         return False
 
 
-def _command(svc: Service, tracking_uri: str, artifact_root: str) -> list[str]:
+def _command(svc: Server, tracking_uri: str, artifact_root: str) -> list[str]:
     bindir = Path(sys.executable).parent
     if svc.name == "prefect":
         return [str(bindir / "prefect"), "server", "start", "--host", HOST, "--port", str(svc.port),
@@ -88,7 +88,7 @@ def _command(svc: Service, tracking_uri: str, artifact_root: str) -> list[str]:
             "--workers", "1"]  # the default 4 workers each import MLflow: ~3.6 GiB for one local user
 
 
-def start(svc: Service, tracking_uri: str = "sqlite:///mlruns/mlflow.db", artifact_root: str = "mlruns/artifacts",
+def start(svc: Server, tracking_uri: str = "sqlite:///mlruns/mlflow.db", artifact_root: str = "mlruns/artifacts",
           wait_s: float = 120.0) -> bool:
     """Start detached (own session, survives this process); False if it was already up."""
     if healthy(svc):
@@ -109,7 +109,7 @@ def start(svc: Service, tracking_uri: str = "sqlite:///mlruns/mlflow.db", artifa
     raise TimeoutError(f"{svc.name} server not healthy at {svc.health_url} after {wait_s:.0f} s; see {svc.logfile}")
 
 
-def stop(svc: Service) -> bool:
+def stop(svc: Server) -> bool:
     """Stop the process group we started; False if there was nothing to stop."""
     owner_file(svc).unlink(missing_ok=True)
     if not svc.pidfile.exists():
@@ -135,11 +135,11 @@ def stop(svc: Service) -> bool:
     return True
 
 
-def owner_file(svc: Service) -> Path:
+def owner_file(svc: Server) -> Path:
     return svc.pidfile.with_suffix(".owner")
 
 
-def claim(svc: Service) -> None:
+def claim(svc: Server) -> None:
     """Record this process as the run that owns (and will stop) ``svc``."""
     owner_file(svc).write_text(str(os.getpid()))
 
@@ -152,24 +152,24 @@ def _session_leader(pid: int) -> bool:
         return False
 
 
-def _owner(svc: Service) -> int | None:
+def _owner(svc: Server) -> int | None:
     try:
         return int(owner_file(svc).read_text())
     except (OSError, ValueError):
         return None
 
 
-def recorded(name: str, state_dir: Path, prefix: str) -> list[Service]:
+def recorded(name: str, state_dir: Path, prefix: str) -> list[Server]:
     """Servers that runs recorded under ``state_dir`` as ``<prefix>-<port>.pid``."""
     found = []
     for pidfile in sorted(state_dir.glob(f"{prefix}-*.pid")):
         port = pidfile.stem.removeprefix(f"{prefix}-")
         if port.isdigit():
-            found.append(Service(name, int(port), pidfile, state_dir / f"{prefix}.log"))
+            found.append(Server(name, int(port), pidfile, state_dir / f"{prefix}.log"))
     return found
 
 
-def adopt_leftover(name: str, state_dir: Path, prefix: str) -> Service | None:
+def adopt_leftover(name: str, state_dir: Path, prefix: str) -> Server | None:
     """A server that a killed run left behind: the first healthy one is claimed and returned for reuse,
     the others are stopped; servers of runs still going are left alone."""
     adopted = None
