@@ -103,7 +103,7 @@ def test_cache_reuse_and_inference_only_reuses_query_embeddings(tiny_root_sessio
     assert (tmp_path / "a/info.json").read_bytes() == (tmp_path / "b/info.json").read_bytes()
     run = "runs/global/webqa_task1.trec"
     assert (tmp_path / "a" / run).read_bytes() == (tmp_path / "b" / run).read_bytes()
-    evaluate("infer-corpus", retriever, "corpus", tiny_root_session, tmp_path / "c", params, corpus, queries)
+    evaluate("infer-corpus", retriever, "corpus", tiny_root_session, tmp_path / "c", params, corpus, None)
     info = json.loads((tmp_path / "c/info.json").read_text())
     assert info["regime"] == "inference-only"
     runtime = json.loads((tmp_path / "c/runtime.json").read_text())
@@ -134,8 +134,10 @@ def test_views_follow_the_variant_and_the_models_text_modes(tiny_root_session: P
     mixed = next(t for t in p.tasks if t.dt.name == "webqa_task2")  # image+text candidates: append mode
     for it, c in zip(embed.pool_items(mixed.pool, p.corpus_view), iter_candidates(mixed.pool)):
         assert it.text == (f"{c.txt} {APPEND_PREFIX} {c.enhanced.txt}" if c.enhanced.ok else c.txt)
-    raw = plan("none", retriever.meta, "none", tiny_root_session, _params(tmp_path), corpus, queries)
-    assert not raw.tasks[0].pool.is_relative_to(corpus)
+    raw = plan("none", retriever.meta, "none", tiny_root_session, _params(tmp_path))  # no enhanced folder given
+    assert not raw.tasks[0].pool.is_relative_to(corpus) and not raw.tasks[0].queries.is_relative_to(queries)
+    half = plan("corpus", retriever.meta, "corpus", tiny_root_session, _params(tmp_path), corpus, None)
+    assert half.tasks[0].pool.is_relative_to(corpus) and not half.tasks[0].queries.is_relative_to(queries)
 
 
 def test_embedding_resumes_after_a_crash_without_redoing_shards(tiny_root_session: Path, retriever, tmp_path: Path):
@@ -189,10 +191,12 @@ def test_evaluation_feeds_the_model_as_its_meta_says(tiny_root_session: Path, re
 
 
 def test_missing_inputs_are_named(tiny_root: Path, retriever, tmp_path: Path):
-    with pytest.raises(ValueError, match="needs enhanced data"):
-        plan("corpus", retriever.meta, "corpus", tiny_root, _params(tmp_path))
-    with pytest.raises(ValueError, match="unknown variant"):
-        plan("x", retriever.meta, "everything", tiny_root, _params(tmp_path))
+    import typer
+
+    from rare.stages.command import enhanced_for
+
+    with pytest.raises(typer.BadParameter, match="needs enhanced data: pass --corpus-enhanced"):
+        enhanced_for("corpus", None, None)  # `rare evaluate` checks what the input variant reads
     shutil.rmtree(tiny_root / "cand_pool/global")
     with pytest.raises(DataError, match="missing global pool"):
         plan("none", retriever.meta, "none", tiny_root, _params(tmp_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,13 @@ from PIL import Image
 from rare.config.report import ReportParams
 from rare.data.errors import DataError
 from rare.data.layout import MBEIRRoot
-from rare.report.compose import build_report
+from rare.report import compose
 from rare.report.evidence import load_samples, split_seeds
 from rare.report.findings import CONTRADICTED, INCONCLUSIVE, NOT_ASSESSABLE, SUPPORTED, assess
 from rare.report.gallery import pick_examples
 from rare.report.stats import Bootstrap
 from rare.report.table import load_evaluations, markdown_table, summary
-from rare.stages import EVALUATIONS  # the row order the pipeline hands the report
+from rare.stages import EVALUATIONS, VARIANTS  # the row order and the sides the pipeline hands the report
 
 DTS = {"emblemkb_task6": 5, "emblemkb_task8": 5, "tweakset_task7": 10, "glyphcaps_task0": 5}
 ROWS = {  # name: (inputs, regime, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]) -- paper-like numbers
@@ -32,6 +33,8 @@ ROWS = {  # name: (inputs, regime, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]
     "infer-both": ("both", "inference-only", [25, 34, 15, 49]),
 }
 QUERIES = 200  # per dataset-task: a value v% is the first 2v queries hit at rank 1
+
+build_report = partial(compose.build_report, sides=VARIANTS)
 
 
 def write_qrels(data: Path) -> Path:

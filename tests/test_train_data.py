@@ -62,8 +62,9 @@ def _datamodule(raw: Path, corpus: Path | None, queries: Path | None, variant: s
 
     params = TrainParams(cache_dir=str(tmp / "cache"), batch_size=4, num_workers=0, **kw)
     root = MBEIRRoot(raw)
-    inputs = resolve_inputs(root, variant, params, corpus, queries)
     use_corpus, use_query = {"none": (0, 0), "corpus": (1, 0), "query": (0, 1), "both": (1, 1)}[variant]
+    # as `rare train` hands them: only the enhanced folders the variant reads
+    inputs = resolve_inputs(root, params, corpus if use_corpus else None, queries if use_query else None)
     text = TextSettings(bool(use_query), bool(use_corpus), params.text_mode.query, params.text_mode.corpus,
                         params.instruction_seed, params.seed)
     dm = PairDataModule(root, inputs, text, params, Collator(None, 8, 8, (0, 0, 0), (1, 1, 1)))
@@ -145,14 +146,19 @@ def test_lightning_reaches_the_sampler_to_reshuffle_each_epoch(roots: tuple[Path
 
 
 def test_enhanced_variants_need_their_enhanced_files(roots: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    raw, enh_c, _ = roots
+    import typer
+
+    from rare.stages.command import enhanced_for
+
+    raw, enh_c, enh_q = roots
     params = TrainParams(cache_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="needs enhanced data"):
-        resolve_inputs(MBEIRRoot(raw), "query", params, enh_c, None)
+    with pytest.raises(typer.BadParameter, match="needs enhanced data: pass --queries-enhanced"):
+        enhanced_for("query", enh_c, None)  # the stage command checks what the variant reads
+    assert enhanced_for("query", enh_c, enh_q) == (None, enh_q)  # and hands on only that
     with pytest.raises(DataError, match="enhanced file is missing"):
-        resolve_inputs(MBEIRRoot(raw), "corpus", params, tmp_path, None)
-    with pytest.raises(ValueError, match="unknown variant"):
-        resolve_inputs(MBEIRRoot(raw), "everything", params, enh_c, None)
+        resolve_inputs(MBEIRRoot(raw), params, tmp_path, None)
+    used = resolve_inputs(MBEIRRoot(raw), params, None, enh_q)  # a side reads its mirror when it is given
+    assert all(f.is_relative_to(enh_q) for f in used.train) and not used.train_pool.is_relative_to(enh_c)
 
 
 def test_per_dataset_train_files_and_local_val_pools(roots: tuple[Path, Path, Path], tmp_path: Path) -> None:
