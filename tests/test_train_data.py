@@ -204,7 +204,7 @@ def test_missing_train_pool_is_a_clear_error(tmp_path: Path) -> None:
     raw = make_tiny_root(tmp_path / "raw")
     (raw / "cand_pool/global/mbeir_union_train_cand_pool.jsonl").unlink()
     with pytest.raises(DataError, match="mbeir_union_train_cand_pool.jsonl: missing from the M-BEIR root"):
-        resolve_inputs(MBEIRRoot(raw), "none", TrainParams(cache_dir=str(tmp_path)), None, None)
+        resolve_inputs(MBEIRRoot(raw), TrainParams(cache_dir=str(tmp_path)), None, None)
 
 
 # -- the sampler ---------------------------------------------------------------------------------
