@@ -6,7 +6,7 @@ a stub that prints a marker and exits; the parent times spawn -> marker. The ref
 ``python -c pass`` spawned the same way in the same run; ratio = command / reference. Also printed:
 which heavy libraries each command had imported by then. Target (issue 14): at most 2 s on 2 cores.
 `report` makes its MLflow run after ``build_report`` (stamped with the time its work began), so MLflow's
-1.6 s import comes after the work starts; the "stage function" row is the time to ``rare.stages.report.run``,
+1.6 s import comes after the work starts; the "stage function" row is the time to ``rare.stages.report.run_report``,
 where the stage's own code begins. A
 command still short of its work after LIMIT_S counts as LIMIT_S ("timed out"), e.g. a Prefect
 temporary server that never came up. Run it against another checkout with
@@ -102,7 +102,7 @@ def commands(tmp: Path) -> dict[str, tuple[str, str, list[str]]]:
         "score": ("rare.evaluate.metrics", "score_run", ["score", "--run", str(tmp / "run"), "--qrels",
                                                          str(tmp / "qrels")]),
         "report": ("rare.report.compose", "build_report", report),
-        "report (stage function)": ("rare.stages.report", "run", report),
+        "report (stage function)": ("rare.stages.report", "run_report", report),
     }
     return {name: c for name, c in found.items() if importlib.util.find_spec(c[0])}  # an older checkout lacks some
 

@@ -154,7 +154,7 @@ def test_a_damaged_shard_is_embedded_again_and_never_assembled(tmp_path: Path) -
 @pytest.mark.slow
 def test_rare_evaluate_on_two_ranks_writes_what_one_process_writes(tiny_root_session: Path, tiny_retriever_dir: Path,
                                                                   tmp_path: Path) -> None:
-    """``rare.stages.evaluate.run`` under torchrun's variables: rank 1 only embeds, rank 0 evaluates; the
+    """``rare.stages.evaluate.run_evaluate`` under torchrun's variables: rank 1 only embeds, rank 0 evaluates; the
     queries, the local pools and the global pool's rest pair their collectives up, and the scores and run
     files equal a single process's."""
     import yaml
