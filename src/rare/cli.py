@@ -140,6 +140,10 @@ def dvc_yaml(
     typer.echo(f"{path}: {sum(1 for _ in stages.stages())} stages")
 
 
+for _module in stages.MODULES:  # the stage commands, in pipeline order
+    _module.mount(app)
+
+
 @app.command("import")
 def import_(
     sources: Annotated[list[str], typer.Argument(help="Inputs, one dataset each: [NAME=]PATH. A captions file "
@@ -306,10 +310,6 @@ def serve(
         return
     typer.echo(f"serving {', '.join(variant)} on http://{host}:{port} (API docs: /docs)")
     uvicorn.run(create_app(service), **options)
-
-
-for _module in stages.MODULES:  # the stage commands, in pipeline order
-    _module.mount(app)
 
 
 def run_cli() -> None:

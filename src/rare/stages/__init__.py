@@ -34,8 +34,9 @@ from rare.stages.variants import BASELINE, EVALUATIONS, INFERENCE_ONLY, VARIANTS
 DATA, ENHANCE, TRAIN, EVALUATE, REPORT = data.DATA, enhance.ENHANCE, train.TRAIN, evaluate.EVALUATE, report.REPORT
 PRETRAIN, ZERO_SHOT_EXPORT = pretrain.PRETRAIN, pretrain.ZERO_SHOT_EXPORT
 
-__all__ = ["BASELINE", "DATA", "ENHANCE", "ENHANCED", "EVALUATE", "PRETRAIN", "REPORT", "TRAIN", "ZERO_SHOT_EXPORT", "EVALUATIONS", "INFERENCE_ONLY", "MODULES", "PRETRAINED", "RAW", "ROOT", "STEPS",
-           "VARIANTS", "ZERO_SHOT", "ZERO_SHOT_MODEL", "Out", "Stage", "Step", "code_deps", "dvc_yaml", "import_closure",
+__all__ = ["BASELINE", "DATA", "ENHANCE", "ENHANCED", "EVALUATE", "EVALUATIONS", "INFERENCE_ONLY", "MODULES",
+           "PRETRAIN", "PRETRAINED", "RAW", "REPORT", "ROOT", "STEPS", "TRAIN", "VARIANTS", "ZERO_SHOT",
+           "ZERO_SHOT_EXPORT", "ZERO_SHOT_MODEL", "Out", "Stage", "Step", "code_deps", "dvc_yaml", "import_closure",
            "pipeline", "replica", "stage", "stages", "study_stages"]
 
 MODULES = (data, enhance, pretrain, train, evaluate, report)  # dvc.yaml lists their stages in this order
