@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from rare.config import load_section
-from rare.serve.live_enhance import LiveEnhancer
 from rare.serve.index import load_catalog, load_variant
+from rare.serve.live_enhance import LiveEnhancer
 from rare.serve.service import Limits, Service
 
 if TYPE_CHECKING:

@@ -94,9 +94,17 @@ def _cached(cache: Path, key: str, what: str) -> embed.Embeddings:
 
 def load_variant(name: str, model_dir: Path, data: Path, params: EvaluateParams, corpus_enhanced: Path | None,
                  queries_enhanced: Path | None) -> Variant:
-    """The model and its evaluation's cached pools (``evaluate.cache_dir``), opened read-only."""
+    """The model and its evaluation's cached pools (``evaluate.cache_dir``), opened read-only. A model is served
+    on the sides it was trained on (its ``meta.inputs``), as its variant's evaluation ran it: each side reads
+    its enhanced mirror only if the model trained on one."""
     device = resolve_device(params.device)
     retriever = load_retriever(model_dir, device=device)
+    trained = retriever.meta.inputs
+    if trained is None:
+        raise DataError(Path(model_dir) / "meta.json", None, "records no training inputs: serve a model "
+                        "`rare train` exported")
+    corpus_enhanced = corpus_enhanced if trained.corpus_enhanced else None
+    queries_enhanced = queries_enhanced if trained.queries_enhanced else None
     p = plan(name, retriever.meta, name, data, params, corpus_enhanced, queries_enhanced)
     precision = embed.resolve_precision(params.precision, device)
     cache, fp = Path(params.cache_dir), retriever.fingerprint

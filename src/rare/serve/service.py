@@ -26,8 +26,8 @@ from rare.data.views import query_text
 from rare.mbeir import TASKS, DatasetTask, dataset_id_of
 from rare.model import EncodeInput
 from rare.serve.batch import MicroBatcher
-from rare.serve.live_enhance import LiveEnhancer
 from rare.serve.index import POOLS, Catalog, Variant
+from rare.serve.live_enhance import LiveEnhancer
 
 
 @dataclass(frozen=True)
