@@ -68,6 +68,7 @@ def _retriever(base: Path) -> Any:
 def plain_steps(module: RetrieverModule, batch: dict, steps: int, chunk: int | None) -> list[float]:
     """The step written out: plain (embed, loss, backward) or GradCache, then AdamW."""
     r = module.retriever
+    module.train()  # as Lightning's fit does
     opt = module.configure_optimizers()["optimizer"]
     times = []
     for _ in range(WARMUP + steps):

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from rare.data.images import to_rgb
 from rare.data.views import TEXT_FORMATS
-from rare.model.preprocess import EncodeInput, to_rgb
+from rare.model.preprocess import EncodeInput
 
 EMB = "<emb>"
 IMAGE_PAD, VISION = "<|image_pad|>", "<|vision_start|><|image_pad|><|vision_end|>"
