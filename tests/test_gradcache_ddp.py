@@ -102,7 +102,7 @@ def test_grad_cache_under_ddp_is_the_plain_global_batch_step(base: Path, tmp_pat
     mp.spawn(_rank, args=(base, _port(), learn, chunk, tmp_path), nprocs=WORLD, join=True)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert abs(float(got["loss"].detach()) - float(full)) < 1e-5, rank
+        assert abs(float(got["loss"].detach()) - float(full.detach())) < 1e-5, rank
         assert got["grads"].keys() == expected.keys()
         for name, g in expected.items():
             assert torch.allclose(got["grads"][name], g, atol=1e-5, rtol=1e-4), (rank, name)
