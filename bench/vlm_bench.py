@@ -1,6 +1,6 @@
 """The ``vlm`` family's training step on CPU (tiny random Qwen2-VL from a config, tests/vlm_tiny.py):
 
-    python -m bench.vlm_bench [--quick] [--batch 64] [--chunk 16] [--threads 1] [--clock cpu]
+    python -m bench.vlm_bench [--quick] [--batch 32] [--chunk 16] [--threads 1] [--clock cpu]
 
 (1) a GradCache step against the plain step at the same global batch (``--batch`` pairs, GradCache chunks of
     ``--chunk`` entries per side). GradCache embeds every chunk once more without a graph (all but the last
@@ -9,8 +9,8 @@
     ~7 ms (no graph) / ~18 ms (with its backward) of Python and per-op dispatch (peft's LoRA wrappers,
     transformers' masks and rotary embedding) whatever its size, so a chunk of a few entries measures that
     per-call cost, not GradCache. The default chunk (16) is large enough for per-entry compute to dominate that
-    fixed cost, as it does for a real model's chunk on a GPU, and 64 pairs make that 4 chunks a side (a user short
-    of memory by 4x); an informative row shows chunks of ``--chunk // 2``.
+    fixed cost, as it does for a real model's chunk on a GPU (32 pairs: 2 chunks a side; ``--batch 64`` gives 4 a
+    side, where the tiny model pays its per-call cost twice as often); an informative row shows ``--chunk // 2``.
 (2) the Lightning loop (rare's RetrieverModule, as `rare train` runs it) against a plain torch loop doing the
     same step; target >= 0.95x in samples/s.
 Rounds are interleaved so background load hits both sides alike; medians of per-step times. On a shared machine
@@ -115,7 +115,7 @@ def lightning_steps(module: RetrieverModule, batch: dict, steps: int) -> list[fl
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps and rounds")
-    ap.add_argument("--batch", type=int, default=64, help="pairs per step (the global batch)")
+    ap.add_argument("--batch", type=int, default=32, help="pairs per step (the global batch)")
     ap.add_argument("--chunk", type=int, default=16, help="GradCache chunk (entries per sub-batch)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's own); 1 keeps a shared machine's contention out of "
