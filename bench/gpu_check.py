@@ -589,7 +589,7 @@ def vlm_plain_loop(module: Any, batch: dict[str, Any], steps: int, device: str, 
                 contrastive_loss(r(batch["query"]), r(batch["cand"]), r.scale()).backward()
             else:
                 grad_cache_step(r, batch["query"], batch["cand"], lambda a, b: contrastive_loss(a, b, r.scale()), chunk,
-                                r.split)
+                                r.split, prepare=r.frozen_features, loss_params=r.scale)  # as rare train runs it
         optimizer.step()
         sync(device)
         ends.append(time.perf_counter())

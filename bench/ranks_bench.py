@@ -1,6 +1,7 @@
 """Evaluation embedding across torch.distributed ranks (gloo, CPU), in items/s (issue 23: 2 ranks >= 1.6x one).
 
-A tiny ``dual`` retriever (tests/fixtures/models.py) embeds the same items (a third text only, a third
+A tiny retriever (``--family dual``: tests/fixtures/models.py; ``--family vlm``: a random 2-layer Qwen2-VL with
+LoRA, tests/vlm_tiny.py) embeds the same items (a third text only, a third
 image only, a third both; images 48..112 px, decoded and preprocessed in the process as evaluation
 does) through ``rare.evaluate.embed.embed`` in three setups, each started fresh with an empty cache:
 
@@ -13,7 +14,7 @@ barrier after every rank has loaded the model to the end of ``embed`` (shards wr
 assembled). Each setup runs ``repeats`` times, alternating, and its best run counts (other processes'
 load only adds time). On a machine with fewer free cores than ranks the ratio says so.
 
-Run: ``python -m bench ranks [--quick]`` or ``python bench/ranks_bench.py [--quick]``.
+Run: ``python -m bench ranks [--quick]`` or ``python bench/ranks_bench.py [--quick] [--family vlm]``.
 """
 
 from __future__ import annotations
@@ -94,14 +95,38 @@ def worker(work: Path, cache: Path, threads: int, shard_rows: int) -> None:
     print(json.dumps({"rank": ranks.rank, "seconds": time.perf_counter() - t0}), flush=True)
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+def _tiny_vlm(out: Path) -> None:
+    """A tiny random Qwen2-VL (tests/vlm_tiny.py) with LoRA, exported merged as ``rare train`` exports it."""
+    import torch
+    import transformers
+
+    from rare.config.train import ModelParams
+    from rare.model import build_retriever, save_retriever
+    from tests.vlm_tiny import save_tiny
+
+    transformers.utils.logging.set_verbosity_error()
+    base = save_tiny(out.parent / "vlm-base", "qwen2_vl")
+    torch.manual_seed(0)
+    vlm = {"model": {"pretrained": str(base)}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    save_retriever(build_retriever(ModelParams(family="vlm", vlm=vlm)), out)
+
+
+def _tiny_dual(out: Path) -> None:
     from tests.fixtures.models import make_tiny_retriever
 
-    n, repeats = (384, 1) if quick else (3072, 3)
+    make_tiny_retriever(out)
+
+
+FAMILIES = {"dual": (_tiny_dual, 3072), "vlm": (_tiny_vlm, 768)}  # items per run: each setup a few seconds or more
+
+
+def run(quick: bool = False, family: str = "dual") -> list[dict[str, Any]]:
+    make, n = FAMILIES[family]
+    n, repeats = (384, 1) if quick else (n, 3)
     shard_rows = 64 if quick else 128
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        make_tiny_retriever(work / "model")
+        make(work / "model")
         (work / "items.json").write_text(json.dumps(_items(work, n)))
         best = {name: float("inf") for name in SETUPS}
         for r in range(repeats):
@@ -111,7 +136,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rate = {name: n / s for name, s in best.items()}
     ref = rate["1 rank x 1 thread"]
     return [
-        row(f"items/s, 2 gloo ranks x 1 thread vs 1 rank x 1 thread ({n} items, {os.cpu_count()} cpus)",
+        row(f"items/s, {family}: 2 gloo ranks x 1 thread vs 1 rank x 1 thread ({n} items, {os.cpu_count()} cpus)",
             rate["2 ranks x 1 thread"], ref, "it/s", 1.6, better="higher"),
         row("items/s, 1 rank x 2 threads vs 1 rank x 1 thread (the same cores, one process)",
             rate["1 rank x 2 threads"], ref, "it/s", None, better="higher"),
@@ -123,6 +148,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="dual", help="the tiny retriever to embed with")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -131,4 +157,4 @@ if __name__ == "__main__":
     if args.worker:
         worker(args.worker, args.cache, args.threads, args.shard_rows)
     else:
-        print_rows(run(quick=args.quick))
+        print_rows(run(quick=args.quick, family=args.family))

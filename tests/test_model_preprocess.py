@@ -60,12 +60,6 @@ def test_collator_routes_only_present_modalities() -> None:
     assert empty["text_rows"].numel() == 0 and empty["pixel_values"].shape == (0, 3, 4, 4)
 
 
-def _clip_processor(size: int):  # noqa: ANN202
-    from transformers import CLIPImageProcessorPil  # the torchvision variant does not import beside torch 2.13
-
-    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-
-
 SIZES = ([(256, long) for long in range(257, 513)]            # short side 256, every long side 257..512
          + [(long, 256) for long in range(257, 513, 7)]       # the same, landscape
          + [(w, h) for w in (1, 3, 50, 223, 224, 225, 640) for h in (2, 224, 333, 1000)])
@@ -89,21 +83,31 @@ def test_equals_openai_clips_transform_exactly_on_every_size() -> None:
     assert worst == 0.0
 
 
-def test_equals_clip_image_processor_on_rgba_palette_and_greyscale() -> None:
-    """Colour conversion is transformers' (transparency onto white). 257x300 resizes to 224x261: an even
-    crop offset either way (round(18.5) == 18), so CLIPImageProcessor's floored crop is the same pixels."""
+def test_colour_modes_are_uniirs_convert_rgb_alpha_dropped_not_composited() -> None:
+    """UniIR opens every image with PIL's ``convert("RGB")`` before OpenAI clip's transform (LamRA's
+    qwen-vl-utils copy does the same): alpha is dropped, so a transparent pixel keeps the colour it stores.
+    Reference: that conversion, then torchvision's rules (tests/fixtures/uniir.py); max abs difference 0."""
     from rare.config.train import CLIP_MEAN, CLIP_STD
+    from tests.fixtures.uniir import torchvision_clip_transform
 
     rng = np.random.default_rng(1)
     rgb = Image.fromarray(rng.integers(0, 256, (300, 257, 3), dtype=np.uint8))
-    rgba = Image.fromarray(rng.integers(0, 256, (300, 257, 4), dtype=np.uint8), "RGBA")
+    pixels = rng.integers(0, 256, (300, 257, 4), dtype=np.uint8)
+    pixels[::2, :, 3] = 0  # every other row fully transparent, over non-white colours
+    rgba = Image.fromarray(pixels, "RGBA")
     palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     transparent = palette.copy()
     transparent.info["transparency"] = 3
     modes = [rgba, palette, transparent, rgb.convert("L"), rgba.convert("LA"), rgb.convert("CMYK"), rgb.convert("1")]
-    proc = _clip_processor(224)
     for img in modes:
         ours = preprocess_image(img, 224, CLIP_MEAN, CLIP_STD).numpy()
-        assert np.abs(ours - proc(img)["pixel_values"][0]).max() == 0.0, img.mode
-    white = Image.new("RGBA", (224, 224), (10, 20, 30, 0))  # fully transparent: white, as transformers composites
-    assert np.allclose(preprocess_image(white, 224, (0, 0, 0), (1, 1, 1)).numpy(), 1.0)
+        theirs = torchvision_clip_transform(img.convert("RGB"), 224, CLIP_MEAN, CLIP_STD)
+        assert np.abs(ours - theirs).max() == 0.0, img.mode
+    # the transparent rows are their stored colours, not white: the RGBA image is exactly its RGB channels
+    assert torch.equal(preprocess_image(rgba, 224, CLIP_MEAN, CLIP_STD),
+                       preprocess_image(Image.fromarray(pixels[..., :3]), 224, CLIP_MEAN, CLIP_STD))
+    clear = Image.new("RGBA", (224, 224), (200, 10, 30, 0))  # fully transparent dark red stays dark red
+    out = preprocess_image(clear, 224, (0, 0, 0), (1, 1, 1))
+    assert torch.allclose(out[:, 0, 0], torch.tensor([200, 10, 30]) / 255)
+    la = Image.new("LA", (224, 224), (40, 0))
+    assert torch.allclose(preprocess_image(la, 224, (0, 0, 0), (1, 1, 1)), torch.full((3, 224, 224), 40 / 255))

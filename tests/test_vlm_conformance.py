@@ -337,3 +337,17 @@ def test_unknown_backbone_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model_type 'llava' is not supported"):
         backbone("llava")
 
+
+
+def test_transparency_is_dropped_as_lamras_convert_rgb_drops_it(qwen2: Path) -> None:
+    """LamRA's qwen-vl-utils copy runs ``convert("RGB")`` before smart_resize: alpha is dropped, so the pixels of
+    an RGBA image are those of its own RGB channels, transparent ones (stored dark red here) included."""
+    r = _retriever(qwen2)
+    col = r.collator()
+    pixels = np.random.RandomState(3).randint(0, 256, (70, 98, 4)).astype("uint8")
+    pixels[:, ::2] = (200, 10, 30, 0)  # every other column fully transparent, non-white
+    rgba = Image.fromarray(pixels, "RGBA")
+    got = col([EncodeInput("a", rgba)])["pixel_values"]
+    assert torch.equal(got, col([EncodeInput("a", Image.fromarray(pixels[..., :3]))])["pixel_values"])
+    white = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    assert not torch.equal(got, col([EncodeInput("a", white)])["pixel_values"])

@@ -58,14 +58,13 @@ class ImageRoot:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Palette/alpha images are composited on white so transparent pixels don't turn black."""
+    """PIL's ``convert("RGB")``, as UniIR (its dataset opens every image with it before OpenAI clip's transform)
+    and LamRA (qwen-vl-utils' ``fetch_image``) both run it: alpha is dropped, not composited, so a transparent
+    pixel keeps the colour it stores (RGBA, LA; a palette's transparent index keeps its palette colour).
+    Compositing on white would feed a model other pixels than the ones it was trained and scored on.
+    16-bit grey is scaled to 8 bits first (PIL's conversion would clip it to white)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = img.point(lambda v: v / 256).convert("L")
     return img.convert("RGB")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rare.data.images import to_rgb
 from rare.data.views import TEXT_FORMATS
 
 
@@ -21,14 +22,6 @@ from rare.data.views import TEXT_FORMATS
 class EncodeInput:
     text: str                      # "" = no text
     image: Image.Image | None      # None = no image
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Transparency (RGBA, LA, a palette's transparent index) is composited onto white, as transformers does."""
-    if "A" in img.getbands() or img.info.get("transparency") is not None:
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
@@ -45,9 +38,10 @@ def crop_offset(resized: int, size: int) -> int:
 
 
 def preprocess_image(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """OpenAI ``clip``'s torchvision transform, which UniIR uses, operation for operation (the tests require a
-    max abs difference of 0): RGB, bicubic resize of the short side to ``size``, centre crop at torchvision's
-    rounded offset, x/255, then (x - mean) / std in float32 -> [3, size, size]."""
+    """UniIR's image path, operation for operation (the tests require a max abs difference of 0): PIL's
+    ``convert("RGB")`` as its dataset opens the file (alpha dropped), then OpenAI ``clip``'s transform: bicubic
+    resize of the short side to ``size``, centre crop at torchvision's rounded offset, x/255, then
+    (x - mean) / std in float32 -> [3, size, size]."""
     img = to_rgb(img)
     nw, nh = resized_size(*img.size, size)
     img = img.resize((nw, nh), Image.Resampling.BICUBIC)

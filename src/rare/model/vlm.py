@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from rare.data.images import to_rgb
 from rare.data.views import TEXT_FORMATS
-from rare.model.preprocess import EncodeInput, to_rgb
+from rare.model.preprocess import EncodeInput
 
 EMB = "<emb>"
 IMAGE_PAD, VISION = "<|image_pad|>", "<|vision_start|><|image_pad|><|vision_end|>"
@@ -155,8 +156,10 @@ class VlmCollator:
 
 
 def split_batch(batch: dict[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
-    """Consecutive sub-batches of at most ``chunk`` items, each with its own images' patches; the padded
-    length is kept, so every item sees exactly the positions it has in the whole batch."""
+    """Consecutive sub-batches of at most ``chunk`` items, each with its own images' patches. Only trailing
+    columns that are padding in every row of the chunk are cut: a real token keeps the position it has in the
+    whole batch (left padding, where the pads lead, is kept as it is), and a chunk of short entries does not pay
+    for the batch's longest one."""
     size = int(batch["size"])
     patches = batch["image_grid_thw"].prod(dim=1)
     starts = torch.cat([torch.zeros(1, dtype=torch.long), patches.cumsum(0)])
@@ -170,8 +173,10 @@ def split_batch(batch: dict[str, torch.Tensor], chunk: int) -> list[dict[str, to
             pix = batch["pixel_values"][a:b]
         else:
             pix = batch["pixel_values"][:0]
-        out.append({"size": torch.tensor(hi - lo), "input_ids": batch["input_ids"][lo:hi],
-                    "attention_mask": batch["attention_mask"][lo:hi], "pixel_values": pix,
+        mask = batch["attention_mask"][lo:hi]
+        width = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else mask.shape[1]
+        out.append({"size": torch.tensor(hi - lo), "input_ids": batch["input_ids"][lo:hi, :width],
+                    "attention_mask": mask[:, :width], "pixel_values": pix,
                     "image_grid_thw": batch["image_grid_thw"][sel], "image_rows": rows[sel] - lo})
     return out
 

@@ -79,7 +79,7 @@ class RetrieverModule(pl.LightningModule):
             self.retriever, batch["query"], batch["cand"],
             lambda q, c: contrastive_loss(q, c, self.retriever.scale(), self.symmetric),
             self.grad_cache_chunk, self.retriever.split, backward=self.manual_backward, no_sync=no_sync,
-            prepare=self.retriever.frozen_features)
+            prepare=self.retriever.frozen_features, loss_params=self.retriever.scale)
         opt.step()
         sched.step()
         return loss
