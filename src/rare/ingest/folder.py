@@ -46,7 +46,8 @@ def matches(path: Path) -> bool:
 
 def looked_for() -> str:
     """What a folder must hold, for the error naming a folder that holds none of it."""
-    return f"a captions file ({', '.join(CAPTION_FILES)}) or images ({', '.join(IMAGE_SUFFIXES)}) with a .txt beside each"
+    return (f"a captions file ({', '.join(CAPTION_FILES)}) or images ({', '.join(IMAGE_SUFFIXES)}) "
+            "with a .txt beside each")
 
 
 def _sidecar(image: Path) -> Row | Rejected:
