@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -50,7 +51,8 @@ def _stage(name: str, params: Path, work: Path, monkeypatch: pytest.MonkeyPatch)
     """A dvc.yaml stage's own command line, run by the CLI in this process (in ``work``, as dvc would)."""
     args = [*shlex.split(stages.stage(name).cmd)[1:], "--params", str(params)]
     monkeypatch.chdir(work)
-    res = CliRunner().invoke(app, args)
+    with mock.patch.dict(os.environ):  # the CLI sets cache and Prefect variables for its process: not for later tests
+        res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, f"rare {shlex.join(args)}\n{res.output}\n{res.exception!r}"
 
 
