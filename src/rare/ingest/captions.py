@@ -1,9 +1,9 @@
 """A folder of images with a captions file (CSV, TSV or JSONL): image path, text, optional group id.
 
-Each physical line is one row and is decoded on its own, so a line in a bad encoding rejects that row
-only. Image paths are relative to the captions file's folder (or absolute). CSV/TSV need a header line
-naming the columns (``image``, ``text``, ``group``; see ``rows`` for the accepted synonyms); quoted
-fields may not span lines.
+Each physical line is decoded on its own, so a line in a bad encoding rejects only the row holding it.
+Image paths are relative to the captions file's folder (or absolute). CSV/TSV need a header line naming the
+columns (``image``, ``text``, ``group``; see ``rows`` for the accepted synonyms) and follow
+RFC 4180: a quoted field may span lines, and a row is named by the line it starts on.
 """
 
 from __future__ import annotations
@@ -60,28 +60,70 @@ def read_jsonl(file: str) -> Iterator[Row | Rejected]:
         yield _row(path, n, record)
 
 
+class _Physical:
+    """A captions file's physical lines for ``csv.reader``, each decoded on its own: a line that is not UTF-8
+    is read with replacement characters and remembered, so only the record holding it is rejected."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.bad: dict[int, str] = {}  # line number -> why it is unreadable
+
+    def __iter__(self) -> Iterator[str]:
+        with self.path.open("rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                try:
+                    yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    self.bad[n] = f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                    yield raw.decode("utf-8", errors="replace")
+
+
+def _span(first: int, last: int) -> str:
+    return "" if first == last else f" (lines {first}-{last}: a quoted field spans them)"
+
+
 def _delimited(file: str, delimiter: str) -> Iterator[Row | Rejected]:
+    """RFC 4180 records: a quoted field may hold delimiters, doubled quotes and line breaks. A record is
+    named by its first physical line, so messages point where the row starts; the strict dialect makes a
+    quote that never closes (or stray text after a closing quote) a rejected row, not a swallowed file."""
     path = Path(file)
+    lines = _Physical(path)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     header: list[str] | None = None
-    for n, text, cause in _lines(path):
-        if text is None:
+    last = 0  # the physical line the previous record ended on
+    while True:
+        first = last + 1
+        try:
+            cells = next(reader, None)
+        except csv.Error as exc:
+            last = reader.line_num
             if header is None:
-                raise ValueError(f"{file}:{n}: the header line is {cause}")
-            yield Rejected(Where(file, n), cause or "unreadable line")
+                raise ValueError(f"{file}:{first}: the header line is not valid CSV ({exc})") from None
+            cause = (f"a quoted field opened here is never closed (it runs to line {last}, the end of the file)"
+                     if "end of data" in str(exc) else f"malformed CSV ({exc}){_span(first, last)}")
+            yield Rejected(Where(file, first), cause)
             continue
-        if not text.strip():
+        if cells is None:
+            return
+        last = reader.line_num
+        bad = next((n for n in range(first, last + 1) if n in lines.bad), None)
+        if bad is not None:
+            if header is None:
+                raise ValueError(f"{file}:{bad}: the header line is {lines.bad[bad]}")
+            yield Rejected(Where(file, first), lines.bad[bad] + ("" if bad == first else f" on line {bad}"))
             continue
-        cells = next(csv.reader([text], delimiter=delimiter))
+        if not any(c.strip() for c in cells):
+            continue
         if header is None:
             header = [c.strip() for c in cells]
             if pick(dict.fromkeys(header), IMAGE_KEYS) is None or pick(dict.fromkeys(header), TEXT_KEYS) is None:
-                raise ValueError(f"{file}:{n}: the header must name an image column ({', '.join(IMAGE_KEYS)}) "
+                raise ValueError(f"{file}:{first}: the header must name an image column ({', '.join(IMAGE_KEYS)}) "
                                  f"and a text column ({', '.join(TEXT_KEYS)}); got {header}")
             continue
         if len(cells) != len(header):
-            yield Rejected(Where(file, n), f"expected {len(header)} columns, got {len(cells)}")
+            yield Rejected(Where(file, first), f"expected {len(header)} columns, got {len(cells)}{_span(first, last)}")
             continue
-        yield _row(path, n, dict(zip(header, cells)))
+        yield _row(path, first, dict(zip(header, cells)))
 
 
 def read_csv(file: str) -> Iterator[Row | Rejected]:

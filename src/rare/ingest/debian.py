@@ -25,12 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rare.atomic import atomic_write, atomic_write_text
+
 TUX = Path("/usr/share/tuxpaint/stamps")
 CLIPART = Path("/usr/share/openclipart/svg")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 CLDR_EN = Path("/usr/share/unicode/cldr/common/annotations/en.xml")
-RASTER_PX = 192  # SVGs are drawn this wide (the pipeline's towers read 64 px)
+RASTER_PX = 192  # SVGs are drawn this wide, larger PNG stamps shrunk to it (the pipeline's towers read 64 px)
 MAX_SVG_BYTES = 400_000  # bigger drawings take seconds each to rasterise
 SKIN = re.compile("[\U0001F3FB-\U0001F3FF]")
 
@@ -40,7 +42,7 @@ class Entry:
     key: str  # unique within the source; the file name of a rendered image
     text: str
     group: str | None
-    image: Path | Callable[[], bytes]  # a file to use as it is, or a renderer producing PNG bytes
+    image: Callable[[], bytes]  # renders (or reads) the PNG bytes written under the source's images/
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,31 @@ def _svg(path: Path) -> Callable[[], bytes]:
     def render() -> bytes:
         import cairosvg
 
-        return cairosvg.svg2png(url=str(path), output_width=RASTER_PX, background_color="white")
+        return _shrink(cairosvg.svg2png(url=str(path), output_width=RASTER_PX, background_color="white"))
 
     return render
+
+
+def _shrink(data: bytes) -> bytes:
+    """A PNG at most RASTER_PX on its long side: ``data`` itself when it is that small already, else shrunk
+    (LANCZOS, alpha kept). Stamps run up to ~520 px and tall drawings drawn 192 px wide up to ~1,600 px high;
+    decoding them cost 3-4x the other images' time at every training step and evaluation pass, for towers
+    that read 64 px."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        if max(img.size) <= RASTER_PX:
+            return data
+        alpha = "A" in img.getbands() or img.mode == "P" or "transparency" in img.info
+        small = img.convert("RGBA" if alpha else "RGB")
+    small.thumbnail((RASTER_PX, RASTER_PX), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png(path: Path) -> Callable[[], bytes]:
+    return lambda: _shrink(path.read_bytes())
 
 
 def _tux() -> Iterator[Entry]:
@@ -72,7 +96,7 @@ def _tux() -> Iterator[Entry]:
             continue
         rel = stem.relative_to(TUX)
         group = re.sub(r"-\d+$", "", str(rel))
-        yield Entry(str(rel).replace("/", "_"), text, group, image if image.suffix == ".png" else _svg(image))
+        yield Entry(str(rel).replace("/", "_"), text, group, _png(image) if image.suffix == ".png" else _svg(image))
 
 
 _DC = {"dc": "http://purl.org/dc/elements/1.1/", "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#"}
@@ -206,22 +230,16 @@ def write_source(name: str, out: Path, max_items: int | None = None,
     for e in entries:
         if max_items is not None and len(rows) >= max_items:
             break
-        if isinstance(e.image, Path):
-            image = str(e.image)
-        else:
-            target = images / f"{e.key}.png"
-            if not target.exists():  # a rerun renders only what is missing
-                try:
-                    data = e.image()
-                except Exception as exc:  # noqa: BLE001 - a drawing the rasteriser cannot draw is skipped, named
-                    on_skip(f"{name}: {e.key}: cannot render ({type(exc).__name__}: {exc})")
-                    continue
-                target.write_bytes(data)
-            image = f"images/{target.name}"
-        rows.append({"image": image, "text": e.text, **({"group": e.group} if e.group else {})})
+        target = images / f"{e.key}.png"
+        if not target.exists():  # a rerun renders only what is missing
+            try:
+                data = e.image()
+            except Exception as exc:  # noqa: BLE001 - a drawing the rasteriser cannot draw is skipped, named
+                on_skip(f"{name}: {e.key}: cannot render ({type(exc).__name__}: {exc})")
+                continue
+            atomic_write(target, [data])  # a killed render leaves no truncated PNG for the rerun to keep
+        rows.append({"image": f"images/{target.name}", "text": e.text, **({"group": e.group} if e.group else {})})
         on_item()
     captions = folder / "captions.jsonl"
-    from rare.atomic import atomic_write_text
-
     atomic_write_text(captions, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return captions

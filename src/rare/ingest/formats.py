@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.ingest import captions, columnar, webdataset
+from rare.ingest import captions, columnar, folder, webdataset
 from rare.ingest.rows import Reader
 
 
@@ -38,6 +38,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("parquet", columnar.read_parquet, _suffix(".parquet", ".pq"), "Parquet (.parquet)"),
     Format("hf", columnar.read_hf, _hf_folder, "a Hugging Face datasets folder (save_to_disk)"),
     Format("webdataset", webdataset.read_webdataset, _shards, "WebDataset shards (.tar, or a folder of them)"),
+    Format("folder", folder.read_folder, folder.matches, "a folder holding a captions file (captions.csv/tsv/jsonl, "
+           "metadata.jsonl/csv) or images with .txt sidecars"),
 )}
 
 
@@ -56,6 +58,6 @@ def detect_format(path: Path, given: str | None = None) -> Format:
     for fmt in FORMATS.values():
         if fmt.matches(path):
             return fmt
-    what = "a folder with no captions file, state.json or .tar shards" if path.is_dir() else \
-        f"format {path.suffix or path.name!r}"
+    what = (f"a folder holding none of: {folder.looked_for()}, a datasets state.json or dataset_dict.json, "
+            f".tar shards") if path.is_dir() else f"format {path.suffix or path.name!r}"
     raise ValueError(f"{path}: unsupported input ({what}); rare import reads {accepted()}")

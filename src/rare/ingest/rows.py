@@ -39,7 +39,7 @@ class Rejected:
 Reader = Callable[[str], Iterator["Row | Rejected"]]  # a path -> its rows in file order
 
 # Column names readers accept for each field (the first that is present wins).
-IMAGE_KEYS = ("image", "image_path", "img_path", "file", "filename", "path", "jpg", "png")
+IMAGE_KEYS = ("image", "image_path", "img_path", "file", "file_name", "filename", "path", "jpg", "png")
 TEXT_KEYS = ("text", "caption", "txt", "description", "title")
 GROUP_KEYS = ("group", "group_id", "entity", "entity_id")
 
