@@ -49,7 +49,7 @@ from rare.config.evaluate import EvaluateParams  # noqa: E402
 from rare.config.train import TrainParams  # noqa: E402
 from rare.data.images import load_image  # noqa: E402
 from rare.data.layout import MBEIRRoot  # noqa: E402
-from rare.evaluate.embed import Item, TextView, embed, pool_items, resolve_precision  # noqa: E402
+from rare.evaluate.embed import EmbedInput, TextView, embed, pool_items, resolve_precision  # noqa: E402
 from rare.model import EncodeInput, Retriever, build_retriever, load_retriever  # noqa: E402
 
 TRAINED = ROOT / "models" / "none"
@@ -63,7 +63,7 @@ def retriever_for_bench(device: str) -> tuple[Retriever, str]:
     return build_retriever(TrainParams().model).to(device).eval(), "fresh build of the train: defaults"
 
 
-def end_to_end(retriever: Retriever, items: Sequence[Item], image_root: Path, cache: Path, key: str,
+def end_to_end(retriever: Retriever, items: Sequence[EmbedInput], image_root: Path, cache: Path, key: str,
                params: EvaluateParams, device: str, precision: str) -> float:
     """Seconds for ``embed`` to produce the entry (nothing cached under ``key`` yet)."""
     start = time.perf_counter()
@@ -74,7 +74,7 @@ def end_to_end(retriever: Retriever, items: Sequence[Item], image_root: Path, ca
     return seconds
 
 
-def breakdown(retriever: Retriever, items: Sequence[Item], image_root: Path, batch_size: int, device: str,
+def breakdown(retriever: Retriever, items: Sequence[EmbedInput], image_root: Path, batch_size: int, device: str,
               precision: str) -> dict[str, float]:
     """Seconds spent decoding images, collating (tokenise, resize, normalise) and in the model, batch by batch."""
     collate = retriever.collator()
@@ -108,8 +108,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         # In embed's own batching order (images first, then by text length), so the breakdown sees its batches.
         pool = sorted(pool_items(MBEIRRoot(root).global_pool("test"), TextView(False, "append")),
                       key=lambda it: (it.image is None, len(it.text)))
-        images = [Item(it.id, "", it.image) for it in pool if it.image]  # vision tower alone
-        texts = [Item(it.id, it.text, None) for it in pool if it.text]   # text tower alone
+        images = [EmbedInput(it.id, "", it.image) for it in pool if it.image]  # vision tower alone
+        texts = [EmbedInput(it.id, it.text, None) for it in pool if it.text]   # text tower alone
         cache = Path(tmp) / "cache"
         sets = {"images": images, "texts": texts, "pool": pool}
         # The first pass meets every batch shape for the first time (kernel selection, oneDNN primitives).

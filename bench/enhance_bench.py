@@ -35,7 +35,7 @@ from rare import runtime  # noqa: E402
 runtime.configure()
 
 from rare.config.enhance import EnhanceParams  # noqa: E402
-from rare.enhance.backends.base import EnhanceRequest, EnhanceResult  # noqa: E402
+from rare.enhance.backends.interface import EnhanceRequest, EnhanceResult  # noqa: E402
 from rare.enhance.side import enhance_side  # noqa: E402
 
 IMAGES = 64  # distinct image files; records reuse them, their texts keep every input distinct

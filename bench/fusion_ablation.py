@@ -28,7 +28,7 @@ from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_queries
 from rare.data.views import side_file
-from rare.evaluate.embed import Item, TextView, pool_items, query_items
+from rare.evaluate.embed import EmbedInput, TextView, pool_items, query_items
 from rare.model import EncodeInput
 from rare.model.io import load_retriever
 from rare.model.retriever import Retriever
@@ -43,7 +43,7 @@ VIEWS = {
 }
 
 
-def encode(retriever: Retriever, items: Sequence[Item], image_root: Path, text: bool, image: bool,
+def encode(retriever: Retriever, items: Sequence[EmbedInput], image_root: Path, text: bool, image: bool,
            batch: int = 128) -> np.ndarray:
     """Embeddings of ``items`` with their text and/or image left out (an entry left with neither is all zeros)."""
     collate, out = retriever.collator(), []

@@ -336,7 +336,7 @@ def caption_rows(smoke: bool, device: str) -> list[dict[str, Any]]:
     from PIL import Image
 
     from rare.config.ops import CAPTION
-    from rare.enhance.backends.base import EnhanceRequest
+    from rare.enhance.backends.interface import EnhanceRequest
     from rare.enhance.backends.transformers import TransformersBackend
     from tests.fixtures.enhance import make_tiny_vlm
 

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rare.config.enhance import OpenAIOptions  # noqa: E402
-from rare.enhance.backends.base import BackendUnavailable  # noqa: E402
+from rare.enhance.backends.interface import BackendUnavailable  # noqa: E402
 from rare.enhance.backends.openai import OpenAIBackend  # noqa: E402
 from tests.fixtures.openai_server import DEFAULT_MODEL, ScriptedServer  # noqa: E402
 from tests.test_enhance_openai import rewrite_request  # noqa: E402

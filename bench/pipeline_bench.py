@@ -58,7 +58,7 @@ from prefect import flow  # noqa: E402
 
 from rare import cli  # noqa: E402,F401 - the typer app each stage command loads
 from rare.config import load_section  # noqa: E402
-from rare.tracking import child_run  # noqa: E402
+from rare.mlflow_runs import child_run  # noqa: E402
 
 
 @flow(name="noop")

@@ -88,7 +88,7 @@ def worker(work: Path, cache: Path, threads: int, shard_rows: int) -> None:
 
     ranks, device = join_from_env("cpu")
     retriever = load_retriever(work / "model")
-    items = [embed.Item(**it) for it in json.loads((work / "items.json").read_text())]
+    items = [embed.EmbedInput(**it) for it in json.loads((work / "items.json").read_text())]
     ranks.barrier()
     t0 = time.perf_counter()
     embed.embed(retriever, lambda: items, "bench", cache, work, batch_size=32, shard_rows=shard_rows, device=device)

@@ -32,7 +32,7 @@ from rare.config.data import DataParams  # noqa: E402
 from rare.config.train import TrainParams  # noqa: E402
 from rare.data.layout import MBEIRRoot  # noqa: E402
 from rare.model import build_retriever  # noqa: E402
-from rare.train.data import PairDataModule, TextSettings, resolve_inputs  # noqa: E402
+from rare.train.datamodule import PairDataModule, TextSettings, resolve_inputs  # noqa: E402
 from rare.train.module import RetrieverModule  # noqa: E402
 
 WARMUP = 2

@@ -22,7 +22,7 @@ from rare import runtime
 
 runtime.configure()
 
-from rare import errors, servers  # noqa: E402
+from rare import failures, servers  # noqa: E402
 
 
 def _ensure_prefect_server() -> servers.Server | None:
@@ -55,13 +55,13 @@ def mark_cancelled(flow: object, flow_run: object, state: object) -> None:
     KILLED here, found by the flow run's id."""
     import mlflow
 
-    from rare import tracking
+    from rare import mlflow_runs
     from rare.config import load_section
 
     params = load_section("tracking")
     if not params.enabled:
         return
-    exp_id = tracking.setup(params)
+    exp_id = mlflow_runs.setup(params)
     client = mlflow.MlflowClient()
     for parent in client.search_runs([exp_id], f"tags.`{FLOW_RUN_TAG}` = '{flow_run.id}'"):
         children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -74,8 +74,8 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
     from prefect import flow, get_run_logger, task
     from prefect.cache_policies import NO_CACHE
 
+    from rare import mlflow_runs, stageflow
     from rare import repro as dvc_pipeline
-    from rare import stageflow, tracking
     from rare.config import load_section
 
     stage_output = dvc_pipeline.PipelineEcho(print)  # one per flow run (reset at its start)
@@ -111,12 +111,12 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
         seconds: dict[str, float] = {}
         run_id = None
         if params.enabled:
-            exp_id = tracking.setup(params)
+            exp_id = mlflow_runs.setup(params)
             parent = mlflow.MlflowClient().create_run(  # named as the flow run, so the two UIs agree
                 exp_id, run_name=flow_run.name or run_name(),
-                tags={"rare.role": "pipeline", FLOW_RUN_TAG: str(flow_run.id), **tracking.run_tags()})
+                tags={"rare.role": "pipeline", FLOW_RUN_TAG: str(flow_run.id), **mlflow_runs.run_tags()})
             run_id = parent.info.run_id
-            os.environ[tracking.PARENT_ENV] = run_id
+            os.environ[mlflow_runs.PARENT_ENV] = run_id
         status = "FAILED"
         try:
             for stage in selected:
@@ -131,7 +131,7 @@ def build_flow():  # noqa: ANN201 - returns a prefect Flow
                 for stage, s in seconds.items():
                     client.log_metric(run_id, f"stage_seconds.{stage.replace('@', '.')}", s)
                 client.set_terminated(run_id, status)
-                os.environ.pop(tracking.PARENT_ENV, None)
+                os.environ.pop(mlflow_runs.PARENT_ENV, None)
         if hint := stage_output.hint():
             get_run_logger().info(hint)
         if (REPORT_DIR / "report.md").exists():
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--debug", action="store_true", help="print the traceback behind an error (stages too)")
     args = ap.parse_args(argv)
     if args.debug:
-        os.environ[errors.DEBUG_ENV] = "1"
+        os.environ[failures.DEBUG_ENV] = "1"
     if args.serve:
         if not os.environ.get("PREFECT_API_URL"):
             raise SystemExit("--serve needs a running Prefect server: run `make ui` first")
@@ -183,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seconds = build_flow()(force=args.force, stages=args.stage)
     except Exception as exc:  # one `error:` line (none if the stage's own is already above), as the CLI does
-        line = errors.expected(exc)
-        if line is None or errors.debug():
-            errors.print_traceback(exc)
-        if line is not None and not errors.reported(exc):
-            errors.print_error(line)
+        line = failures.expected(exc)
+        if line is None or failures.debug():
+            failures.print_traceback(exc)
+        if line is not None and not failures.reported(exc):
+            failures.print_error(line)
         return 1
     total = sum(seconds.values())
     for stage, s in seconds.items():

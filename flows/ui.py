@@ -19,7 +19,7 @@ def main(action: str) -> None:
         for svc in (prefect, mlflow):
             started = servers.start(svc, tracking.tracking_uri, tracking.artifact_root)
             print(f"{svc.name:8s} {'started' if started else 'already up'} at {svc.url}")
-        from rare.tracking import setup
+        from rare.mlflow_runs import setup
 
         # MLflow's UI opens on its GenAI views unless the URL asks for the model-training ones.
         print(f"MLflow runs: {mlflow.url}/#/experiments/{setup(tracking)}?workflowType=machine_learning")

@@ -22,7 +22,7 @@ from rare.config.ops import CAPTION, REFINE, RESOLVE, REWRITE
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Enhanced, iter_candidates, iter_queries
 from rare.data.views import combine
-from rare.enhance.backends.base import EnhanceRequest
+from rare.enhance.backends.interface import EnhanceRequest
 from rare.enhance.backends.standin import StandinBackend
 from rare.stages.variants import VARIANTS
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.qrels import read_qrels
 from rare.data.records import iter_queries, parse_query

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rare.config.enhance import EnhanceParams
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_candidates, iter_jsonl, iter_queries
 from rare.data.views import candidate_text

@@ -84,7 +84,7 @@ def test_cli_fails_loudly_with_the_failure_report_written(prefect_harness, tiny_
 def test_only_transient_shard_failures_are_retried():
     from prefect.states import Failed
 
-    from rare.data.errors import DataError
+    from rare.data.input_error import DataError
     from rare.stageflow import transient
 
     assert transient(None, None, Failed(data=RuntimeError("CUDA out of memory"))) is True

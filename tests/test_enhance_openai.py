@@ -25,7 +25,7 @@ from PIL import Image
 from rare import stageflow
 from rare.config.enhance import EnhanceParams
 from rare.enhance.backends import generation_settings, make_backend
-from rare.enhance.backends.base import BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
+from rare.enhance.backends.interface import BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
 from rare.enhance.backends.openai import UNIFORM_MIN_REQUESTS, BaseUrls, _Stopped, retry_after
 from rare.enhance.checks import judge
 from rare.enhance.prompts import PromptSet

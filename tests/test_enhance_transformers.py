@@ -7,9 +7,9 @@ from PIL import Image
 
 from rare.config.enhance import EnhanceParams
 from rare.enhance.backends import make_backend
-from rare.enhance.backends.base import EnhanceRequest
+from rare.enhance.backends.chat import fit_pixels
+from rare.enhance.backends.interface import EnhanceRequest
 from rare.enhance.backends.transformers import TransformersBackend
-from rare.enhance.backends.vlm import fit_pixels
 from rare.enhance.prompts import PromptSet
 from rare.enhance.side import enhance_side
 

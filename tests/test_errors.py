@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rare import errors
-from rare.data.errors import DataError
+from rare import failures
 from rare.data.images import ImageLoadError
+from rare.data.input_error import DataError
 
 
 class _Failing(torch.utils.data.Dataset):
@@ -33,21 +33,21 @@ def test_dataloader_worker_errors_are_unwrapped_to_their_cause(exc: Exception) -
     with pytest.raises(Exception) as caught:
         next(iter(loader))
     assert "DataLoader worker process" in str(caught.value)  # torch's wrapping, with the worker's traceback
-    assert errors.expected(caught.value) == str(exc)
-    with pytest.raises(errors.WorkerFailure) as unwrapped, errors.worker_errors_unwrapped():
+    assert failures.expected(caught.value) == str(exc)
+    with pytest.raises(failures.WorkerFailure) as unwrapped, failures.worker_errors_unwrapped():
         next(iter(loader))
     assert str(unwrapped.value) == str(exc)
 
 
 def test_bugs_keep_their_traceback() -> None:
-    assert errors.expected(KeyError("x")) is None and errors.expected(RuntimeError("boom")) is None
-    assert errors.expected(FileNotFoundError(2, "No such file or directory", "/x/y")) == "/x/y: No such file or directory"
+    assert failures.expected(KeyError("x")) is None and failures.expected(RuntimeError("boom")) is None
+    assert failures.expected(FileNotFoundError(2, "No such file or directory", "/x/y")) == "/x/y: No such file or directory"
 
 
 def test_prefect_logs_an_expected_failure_as_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from rare.stageflow import OneLineFailures
 
-    monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+    monkeypatch.delenv(failures.DEBUG_ENV, raising=False)
     try:
         raise DataError("/d/q.jsonl", 4, "'task_id' is True")
     except DataError:
@@ -88,7 +88,7 @@ def test_a_missing_training_image_is_named_in_one_line(tiny_root: Path, tiny_tok
         image.unlink()  # whichever pair the first batch draws, its image is gone
     params = TrainParams(model=tiny_model_params(tiny_tokenizer_dir), batch_size=8, max_steps=2, num_workers=1,
                          cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(errors.WorkerFailure) as exc:
+    with pytest.raises(failures.WorkerFailure) as exc:
         train_variant("none", tiny_root, tmp_path / "model", params)
     message = str(exc.value)
     assert "\n" not in message and "image file not found" in message and str(tiny_root / "mbeir_images") in message

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rare.cli import app
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.evaluate.metrics import hit_rates, mbeir_score, score_run, task_metrics
 from rare.evaluate.runfile import read_run, write_run
 from rare.mbeir import DatasetTask

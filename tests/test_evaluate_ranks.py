@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 N_ITEMS, SHARD_ROWS = 46, 4  # 12 shards, the last one short
 
 
-def _items(root: Path) -> list[embed.Item]:
+def _items(root: Path) -> list[embed.EmbedInput]:
     """Text only, image only, and both; images of assorted sizes and modes."""
     rng = np.random.default_rng(0)
     words = "a red circle on a blue square beside the green triangle of an encyclopedia passage".split()
@@ -36,12 +36,12 @@ def _items(root: Path) -> list[embed.Item]:
             (root / "img").mkdir(parents=True, exist_ok=True)
             w, h = (int(v) for v in rng.integers(16, 80, size=2))
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / image)
-        items.append(embed.Item(f"9:{i}", text, image))
+        items.append(embed.EmbedInput(f"9:{i}", text, image))
     return items
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[embed.Item]]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[embed.EmbedInput]]:
     root = tmp_path_factory.mktemp("ranks")
     items = _items(root)
     (root / "items.json").write_text(json.dumps([vars(it) for it in items]))
@@ -75,7 +75,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> None:
         assert p.returncode == 0, out.decode()[-3000:]
 
 
-def _reference(model: Path, root: Path, items: list[embed.Item], cache: Path) -> np.ndarray:
+def _reference(model: Path, root: Path, items: list[embed.EmbedInput], cache: Path) -> np.ndarray:
     import torch
 
     from rare.model import load_retriever

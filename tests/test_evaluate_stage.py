@@ -11,7 +11,7 @@ import pytest
 
 from rare.config.evaluate import EvaluateParams
 from rare.contracts import TextModes
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import APPEND_PREFIX

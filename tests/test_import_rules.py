@@ -7,7 +7,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "rare"
 LIBRARY = ("data", "model", "train", "evaluate", "enhance", "report", "benchmark", "serve", "ingest", "pretrain")
-PLUMBING = frozenset({"rare.tracking", "rare.stageflow", "rare.cli", "rare.stages"})
+PLUMBING = frozenset({"rare.mlflow_runs", "rare.stageflow", "rare.cli", "rare.stages"})
 def imported(path: Path) -> set[str]:
     """Every module ``path`` names in an import statement, at any depth (lazy and type-only imports too)."""
     found: set[str] = set()

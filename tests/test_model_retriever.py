@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from rare.config.train import PRETRAINED_TEXT, ModelParams, TowerSource
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.manifest import ManifestError, write_folder_manifest
 from rare.model import EncodeInput, build_retriever, load_retriever, save_retriever
 from rare.model.towers import resolve_source

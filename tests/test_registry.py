@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rare import mlflow_runs as rare_tracking
 from rare import registry
-from rare import tracking as rare_tracking
 from rare.config.evaluate import EvaluateParams
 from rare.config.tracking import TrackingParams
 from rare.evaluate import embed
@@ -20,7 +20,7 @@ from rare.stages.evaluate import evaluate_tracked
 from tests.fixtures.models import make_tiny_retriever
 
 
-def _rows(items: list[embed.Item], root: Path) -> pd.DataFrame:
+def _rows(items: list[embed.EmbedInput], root: Path) -> pd.DataFrame:
     return pd.DataFrame({"text": [it.text for it in items],
                          "image": [registry.encode_image(root / it.image) if it.image else "" for it in items]})
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from rare.config.report import ReportParams
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.layout import MBEIRRoot
 from rare.report import compose
 from rare.report.evidence import load_samples, split_seeds

@@ -8,7 +8,7 @@ import pytest
 from rare.config.enhance import StandinNoise
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_queries
-from rare.enhance.backends.base import Backend, EnhanceRequest
+from rare.enhance.backends.interface import Backend, EnhanceRequest
 from rare.enhance.backends.standin import StandinBackend
 
 SCENE = {"background": "cream",

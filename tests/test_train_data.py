@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from rare.config.train import TrainParams
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_jsonl
 from rare.mbeir import TASKS, dataset_id_of
-from rare.train.data import EpochBatchSampler, PairDataModule, TextSettings, resolve_inputs
+from rare.train.datamodule import EpochBatchSampler, PairDataModule, TextSettings, resolve_inputs
 from tests.fixtures.tiny_root import make_tiny_root
 
 FAILED_QID_SUFFIX = "3"  # queries whose qid ends in 3 carry a failed enhancement: they must fall back

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from rare.config.train import OptimParams, TrainParams
 from rare.data.layout import MBEIRRoot
 from rare.model import build_retriever, load_retriever
-from rare.train.data import resolve_inputs
+from rare.train.datamodule import resolve_inputs
 from rare.train.fit import LAST, train_variant, work_dir
 from tests.fixtures.models import tiny_model_params
 

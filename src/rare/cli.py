@@ -5,7 +5,7 @@ import, debian-sources, score, serve.
 Heavy imports (torch, prefect, mlflow) happen inside the commands, after the arguments and the
 stage's params section are checked, so a mistake costs a second, not a Prefect run. Every
 expected failure ends as one ``error: <what>: <cause>`` line on stderr and exit code 1 (see
-``rare.errors``); ``--debug`` or ``RARE_DEBUG=1`` adds the traceback.
+``rare.failures``); ``--debug`` or ``RARE_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from rare import errors, runtime, stages
+from rare import failures, runtime, stages
 from rare.stages.command import CorpusEnhOpt, DataOpt, InFile, ParamsOpt, QueriesEnhOpt, check_section
 from rare.stages.variants import VARIANTS
 
@@ -60,14 +60,14 @@ class _Rare(TyperGroup):
                 sys.exit(0)
             ctx = getattr(exc, "ctx", None)
             message = exc.format_message().replace("Value error, ", "")  # typer's wording of a bad choice
-            errors.print_error(f"{ctx.command_path if ctx else 'rare'}: {message}")
+            failures.print_error(f"{ctx.command_path if ctx else 'rare'}: {message}")
             sys.exit(1)
         except Exception as exc:
-            line = errors.expected(exc)
-            if line is None or errors.debug():  # a bug keeps its traceback
-                errors.print_traceback(exc)
+            line = failures.expected(exc)
+            if line is None or failures.debug():  # a bug keeps its traceback
+                failures.print_traceback(exc)
             if line is not None:
-                errors.print_error(line)
+                failures.print_error(line)
             sys.exit(1)
         if isinstance(code, int) and code:
             sys.exit(code)
@@ -92,7 +92,7 @@ def main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     if debug:
-        os.environ[errors.DEBUG_ENV] = "1"
+        os.environ[failures.DEBUG_ENV] = "1"
     runtime.configure()
     runtime.setup_logging(verbose)
 
@@ -238,7 +238,7 @@ def score(
 
     result = score_run(run, qrels, k)
     for warning in result.warnings:
-        errors.print_warning(warning)
+        failures.print_warning(warning)
     if as_json:
         typer.echo(json.dumps({"queries": result.queries, **{f"R@{c}": round(v, 4) for c, v in result.rates.items()},
                                **{m: round(v, 4) for m, v in result.more.items()}}))
@@ -251,7 +251,7 @@ def score(
         table.add_row(*(f"{v:.2f}" for v in values.values()))
         Console().print(table)
     if strict and result.warnings:
-        errors.print_error(f"{run}: {len(result.warnings)} warning(s) under --strict")
+        failures.print_error(f"{run}: {len(result.warnings)} warning(s) under --strict")
         raise typer.Exit(code=1)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.views import TextMode
 
 Regime = Literal["zero-shot", "trained", "inference-only"]  # how an evaluation's model met its inputs

@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = render(args.out, args.revisions)
     except (ValueError, OSError) as exc:
-        from rare import errors
+        from rare import failures
 
-        errors.print_error(errors.describe(exc))
+        failures.print_error(failures.describe(exc))
         return 1
     print(f"{args.out / 'index.html'}: {len(written)} plots")
     return 0

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 FINGERPRINT_TAG = "rare.fingerprint"  # on a model version: which export it is (see Retriever.fingerprint)
-DIGEST_TAG = "rare.data_digest"  # on the training run (rare.tracking.run_tags)
+DIGEST_TAG = "rare.data_digest"  # on the training run (rare.mlflow_runs.run_tags)
 SCORE_PREFIX = "score."
 # Moved to each new version of rare-<variant>: `models:/rare-<variant>@latest-run` is the last trained one.
 LATEST_ALIAS = "latest-run"

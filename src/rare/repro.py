@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from rare import errors
+from rare import failures
 
 
 def dvc_command(*args: str) -> list[str]:
@@ -53,7 +53,7 @@ class StageFailed(RuntimeError):
         found = _CMD_EXIT.findall(tail)
         self.command_exit = int(found[-1]) if found else None  # the stage command's own code, as DVC reports it
         headline = [line.removeprefix("error: ") for line in tail.splitlines() if line.startswith("error: ")]
-        self.reported = bool(headline) and not errors.debug()
+        self.reported = bool(headline) and not failures.debug()
         if headline:
             super().__init__(f"stage {stage!r} failed: {'; '.join(headline)}")
         else:
@@ -61,7 +61,7 @@ class StageFailed(RuntimeError):
 
     @property
     def user_line(self) -> str | None:
-        """The one-line cause for ``rare.errors.expected`` (None: a bug, which keeps its traceback)."""
+        """The one-line cause for ``rare.failures.expected`` (None: a bug, which keeps its traceback)."""
         return str(self) if self.command_exit == 1 and "\n" not in str(self) else None
 
     @property

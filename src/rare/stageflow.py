@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rare import errors
+from rare import failures
 from rare.runtime import is_rank_zero_process
 
 if TYPE_CHECKING:  # the declarations are the mount's: a stage's code deps leave them out
@@ -58,10 +58,10 @@ class OneLineFailures(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        line = errors.expected(exc) if exc is not None else None
-        if line is not None and not errors.debug():
+        line = failures.expected(exc) if exc is not None else None
+        if line is not None and not failures.debug():
             # A failed stage whose own error line is already in the log is named, not repeated.
-            record.msg, record.args = (line if errors.reported(exc) else f"error: {line}"), ()
+            record.msg, record.args = (line if failures.reported(exc) else f"error: {line}"), ()
             record.exc_info, record.exc_text = None, None
         return True
 

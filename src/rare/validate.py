@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, ImageRoot, open_image
+from rare.data.input_error import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import iter_qrels

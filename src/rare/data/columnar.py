@@ -17,7 +17,7 @@ import pyarrow.ipc as ipc
 import pyarrow.json as pj
 
 from rare.atomic import replacing
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.records import Candidate, iter_candidates, parse_enhanced
 from rare.hashing import key_digest
 

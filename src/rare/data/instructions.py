@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.lines import int_field, iter_lines
 from rare.mbeir import MODALITIES
 

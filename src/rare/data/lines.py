@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 
 OnError = Callable[[DataError], None]
 

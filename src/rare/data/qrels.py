@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.lines import OnError, int_field, iter_lines
 
 COLUMNS = "'qid 0 did 1 task_id'"

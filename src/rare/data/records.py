@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rare.atomic import replacing
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.lines import OnError, decode_line, iter_lines, strict_int
 from rare.mbeir import MODALITIES, TASKS, dataset_id_of
 

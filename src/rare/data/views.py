@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Candidate, Enhanced, Query
 

@@ -31,8 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rare.atomic import atomic_write_text
-from rare.enhance.backends.base import EnhanceResult
-from rare.errors import print_warning
+from rare.enhance.backends.interface import EnhanceResult
+from rare.failures import print_warning
 from rare.hashing import file_digest
 
 _SCHEMA = """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from rare.enhance.backends.base import EnhanceResult
+from rare.enhance.backends.interface import EnhanceResult
 
 IMAGE_UNREADABLE = "image_unreadable"
 EMPTY = "empty_output"

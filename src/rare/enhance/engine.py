@@ -40,16 +40,22 @@ from rare.atomic import atomic_write, remove_stale_temps
 from rare.config.enhance import EnhanceParams, RouteRule
 from rare.config.ops import NEEDS_IMAGE, NONE
 from rare.contracts import EnhanceRuntime, EnhanceSummary, StoredShard
-from rare.data.errors import DataError
 from rare.data.images import ImageLoadError, ImageRoot
+from rare.data.input_error import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Enhanced, dumps, loads_line, parse_candidate, parse_query
-from rare.enhance.backends.base import Backend, BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
+from rare.enhance.backends.interface import (
+    Backend,
+    BackendConfigError,
+    BackendUnavailable,
+    EnhanceRequest,
+    EnhanceResult,
+)
 from rare.enhance.cache import Cache
 from rare.enhance.checks import IMAGE_UNREADABLE, cause_category, judge
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router
-from rare.errors import print_warning
+from rare.failures import print_warning
 from rare.hashing import key_digest
 from rare.manifest import ManifestError, read_manifest, verify, write_manifest
 from rare.mbeir import dataset_id_of

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Mapping
 
 from rare.config.enhance import RayOptions
-from rare.enhance.backends.base import Backend
+from rare.enhance.backends.interface import Backend
 from rare.enhance.engine import Engine, EngineConfig, Progress, Shard, ShardStats
 
 

@@ -30,7 +30,7 @@ from rare.contracts import EnhanceRuntime, EnhanceSummary
 from rare.data.layout import MBEIRRoot
 from rare.data.records import iter_jsonl
 from rare.enhance.backends import make_backend as backend_from_params
-from rare.enhance.backends.base import Backend
+from rare.enhance.backends.interface import Backend
 from rare.enhance.engine import (
     FAILURES_FILE,
     SUMMARY_FILE,

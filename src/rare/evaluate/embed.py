@@ -29,14 +29,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rare.atomic import temp_sibling
 from rare.data.columnar import iter_pool_batches
-from rare.data.errors import DataError
 from rare.data.images import load_image
+from rare.data.input_error import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.records import iter_candidates, iter_queries
 from rare.data.views import TextMode, candidate_text, query_text
-from rare.errors import print_warning, worker_errors_unwrapped
 from rare.evaluate.ranks import Ranks
 from rare.evaluate.shards import ShardStore, claim
+from rare.failures import print_warning, worker_errors_unwrapped
 from rare.hashing import code_digest, key_digest
 from rare.manifest import MANIFEST_FILE, ManifestError, verify, write_folder_manifest
 from rare.mbeir import TASKS, dataset_id_of
@@ -47,7 +47,7 @@ EMBEDDING_CODE = ("rare.model", "rare.data.views", "rare.data.instructions", "ra
 
 
 @dataclass(frozen=True)
-class Item:
+class EmbedInput:
     """What the retriever encodes for one record."""
 
     id: str
@@ -133,7 +133,7 @@ def cache_key(fingerprint: str, data_hash: str, side: str, view: TextView, preci
                        "view": view.describe(), "precision": precision, "extra": extra})
 
 
-def query_items(path: Path, view: TextView) -> list[Item]:
+def query_items(path: Path, view: TextView) -> list[EmbedInput]:
     """Instruction + (original or enhanced) query text, as training builds it; the image when the query has one."""
     if view.instructions is None:
         raise ValueError("query embedding needs the instruction table")
@@ -142,20 +142,20 @@ def query_items(path: Path, view: TextView) -> list[Item]:
         instruction = view.instructions.choose(q.qid, dataset_id_of(q.qid), q.modality, TASKS[q.task_id][1],
                                                view.instruction_seed)
         text = query_text(q, instruction, view.use_enhanced, view.mode)
-        items.append(Item(q.qid, text, q.img_path if "image" in q.modality else None))
+        items.append(EmbedInput(q.qid, text, q.img_path if "image" in q.modality else None))
     return items
 
 
-def pool_items(path: Path, view: TextView, only: set[str] | None = None) -> list[Item]:
+def pool_items(path: Path, view: TextView, only: set[str] | None = None) -> list[EmbedInput]:
     """Candidate text (original or enhanced, no instruction) and image; ``only`` keeps just those dids."""
-    return [Item(c.did, candidate_text(c, view.use_enhanced, view.mode), c.img_path if "image" in c.modality else None)
+    return [EmbedInput(c.did, candidate_text(c, view.use_enhanced, view.mode), c.img_path if "image" in c.modality else None)
             for c in iter_candidates(path) if only is None or c.did in only]
 
 
 class _Encoded(torch.utils.data.Dataset):
     """Decodes images inside DataLoader workers when there are any."""
 
-    def __init__(self, items: Sequence[Item], image_root: Path):
+    def __init__(self, items: Sequence[EmbedInput], image_root: Path):
         self.items, self.image_root = items, image_root
 
     def __len__(self) -> int:
@@ -169,7 +169,7 @@ class _Encoded(torch.utils.data.Dataset):
         return EncodeInput(text=item.text, image=image)
 
 
-def _batches(retriever: Any, items: Sequence[Item], image_root: Path, batch_size: int,
+def _batches(retriever: Any, items: Sequence[EmbedInput], image_root: Path, batch_size: int,
              num_workers: int, device: str, precision: str) -> Iterator[np.ndarray]:
     loader = torch.utils.data.DataLoader(
         _Encoded(items, image_root), batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -204,7 +204,7 @@ def _reusable(final: Embeddings, label: str) -> bool:
         return False
 
 
-def embed(retriever: Any, make_items: Callable[[], Sequence[Item]], key: str, cache_dir: Path, image_root: Path,
+def embed(retriever: Any, make_items: Callable[[], Sequence[EmbedInput]], key: str, cache_dir: Path, image_root: Path,
           *, batch_size: int = 128, shard_rows: int = 65_536, num_workers: int = 0, device: str = "cpu",
           precision: str = "fp32", label: str = "", stats: EmbedStats | None = None) -> Embeddings:
     """Embeddings of the items (cached under ``key``; ``make_items`` is only called on a miss).

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.qrels import read_qrels
 from rare.evaluate.runfile import read_run
 from rare.mbeir import DatasetTask

@@ -21,7 +21,7 @@ import numpy as np
 from rare.atomic import atomic_write_text
 from rare.config.evaluate import EvaluateParams
 from rare.contracts import EvalInfo, EvalMetrics, ModelMeta, Regime
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import read_qrels

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.atomic import replacing
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.lines import int_field, iter_lines
 
 

@@ -86,7 +86,7 @@ class ImportOptions:
 
 
 @dataclass(frozen=True)
-class Item:
+class ImportItem:
     digest: str
     text: str
     group: str | None
@@ -107,7 +107,7 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def split_of(item: Item, options: ImportOptions) -> str:
+def split_of(item: ImportItem, options: ImportOptions) -> str:
     """A group stays in one split (no query meets its group's other members in training)."""
     key = f"g:{item.group}" if item.group is not None else f"i:{item.digest}"
     h = hashlib.blake2b(f"{options.seed}:{key}".encode(), digest_size=8).digest()
@@ -174,10 +174,10 @@ class _Collector:
             pass  # the same bytes, from an earlier row
         return _Checked(row, digest, rel)
 
-    def items(self, name: str, rows: Iterator[Row | Rejected], on_row: Callable[[], None]) -> Iterator[Item]:
+    def items(self, name: str, rows: Iterator[Row | Rejected], on_row: Callable[[], None]) -> Iterator[ImportItem]:
         window: deque[Future[_Checked] | Rejected] = deque()
 
-        def drain(keep: int) -> Iterator[Item]:
+        def drain(keep: int) -> Iterator[ImportItem]:
             while len(window) > keep:
                 head = window.popleft()
                 on_row()
@@ -193,7 +193,7 @@ class _Collector:
                 else:
                     assert c.digest is not None and c.rel is not None
                     self.seen[c.digest] = c.row.where
-                    yield Item(c.digest, c.row.text, c.row.group, c.rel, c.row.where)
+                    yield ImportItem(c.digest, c.row.text, c.row.group, c.rel, c.row.where)
 
         for row in rows:
             self.result.rows += 1
@@ -214,14 +214,14 @@ class _Dataset:
     _dids: int = 0
     _qids: int = 0
 
-    def cand(self, item: Item, modality: str) -> dict:
+    def cand(self, item: ImportItem, modality: str) -> dict:
         self._dids += 1
         image = modality == "image"
         return {"did": f"{self.id}:{self._dids}", "txt": None if image else item.text,
                 "img_path": item.rel if image else None, "modality": modality,
                 "src_content": json.dumps({"group": item.group}) if item.group is not None else None}
 
-    def query(self, split: str, task: int, item: Item, pos: list[str]) -> None:
+    def query(self, split: str, task: int, item: ImportItem, pos: list[str]) -> None:
         self._qids += 1
         qmod = TASKS[task][0]
         self.queries[(split, task)].append({
@@ -231,16 +231,16 @@ class _Dataset:
             "pos_cand_list": pos, "neg_cand_list": [], "task_id": task})
 
 
-def _groups(items: list[Item]) -> dict[str, list[Item]]:
-    out: dict[str, list[Item]] = defaultdict(list)
+def _groups(items: list[ImportItem]) -> dict[str, list[ImportItem]]:
+    out: dict[str, list[ImportItem]] = defaultdict(list)
     for it in items:
         out[it.group if it.group is not None else f"\0{it.digest}"].append(it)
     return out
 
 
-def _layout(name: str, ds_id: int, items: list[Item], options: ImportOptions) -> _Dataset:
+def _layout(name: str, ds_id: int, items: list[ImportItem], options: ImportOptions) -> _Dataset:
     ds = _Dataset(name, ds_id)
-    by_split: dict[str, list[Item]] = defaultdict(list)
+    by_split: dict[str, list[ImportItem]] = defaultdict(list)
     for it in sorted(items, key=lambda i: i.digest):
         by_split[split_of(it, options)].append(it)
     for split in SPLITS:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.ingest import captions, columnar, folder, webdataset
+from rare.ingest import captions, folder, tables, webdataset
 from rare.ingest.rows import Reader
 
 
@@ -35,8 +35,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("csv", captions.read_csv, _suffix(".csv"), "captions CSV (.csv)"),
     Format("tsv", captions.read_tsv, _suffix(".tsv", ".tab"), "captions TSV (.tsv)"),
     Format("jsonl", captions.read_jsonl, _suffix(".jsonl", ".ndjson"), "captions JSON lines (.jsonl)"),
-    Format("parquet", columnar.read_parquet, _suffix(".parquet", ".pq"), "Parquet (.parquet)"),
-    Format("hf", columnar.read_hf, _hf_folder, "a Hugging Face datasets folder (save_to_disk)"),
+    Format("parquet", tables.read_parquet, _suffix(".parquet", ".pq"), "Parquet (.parquet)"),
+    Format("hf", tables.read_hf, _hf_folder, "a Hugging Face datasets folder (save_to_disk)"),
     Format("webdataset", webdataset.read_webdataset, _shards, "WebDataset shards (.tar, or a folder of them)"),
     Format("folder", folder.read_folder, folder.matches, "a folder holding a captions file (captions.csv/tsv/jsonl, "
            "metadata.jsonl/csv) or images with .txt sidecars"),

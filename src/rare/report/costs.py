@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.lines import iter_lines
 
 

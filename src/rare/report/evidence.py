@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import read_qrels
 from rare.evaluate.metrics import metric_name, per_query

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.contracts import EvalInfo, EvalMetrics
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.mbeir import DatasetTask, Probe
 from rare.report.stats import Interval
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rare.config.evaluate import EvaluateParams
-from rare.data.errors import DataError
+from rare.data.input_error import DataError
 from rare.data.layout import MBEIRRoot
 from rare.data.records import Candidate, Query, iter_candidates, iter_queries
 from rare.data.views import side_file

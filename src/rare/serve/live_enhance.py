@@ -16,7 +16,7 @@ from rare.config.enhance import EnhanceParams
 from rare.config.ops import NEEDS_IMAGE, NONE
 from rare.data.records import Enhanced
 from rare.enhance.backends import READS_SRC_CONTENT, generation_settings, make_backend
-from rare.enhance.backends.base import EnhanceRequest
+from rare.enhance.backends.interface import EnhanceRequest
 from rare.enhance.checks import judge
 from rare.enhance.prompts import PromptSet
 from rare.enhance.routing import Router

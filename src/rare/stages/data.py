@@ -24,7 +24,7 @@ def _log(params: Any, out: Path, manifest: dict[str, Any] | None, seconds: float
     """Into the active run: the settings and sizes, and the data's content digest."""
     import mlflow
 
-    from rare.tracking import data_digest
+    from rare.mlflow_runs import data_digest
 
     mlflow.set_tag("rare.data_digest", data_digest(out.resolve()))
     mlflow.log_params({"source": params.source, "preset": params.preset, "seed": params.seed,
@@ -44,7 +44,7 @@ def run_data(out: Path, params_file: Path) -> Path:
     from rare import stageflow
     from rare.config import load_section
     from rare.dataroot import build_data_root
-    from rare.tracking import child_run
+    from rare.mlflow_runs import child_run
 
     params = load_section("data", params_file)
     with child_run(load_section("tracking", params_file), "data", "data", {"rare.source": params.source}) as run_id:

@@ -97,7 +97,7 @@ def run_enhance(side: str, data: Path, out: Path, params_file: Path, metrics: Pa
     from rare import stageflow
     from rare.config import load_section
     from rare.enhance.side import check_failures, enhance_side, print_outcome, write_enhance_metrics
-    from rare.tracking import child_run
+    from rare.mlflow_runs import child_run
 
     params = load_section("enhance", params_file)
     mapper = prefect_mapper(params.retries) if stageflow.in_run() and not params.ray.enabled else None

@@ -68,7 +68,7 @@ def evaluate_tracked(name: str, retriever: Any, inputs: str, data: Path, out: Pa
     ``started_at`` (``time.time()``) backdates its start to work done before, such as loading the model."""
     from rare.evaluate.protocol import evaluate as evaluate_protocol
     from rare.evaluate.protocol import regime_of
-    from rare.tracking import child_run
+    from rare.mlflow_runs import child_run
 
     model_variant = retriever.meta.variant
     tags = {"rare.variant": inputs, "rare.model_variant": model_variant, "rare.regime": regime_of(model_variant, inputs)}

@@ -35,8 +35,8 @@ def run_pretrain(out: Path, params_file: Path, metrics: Path | None = None) -> d
 
     from rare import stageflow
     from rare.config import load_section
+    from rare.mlflow_runs import child_run
     from rare.pretrain.tower import pretrain, write_pretrain_metrics
-    from rare.tracking import child_run
 
     params = load_section("pretrain", params_file)
     with child_run(load_section("tracking", params_file), "pretrain", "pretrain") as run:

@@ -40,8 +40,8 @@ def run_report(evals: Path, out: Path, data: Path, params_file: Path, corpus_enh
     """The report into ``out``; ``sides``: each input variant's enhanced sides (default: the declared variants)."""
     from rare import stageflow
     from rare.config import load_section
+    from rare.mlflow_runs import deferred_child_run
     from rare.report.compose import build_report, markdown_summary
-    from rare.tracking import deferred_child_run
 
     tracking = load_section("tracking", params_file)
     with deferred_child_run(tracking, "report", "report", data=data) as run_id:
@@ -65,7 +65,7 @@ def log_report(out: Path, tracking: TrackingParams, params_file: Path, run_id: s
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from rare.tracking import parent_run_id
+    from rare.mlflow_runs import parent_run_id
 
     parent = parent_run_id(tracking, params_file)
     client = MlflowClient()

@@ -71,8 +71,8 @@ def train_tracked(variant: str, data: Path, out: Path, params: TrainParams, trac
                   callbacks: Sequence[Any] = (), metrics: Path | None = None) -> Path:
     """``rare.train.fit.train_variant`` inside the MLflow run ``train-<variant>``: rank 0 opens it before any
     work and ends it with the outcome; the DDP workers Lightning starts log into it (``RUN_ENV``)."""
+    from rare.mlflow_runs import child_run
     from rare.runtime import is_rank_zero_process
-    from rare.tracking import child_run
 
     args = (variant, Path(data), Path(out), params, tracking, corpus_enhanced, queries_enhanced, callbacks, metrics)
     if not tracking.enabled or RUN_ENV in os.environ or not is_rank_zero_process():

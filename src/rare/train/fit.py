@@ -24,11 +24,11 @@ from rare.atomic import atomic_write
 from rare.config.train import TrainParams
 from rare.contracts import ModelMeta, TextModes, TrainInputs
 from rare.data.layout import MBEIRRoot
-from rare.errors import worker_errors_unwrapped
+from rare.failures import worker_errors_unwrapped
 from rare.hashing import key_digest
 from rare.model import build_retriever, save_retriever
 from rare.runtime import sig4
-from rare.train.data import Inputs, PairDataModule, TextSettings, resolve_inputs
+from rare.train.datamodule import Inputs, PairDataModule, TextSettings, resolve_inputs
 from rare.train.module import RetrieverModule
 from rare.train.progress import StepProgress
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rare.config.enhance import EnhanceParams
-from rare.enhance.backends.base import Backend
+from rare.enhance.backends.interface import Backend
 from rare.hashing import code_digest
 
 

@@ -39,8 +39,8 @@ import httpx
 
 from rare.config.enhance import OpenAIOptions
 from rare.data.images import ImageLoadError
-from rare.enhance.backends.base import BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
-from rare.enhance.backends.vlm import load_image
+from rare.enhance.backends.chat import load_image
+from rare.enhance.backends.interface import BackendConfigError, BackendUnavailable, EnhanceRequest, EnhanceResult
 from rare.enhance.checks import BACKEND, EMPTY, FINISH, IMAGE_UNREADABLE
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})

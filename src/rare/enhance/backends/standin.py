@@ -24,7 +24,7 @@ from typing import Any
 from rare.benchmark.vocab import CATEGORIES, EMBLEM_COLORS, EMBLEM_SHAPES, SCENE_COLORS, SHAPES
 from rare.config.enhance import StandinNoise
 from rare.config.ops import CAPTION, REFINE, RESOLVE, REWRITE
-from rare.enhance.backends.base import EnhanceRequest, EnhanceResult
+from rare.enhance.backends.interface import EnhanceRequest, EnhanceResult
 
 VERSION = "v1"  # bump whenever the same request would get a different text
 SCHEMA_PREFIX = "rare-bench/"

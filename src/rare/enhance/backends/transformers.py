@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rare.enhance.backends.base import EnhanceRequest, EnhanceResult
-from rare.enhance.backends.vlm import Prepared, prepare
+from rare.enhance.backends.chat import Prepared, prepare
+from rare.enhance.backends.interface import EnhanceRequest, EnhanceResult
 
 
 class TransformersBackend:

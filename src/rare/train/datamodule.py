@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from rare.config.train import TrainParams
 from rare.data.columnar import ColumnarPool
-from rare.data.errors import DataError
 from rare.data.images import load_image
+from rare.data.input_error import DataError
 from rare.data.instructions import InstructionTable, stable_index
 from rare.data.layout import MBEIRRoot
 from rare.data.views import candidate_text, query_text, side_file

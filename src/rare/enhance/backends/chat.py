@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from rare.data.images import ImageLoadError, open_image
-from rare.enhance.backends.base import EnhanceRequest
+from rare.enhance.backends.interface import EnhanceRequest
 from rare.enhance.checks import IMAGE_UNREADABLE
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rare import tracking as rare_tracking
+from rare import mlflow_runs as rare_tracking
 from rare.config.tracking import TrackingParams
 
 
