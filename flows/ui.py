@@ -16,9 +16,9 @@ def main(action: str) -> None:
     tracking = load_section("tracking")
     prefect, mlflow = servers.prefect_service(), servers.mlflow_service()
     if action == "start":
-        for svc in (prefect, mlflow):
-            started = servers.start(svc, tracking.tracking_uri, tracking.artifact_root)
-            print(f"{svc.name:8s} {'started' if started else 'already up'} at {svc.url}")
+        started = servers.start_all((prefect, mlflow), tracking.tracking_uri, tracking.artifact_root)
+        for svc, new in zip((prefect, mlflow), started):
+            print(f"{svc.name:8s} {'started' if new else 'already up'} at {svc.url}")
         from rare.mlflow_runs import setup
 
         # MLflow's UI opens on its GenAI views unless the URL asks for the model-training ones.

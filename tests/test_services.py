@@ -16,8 +16,9 @@ def test_prefect_and_mlflow_ui_start_and_stop(tmp_path: Path, monkeypatch):
     prefect = servers.Server("prefect", servers.free_port(), tmp_path / "p.pid", tmp_path / "p.log")
     mlflow = servers.Server("mlflow", servers.free_port(), tmp_path / "m.pid", tmp_path / "m.log")
     try:
+        assert servers.start_all((prefect, mlflow), f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+                                 str(tmp_path / "mlruns/art")) == [True, True]  # side by side
         for svc in (prefect, mlflow):
-            assert servers.start(svc, f"sqlite:///{tmp_path}/mlruns/mlflow.db", str(tmp_path / "mlruns/art"))
             assert servers.healthy(svc)
             assert servers.start(svc) is False  # already up: not started twice
     finally:
