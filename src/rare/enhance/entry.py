@@ -58,7 +58,7 @@ def log_to_mlflow(outcome: Outcome, params: dict[str, Any]) -> None:
 def write_metrics(outcome: Outcome, path: Path) -> None:
     """``path`` (the DVC metric) holds the failure rate only; the counts and this run's throughput go to
     ``runtime/<name>`` beside it, which neither git nor DVC tracks, with one cost record per item enhanced
-    in this run (``costs_file``). (DVC refuses a metric file inside a
+    (``costs_file``; a reused shard's as recorded when generated). (DVC refuses a metric file inside a
     stage's output folder, so the summary in the output folder cannot be the metric.)"""
     atomic_write(path, [(json.dumps({"failure_rate": outcome.summary["failure_rate"]}, indent=2) + "\n").encode()])
     runtime = {**outcome.summary, "runtime": outcome.runtime}

@@ -56,7 +56,7 @@ class Outcome:
     out: Path
     summary: EnhanceSummary   # deterministic counts, also written to out/enhance_summary.json
     runtime: EnhanceRuntime   # this run's throughput, cache hits and tokens
-    costs: list[CostRecord] = field(default_factory=list)  # per item enhanced in this run (reused shards: none)
+    costs: list[CostRecord] = field(default_factory=list)  # per item; a reused shard's as recorded when generated
 
 
 def thread_mapper(engine: Engine, shards: list[Shard], progress: Callable[[int], None]) -> list[ShardStats]:

@@ -151,7 +151,8 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
         md += ["", "## Enhancement costs", "",
                f"From the per-item records of the last `rare enhance` runs ({params.runtime_dir}): tokens as the "
                "backend counts them (server `usage`, the model's tokenizer, or the stand-in's whitespace words), "
-               "items/s over generation time only. Shards reused from an earlier run have no records.", "", *costs]
+               "items/s over generation time only. Each shard stores its records, so a shard reused from an earlier "
+               "run reports them as recorded when generated.", "", *costs]
     md += ["", "## Figures", "", "![scores](scores.png)", ""]
     md.append("![gallery](gallery.png)" if shown else
               f"No gallery: it needs the baseline and the '{params.gallery_compare}' evaluation with local run files.")
