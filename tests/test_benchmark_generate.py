@@ -162,9 +162,9 @@ def test_default_preset_fits_the_pipeline_budget():
     test = {f"{b.name}_task{t}": len(q) for b in builds for (s, t), q in b.queries.items() if s == "test"}
     train = sum(len(q) for b in builds for (s, _), q in b.queries.items() if s == "train")
     images = sum(len(b.images) for b in builds)
-    assert set(test.values()) == {200} and train == 4800
-    assert all(500 <= n <= 2200 for n in pools.values()) and 6000 <= sum(pools.values()) <= 8500
-    assert images < 12_000
+    assert set(test.values()) == {300} and train == 4800
+    assert all(500 <= n <= 3000 for n in pools.values()) and 8000 <= sum(pools.values()) <= 9500
+    assert images < 13_000
 
 
 def test_presets_and_bad_values_are_rejected_by_name(tmp_path):

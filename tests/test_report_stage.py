@@ -187,23 +187,44 @@ def test_findings_not_assessable(tmp_path: Path):
 
 
 def test_seed_replicas_join_their_row(paper_like: Path, tmp_path: Path):
-    """corpus@s1 and corpus@s2 join 'corpus': the report gives mean ± sd across seeds (checked by hand) and the
-    intervals resample seeds as well as queries."""
+    """corpus@s1 and corpus@s2 join 'corpus': every cell of its row is the mean across seeds, consistent with
+    its deltas, the seed table gives mean ± sd (both checked by hand), and the intervals resample seeds as well
+    as queries."""
     from rare.report.stats import Contrast, mean_of
 
     data = paper_like.parent / "data"
-    write_eval(paper_like, "corpus@s1", "corpus", "trained", [26, 36, 11, 52])
-    write_eval(paper_like, "corpus@s2", "corpus", "trained", [34, 44, 11, 52])
+    seeds = np.array([ROWS["corpus"][2], [24, 33, 12, 51], [33, 44, 13, 50]], dtype=float)  # seed 0 first
+    write_eval(paper_like, "corpus@s1", "corpus", "trained", list(seeds[1]))
+    write_eval(paper_like, "corpus@s2", "corpus", "trained", list(seeds[2]))
     rows, replicas = split_seeds(load_evaluations(paper_like, EVALUATIONS))
     assert [e.name for e in rows] == list(ROWS)
     assert [e.name for e in replicas["corpus"]] == ["corpus", "corpus@s1", "corpus@s2"]
     report = build_report(paper_like, tmp_path / "r", data, ReportParams(gallery_compare="absent", permutations=0), order=EVALUATIONS)
-    scores = [np.mean(v) for v in ([30, 40, 11, 52], [26, 36, 11, 52], [34, 44, 11, 52])]
-    assert f"| corpus | 3 | {np.mean(scores):.1f} ± {np.std(scores, ddof=1):.1f} |" in report.read_text()
+    text = report.read_text()
+    base = np.array(ROWS["none"][2], dtype=float)
+    cells = seeds.mean(axis=0)                    # per dataset-task: [29, 39, 12, 51], not seed 0's [30, 40, 11, 52]
+    knowledge, compositional, plain = cells[:2].mean(), cells[2], cells[3]
+    score = cells.mean()
     intervals = json.loads((tmp_path / "r/intervals.json").read_text())
     assert intervals["method"]["seeds"]["corpus"] == 3
-    k = intervals["deltas"]["local"]["corpus"]["knowledge-intensive"]
-    assert k["estimate"] == pytest.approx(10.0)
+    deltas = intervals["deltas"]["local"]["corpus"]
+    row = next(line for line in text.splitlines() if line.startswith("| corpus | trained |"))
+    for cell, value, col in zip(row.strip("| ").split(" | ")[2:], [*cells[:2], knowledge, cells[2], compositional,
+                                                                    cells[3], plain, score],
+                                ["emblemkb_task6", "emblemkb_task8", "knowledge-intensive", "tweakset_task7",
+                                 "compositional", "glyphcaps_task0", "plain", "M-BEIR score"]):
+        assert cell.startswith(f"{value:.1f} ("), (col, cell)          # the cell is the seed mean ...
+        iv = deltas[col]
+        assert cell == f"{value:.1f} ({iv['estimate']:+.1f} [{iv['lo']:+.1f}, {iv['hi']:+.1f}])"
+    assert deltas["knowledge-intensive"]["estimate"] == pytest.approx(knowledge - base[:2].mean())  # ... as the delta is
+    assert deltas["M-BEIR score"]["estimate"] == pytest.approx(score - base.mean())
+    per_seed = {"knowledge-intensive": seeds[:, :2].mean(axis=1), "compositional": seeds[:, 2], "plain": seeds[:, 3],
+                "M-BEIR score": seeds.mean(axis=1)}
+    hand = " | ".join(f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" for v in per_seed.values())
+    assert f"| corpus | 3 | {hand} |" in text
+    summary_json = json.loads((tmp_path / "r/summary.json").read_text())
+    assert summary_json["scores"]["local"]["corpus"]["M-BEIR score"] == pytest.approx(score)
+    k = deltas["knowledge-intensive"]
     single = Bootstrap(load_samples({"none": replicas["none"], "corpus": replicas["corpus"][:1]}, data, "local"),
                        2000, 0)
     alone = single.interval(Contrast("corpus", "none", mean_of(["emblemkb_task6", "emblemkb_task8"])))

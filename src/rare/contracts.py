@@ -125,6 +125,7 @@ class StoredShard(TypedDict):
     failures: list[dict[str, object]]      # {"index", "id", "op", "cause"} per failed record
     fingerprint: NotRequired[str]          # the engine's: a rebuilt item cache takes only its own shards
     tokens: NotRequired[list[list[int]]]   # [tokens_in, tokens_out] per record, for a rebuilt item cache
+    cost_rows: NotRequired[list[list[object]]]  # [index, id, op, tokens_in, tokens_out, seconds, cached] per item
 
 
 class EnhanceSummary(TypedDict):

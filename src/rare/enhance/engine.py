@@ -126,7 +126,11 @@ def plan_shards(root: MBEIRRoot, files: list[str], shard_size: int, fingerprint:
 class CostRecord:
     """What one enhanced item cost: the backend's token counts (the server's ``usage`` on openai, the model's
     tokenizer on transformers, whitespace words on the stand-in) and the generation seconds charged to it
-    (its batch's wall time / batch size; 0 when an identical input was already generated or cached)."""
+    (its batch's wall time / batch size; 0 when an identical input was already generated or cached).
+
+    Recorded when its shard is generated and stored with the shard (``ShardStats.cost_rows``), so a rerun
+    that reuses the shard reports the same record (``reused``): costs are a property of the output, not of
+    the run that happened to read it back."""
 
     file: str
     line: int
@@ -135,7 +139,17 @@ class CostRecord:
     tokens_in: int
     tokens_out: int
     seconds: float
-    cached: bool
+    cached: bool          # its generation was charged elsewhere (an identical input, or the item cache)
+    reused: bool = False  # read back from a shard stored by an earlier run: as recorded when generated
+
+    def row(self, index: int) -> list[Any]:
+        """The stored form, beside the shard: the file and line follow from the shard and ``index``."""
+        return [index, self.id, self.op, self.tokens_in, self.tokens_out, self.seconds, self.cached]
+
+    @classmethod
+    def from_row(cls, shard: Shard, row: list[Any]) -> CostRecord:
+        index, rid, op, tokens_in, tokens_out, seconds, cached = row
+        return cls(shard.rel, shard.first_line + index, rid, op, tokens_in, tokens_out, seconds, cached, True)
 
 
 @dataclass
@@ -151,6 +165,7 @@ class ShardStats:
     # What a rebuilt item cache needs and the output lacks: the engine that made the shard, each record's tokens
     fingerprint: str = ""
     tokens: list[list[int]] = field(default_factory=list)  # [tokens_in, tokens_out] per output line
+    cost_rows: list[list[Any]] = field(default_factory=list)  # CostRecord.row per generated item
 
     shard: str = ""
     reused: bool = False    # the whole shard came from the store
@@ -159,10 +174,10 @@ class ShardStats:
     gen_tokens_in: int = 0
     gen_tokens_out: int = 0
     worker: str = ""        # host:pid that processed the shard (spread over actors and nodes)
-    costs: list[CostRecord] = field(default_factory=list)  # per item processed in this run (not stored)
+    costs: list[CostRecord] = field(default_factory=list)  # per item of the shard (stored as cost_rows)
     fresh: set[int] = field(default_factory=set)           # results generated here, not yet charged to an item
 
-    STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures", "fingerprint", "tokens")
+    STORED = ("items", "by_op", "causes", "tokens_in", "tokens_out", "failures", "fingerprint", "tokens", "cost_rows")
 
     def stored(self) -> StoredShard:
         return {k: getattr(self, k) for k in self.STORED}  # type: ignore[return-value]
@@ -313,6 +328,7 @@ class Engine:
         stored = self._reusable(shard)
         if stored is not None:
             stats = ShardStats(**stored, shard=shard.name, reused=True, worker=worker)
+            stats.costs = [CostRecord.from_row(shard, row) for row in stats.cost_rows]  # none before cost_rows existed
             if progress:
                 progress(stats.items)
         else:
@@ -452,9 +468,10 @@ class Engine:
                 text, cause = judge(result, cfg.max_new_tokens)
                 charged = id(result) in stats.fresh
                 stats.fresh.discard(id(result))  # an input repeated in the shard is generated (and paid) once
-                stats.costs.append(CostRecord(shard.rel, shard.first_line + item.index, item.rid, item.op,
-                                              result.tokens_in, result.tokens_out,
-                                              round(result.seconds, 6) if charged else 0.0, not charged))
+                cost = CostRecord(shard.rel, shard.first_line + item.index, item.rid, item.op, result.tokens_in,
+                                  result.tokens_out, round(result.seconds, 6) if charged else 0.0, not charged)
+                stats.costs.append(cost)
+                stats.cost_rows.append(cost.row(item.index))
             status = "ok" if text is not None else "failed"
             enhanced = Enhanced(item.op, status, text, cause, cfg.backend, cfg.model, cfg.prompt_version)
             if cause is not None:

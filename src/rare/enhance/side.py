@@ -57,7 +57,7 @@ class Outcome:
     out: Path
     summary: EnhanceSummary   # deterministic counts, also written to out/enhance_summary.json
     runtime: EnhanceRuntime   # this run's throughput, cache hits and tokens
-    costs: list[CostRecord] = field(default_factory=list)  # per item enhanced in this run (reused shards: none)
+    costs: list[CostRecord] = field(default_factory=list)  # per item; a reused shard's as recorded when generated
 
 
 def thread_mapper(engine: Engine, shards: list[Shard], progress: Callable[[int], None]) -> list[ShardStats]:
@@ -228,7 +228,7 @@ def print_outcome(outcome: Outcome, console: Console | None = None) -> None:
 def write_enhance_metrics(outcome: Outcome, path: Path) -> None:
     """``path`` (the DVC metric) holds the failure rate only; the counts and this run's throughput go to
     ``runtime/<name>`` beside it, which neither git nor DVC tracks, with one cost record per item enhanced
-    in this run (``costs_file``). (DVC refuses a metric file inside a
+    (``costs_file``; a reused shard's as recorded when generated). (DVC refuses a metric file inside a
     stage's output folder, so the summary in the output folder cannot be the metric.)"""
     atomic_write(path, [(json.dumps({"failure_rate": outcome.summary["failure_rate"]}, indent=2) + "\n").encode()])
     runtime = {**outcome.summary, "runtime": outcome.runtime}

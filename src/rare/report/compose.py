@@ -15,8 +15,17 @@ from rare.report.audit import audit_table, largest_moves, write_audit
 from rare.report.costs import cost_lines
 from rare.report.evidence import QueryValues, delta_intervals, load_samples, split_seeds
 from rare.report.findings import Finding, assess
-from rare.report.stats import Bootstrap, seed_summary
-from rare.report.table import SCORE, Evaluation, find_baseline, load_evaluations, markdown_table, scores_csv, summary
+from rare.report.stats import Bootstrap
+from rare.report.table import (
+    Evaluation,
+    find_baseline,
+    load_evaluations,
+    markdown_table,
+    scores_csv,
+    seed_mean,
+    seed_table,
+    summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +45,6 @@ def _finding_lines(findings: list[Finding]) -> list[str]:
         lines.append(f"- **{f.verdict.upper()}**: {f.claim} {f.evidence}.")
         if f.net:
             lines.append("  Net effect: " + "; ".join(f"{label} {iv.text()}" for label, iv in f.net) + ".")
-    return lines
-
-
-def _seed_table(replicas: dict[str, list[Evaluation]], pools: list[str]) -> list[str]:
-    """Mean and sd across seeds of each row's M-BEIR score, for rows with a seed study."""
-    studied = {row: evals for row, evals in replicas.items() if len(evals) > 1}
-    if not studied:
-        return []
-    lines = ["| evaluation | seeds | " + " | ".join(f"{SCORE} {p} (mean ± sd)" for p in pools) + " |",
-             "|---|---:|" + "---:|" * len(pools)]
-    for row, evals in studied.items():
-        cells = []
-        for pool in pools:
-            mean, sd = seed_summary([e.metrics["score"][pool] for e in evals if pool in e.metrics["score"]])
-            cells.append(f"{mean:.1f} ± {sd:.1f}")
-        lines.append(f"| {row} | {len(evals)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -95,7 +88,8 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
 
     MBEIRRoot.open(data)  # registers the datasets an imported root declares (their probe groups the table)
     t0 = time.perf_counter()
-    evaluations, replicas = split_seeds(load_evaluations(evals, order))
+    rows, replicas = split_seeds(load_evaluations(evals, order))
+    evaluations = [seed_mean(replicas[e.name]) for e in rows]  # cells are seed means, as the deltas are
     pools = [p for p in ("local", "global") if any(p in e.metrics for e in evaluations)]
     base = find_baseline(evaluations)
     findings_pool = params.findings_pool if params.findings_pool in pools else pools[0]
@@ -135,10 +129,12 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
           f"permutation test ({params.permutations} permutations). **Supported**: every needed gain's interval "
           "is above zero; **contradicted**: one is below zero; **inconclusive**: anything else.", ""]
     md += _finding_lines(findings)
-    seed_lines = _seed_table(replicas, pools)
+    seed_lines = seed_table(replicas, pools)
     if seed_lines:
-        md += ["", "## Seeds", "", "Each row's M-BEIR score across its seeds; the tables' deltas and intervals "
-               "use every seed's per-query values (seeds resampled as well as queries).", "", *seed_lines]
+        md += ["", "## Seeds", "", "Rows trained with several seeds: each group mean and the M-BEIR score as mean ± sd "
+               "across seeds. The tables' cells are these means, and their deltas and intervals use every seed's "
+               "per-query values (seeds resampled as well as queries). The gallery and the audit show the first "
+               "seed's rankings.", "", *seed_lines]
     md += _enhancement_note(corpus_enhanced, queries_enhanced)
     for pool in pools:
         md += ["", f"## {pool.capitalize()} pool", "", _headline_note(evaluations, level), "",
@@ -154,7 +150,8 @@ def build_report(evals: Path, out: Path, data: Path, params: ReportParams, corpu
         md += ["", "## Enhancement costs", "",
                f"From the per-item records of the last `rare enhance` runs ({params.runtime_dir}): tokens as the "
                "backend counts them (server `usage`, the model's tokenizer, or the stand-in's whitespace words), "
-               "items/s over generation time only. Shards reused from an earlier run have no records.", "", *costs]
+               "items/s over generation time only. Each shard stores its records, so a shard reused from an earlier "
+               "run reports them as recorded when generated.", "", *costs]
     md += ["", "## Figures", "", "![scores](scores.png)", ""]
     md.append("![gallery](gallery.png)" if shown else
               f"No gallery: it needs the baseline and the '{params.gallery_compare}' evaluation with local run files.")

@@ -18,7 +18,7 @@ import numpy as np
 from rare.contracts import EvalInfo, EvalMetrics
 from rare.data.input_error import DataError
 from rare.mbeir import DatasetTask, Probe
-from rare.report.stats import Interval
+from rare.report.stats import Interval, seed_summary
 
 PROBE_ORDER = (Probe.KNOWLEDGE, Probe.COMPOSITIONAL, Probe.PLAIN)
 SCORE = "M-BEIR score"
@@ -70,6 +70,48 @@ def load_evaluations(evals: Path, order: Sequence[str] = ()) -> list[Evaluation]
         raise DataError(evals, None, "no evaluations found (expected <evals>/<name>/metrics.json)")
     rank = {n: i for i, n in enumerate(order)}
     return sorted(found, key=lambda e: (rank.get(e.name, len(rank)), e.name))
+
+
+def seed_mean(replicas: Sequence[Evaluation]) -> Evaluation:
+    """One row of the table from a row's seed replicas (its own evaluation first): every metric of every
+    dataset-task and the score, averaged across the seeds that have it. The deltas and their intervals are
+    seed means (``Samples.point``), so the cells beside them must be too. Run files stay the first seed's:
+    the gallery and the audit show one model's rankings."""
+    first = replicas[0]
+    if len(replicas) == 1:
+        return first
+    metrics: dict = {"score": {}}
+    for pool in first.pools():
+        cells: dict[str, dict[str, float]] = {}
+        for dt in first.metrics[pool]:
+            per_seed = [e.metrics[pool][dt] for e in replicas if dt in e.metrics.get(pool, {})]
+            cells[dt] = {m: float(np.mean([c[m] for c in per_seed if m in c])) for m in per_seed[0]}
+        metrics[pool] = cells
+        if pool in first.metrics.get("score", {}):
+            metrics["score"][pool] = float(np.mean([e.metrics["score"][pool] for e in replicas
+                                                    if pool in e.metrics.get("score", {})]))
+    return Evaluation(first.name, first.dir, metrics, first.info)  # type: ignore[arg-type]
+
+
+def seed_table(replicas: Mapping[str, Sequence[Evaluation]], pools: Sequence[str]) -> list[str]:
+    """Mean ± sd across seeds of every group mean and the M-BEIR score, for rows with several seeds: the
+    means are the cells of the pool tables, the sds what those cells do not show."""
+    studied = {row: evals for row, evals in replicas.items() if len(evals) > 1}
+    if not studied:
+        return []
+    groups = columns([e for evals in replicas.values() for e in evals])
+    heads = [f"{pool} {label}" for pool in pools for label in [k.value for k in groups] + [SCORE]]
+    lines = ["| evaluation | seeds | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
+    for row, evals in studied.items():
+        cells = []
+        for pool in pools:
+            per_col = [[group_mean(e, pool, dts) for e in evals] for dts in groups.values()]
+            per_col.append([e.metrics.get("score", {}).get(pool) for e in evals])
+            for values in per_col:
+                known = [v for v in values if v is not None]
+                cells.append("–" if not known else "{:.1f} ± {:.1f}".format(*seed_summary(known)))
+        lines.append(f"| {row} | {len(evals)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def find_baseline(evaluations: Sequence[Evaluation]) -> Evaluation | None:
