@@ -88,11 +88,13 @@ def test_a_comment_in_the_cli_mount_stales_no_stage(finished: Path, edit) -> Non
 
 @pytest.mark.slow
 def test_adding_a_variant_stales_only_its_stages_and_the_report(finished: Path, edit) -> None:
-    edit("src/rare/stages/variants.py", '    "both": (True, True),\n', '    "both": (True, True),\n    "image": (True, False),\n')
+    edit("src/rare/stages/variants.py", '    "both": VariantSpec(corpus=True, queries=True),\n',
+         '    "both": VariantSpec(corpus=True, queries=True),\n'
+         '    "corpus-append": VariantSpec(corpus=True, queries=False, corpus_mode="append"),\n')
     (finished / "dvc.yaml").write_text(subprocess.run(
         [sys.executable, "-c", "from rare import stages; print(stages.dvc_yaml(), end='')"], cwd=finished,
         env={**ENV, "PYTHONPATH": str(finished / "src")}, capture_output=True, text=True, check=True).stdout)
     try:
-        assert _stale(finished) == {"train_image", "eval_image", "eval_infer_image", "report"}
+        assert _stale(finished) == {"train_corpus_append", "eval_corpus_append", "eval_infer_corpus_append", "report"}
     finally:
         shutil.copy(ROOT / "dvc.yaml", finished / "dvc.yaml")

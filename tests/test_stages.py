@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from rare import stages
+from rare.stages.variants import VariantSpec
 from rare.cli import app
 from rare.stages import declare
 from rare.stages.variants import VARIANTS
@@ -98,12 +99,36 @@ def test_a_new_variant_adds_its_stages_and_changes_only_the_report(monkeypatch: 
     changed report (its cmd and needs), and every other stage as it was, deps included (the variant table
     is no stage's code dep; tests/test_stage_staleness.py checks it with `dvc status`)."""
     before = stages.pipeline()
-    monkeypatch.setitem(stages.VARIANTS, "image", (True, False))
-    monkeypatch.setattr("rare.stages.evaluate.INFERENCE_ONLY", (*stages.INFERENCE_ONLY, "image"))
-    evaluations = (*stages.EVALUATIONS[:5], "image", *stages.EVALUATIONS[5:], "infer-image")
+    monkeypatch.setitem(stages.VARIANTS, "corpus-append", VariantSpec(corpus=True, queries=False, corpus_mode="append"))
+    monkeypatch.setattr("rare.stages.evaluate.INFERENCE_ONLY", (*stages.INFERENCE_ONLY, "corpus-append"))
+    evaluations = (*stages.EVALUATIONS[:5], "corpus-append", *stages.EVALUATIONS[5:], "infer-corpus-append")
     monkeypatch.setattr("rare.stages.report.EVALUATIONS", evaluations)
     monkeypatch.setattr(stages, "EVALUATIONS", evaluations)
-    assert _changed(before, stages.pipeline()) == {"train_image", "eval_image", "eval_infer_image", "report"}
+    after = stages.pipeline()
+    assert _changed(before, after) == {"train_corpus_append", "eval_corpus_append", "eval_infer_corpus_append", "report"}
+    # What tells the variant apart from `corpus` reaches its commands, and so DVC (it tracks cmd).
+    for name in ("train_corpus_append", "eval_corpus_append", "eval_infer_corpus_append"):
+        assert "--corpus-enhanced data/enhanced/corpus" in after["stages"][name]["cmd"]
+        assert after["stages"][name]["cmd"].endswith("--corpus-mode append"), after["stages"][name]["cmd"]
+    assert "--corpus-mode" not in after["stages"]["train_corpus"]["cmd"]
+
+
+def test_a_variants_corpus_mode_builds_the_evaluated_texts(tiny_root: Path, tmp_path: Path) -> None:
+    """`--corpus-mode` overrides the model's own mode for the candidates' texts, and only when given."""
+    from rare.config.evaluate import EvaluateParams
+    from rare.contracts import ModelMeta
+    from rare.evaluate.protocol import plan
+
+    import shutil
+
+    enhanced = tmp_path / "enhanced"
+    shutil.copytree(tiny_root / "cand_pool", enhanced / "cand_pool")  # the enhanced mirror's layout
+    meta = ModelMeta(variant="none")
+    own = plan("corpus", meta, "corpus", tiny_root, EvaluateParams(), corpus_enhanced=enhanced)
+    appended = plan("corpus-append", meta, "corpus-append", tiny_root, EvaluateParams(), corpus_enhanced=enhanced,
+                    corpus_mode="append")
+    assert own.corpus_view.mode == meta.text_mode.corpus == "replace"  # the contract's default
+    assert appended.corpus_view.mode == "append" and appended.query_view == own.query_view
 
 
 @pytest.mark.parametrize("stage", list(stages.stages()), ids=lambda s: s.name)

@@ -39,7 +39,7 @@ def noisy_params(params_file: Path, rate: float, out: Path) -> Path:
 
 
 def _enhanced_opts(variant: str, enhanced: Path) -> list[str]:
-    use_corpus, use_query = VARIANTS[variant]
+    use_corpus, use_query = VARIANTS[variant].sides
     return (["--corpus-enhanced", str(enhanced / "corpus")] if use_corpus else []) + \
         (["--queries-enhanced", str(enhanced / "queries")] if use_query else [])
 

@@ -26,7 +26,7 @@ from rare.data.instructions import InstructionTable
 from rare.data.layout import MBEIRRoot
 from rare.data.qrels import read_qrels
 from rare.data.records import iter_jsonl
-from rare.data.views import side_file
+from rare.data.views import TextMode, side_file
 from rare.evaluate import embed
 from rare.evaluate.metrics import mbeir_score, task_metrics
 from rare.evaluate.runfile import write_run
@@ -94,9 +94,11 @@ def regime_of(model_variant: str, inputs: str) -> Regime:
 
 
 def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluateParams,
-         corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None) -> Plan:
+         corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
+         corpus_mode: TextMode | None = None) -> Plan:
     """Resolve every file one evaluation reads; fails before any work if one is missing. Texts are built as
-    the model was trained on them: its text modes and instruction seed come from its ``meta``. A side reads
+    the model was trained on them: its text modes and instruction seed come from its ``meta``, unless the input
+    variant joins a candidate's enhancement its own way (``corpus_mode``, an inference-only row). A side reads
     its enhanced mirror exactly when its enhanced folder is given; ``inputs`` names the input variant."""
     use_corpus, use_query = corpus_enhanced is not None, queries_enhanced is not None
     root = MBEIRRoot.open(data)
@@ -124,7 +126,7 @@ def plan(name: str, meta: ModelMeta, inputs: str, data: Path, params: EvaluatePa
     return Plan(
         name=name, inputs=inputs, model_variant=model_variant, regime=regime_of(model_variant, inputs), root=root,
         split=params.split, tasks=tasks, global_pool=global_pool,
-        corpus_view=embed.TextView(use_corpus, meta.text_mode.corpus),
+        corpus_view=embed.TextView(use_corpus, corpus_mode or meta.text_mode.corpus),
         query_view=embed.TextView(use_query, meta.text_mode.query, InstructionTable.load(instructions),
                                   file_digest(instructions), meta.instruction_seed),
     )
@@ -177,10 +179,11 @@ def embed_all(p: Plan, retriever: Any, params: EvaluateParams, device: str = "cp
 
 
 def embed_only(name: str, retriever: Any, inputs: str, data: Path, params: EvaluateParams,
-               corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None) -> PlanEmbeddings:
+               corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
+               corpus_mode: TextMode | None = None) -> PlanEmbeddings:
     """A rank other than 0: the same plan and the same sequence of ``embed`` calls as rank 0 (their
     collectives pair up in that order), no search, no outputs, no tracking."""
-    p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced)
+    p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced, corpus_mode)
     return embed_all(p, retriever, params, resolve_device(params.device))
 
 
@@ -276,14 +279,14 @@ def track(p: Plan, metrics: EvalMetrics, out: Path, params: EvaluateParams, mode
 
 def evaluate(name: str, retriever: Any, inputs: str, data: Path, out: Path, params: EvaluateParams,
              corpus_enhanced: Path | None = None, queries_enhanced: Path | None = None,
-             tracked: bool = False, model: Path | None = None) -> EvalMetrics:
+             tracked: bool = False, model: Path | None = None, corpus_mode: TextMode | None = None) -> EvalMetrics:
     """All steps of one evaluation; returns the metrics written to ``out/metrics.json``.
 
     ``tracked``: log it into the active MLflow run (the stage, ``rare.stages.evaluate``, opens that run).
     """
     device = resolve_device(params.device)
     t0 = time.perf_counter()
-    p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced)
+    p = plan(name, retriever.meta, inputs, data, params, corpus_enhanced, queries_enhanced, corpus_mode)
     emb = embed_all(p, retriever, params, device)
     timings = {"embed_s": time.perf_counter() - t0}
     results = {}

@@ -74,7 +74,8 @@ def study_stages(seeds: list[int]) -> Iterator[Stage]:
         for v in VARIANTS:
             model = f"{STUDY_MODELS}/{replica(v, seed)}"
             base = train.trained(v)
-            yield Stage(f"train_{v}_s{seed}", train.TRAIN, (v,), base.inputs, {"--out": model, "--seed": str(seed)},
+            yield Stage(f"train_{v.replace('-', '_')}_s{seed}", train.TRAIN, (v,), base.inputs,
+                        {"--out": model, "--seed": str(seed), **VARIANTS[v].options()},
                         needs=(PRETRAINED,), outs=(Out(model),))
         evals = [(v, f"{STUDY_MODELS}/{replica(v, seed)}", v) for v in VARIANTS]
         evals += [(f"infer-{v}", f"{STUDY_MODELS}/{replica(BASELINE, seed)}", v) for v in INFERENCE_ONLY]

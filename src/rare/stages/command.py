@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from rare.stages.declare import Step
-from rare.stages.variants import VARIANTS
+from rare.stages.variants import VARIANTS, TextMode
 
 Variant = Literal[tuple(VARIANTS)]  # type: ignore[valid-type]  # choices checked at parse time
 InFile = {"exists": True, "dir_okay": False, "readable": True}  # checked at parse time
@@ -22,6 +22,9 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read t
 DataOpt = Annotated[Path, typer.Option("--data", help="M-BEIR-layout root (raw data).", **InDir)]
 CorpusEnhOpt = Annotated[Optional[Path], typer.Option("--corpus-enhanced", help="Output of `rare enhance corpus`.",
                                                       **InDir)]
+CorpusModeOpt = Annotated[Optional[TextMode], typer.Option(
+    "--corpus-mode", help="How a candidate's enhancement joins its text, instead of train.text_mode.corpus (a "
+    "variant's own choice, from its entry in rare.stages.variants).")]
 QueriesEnhOpt = Annotated[Optional[Path], typer.Option("--queries-enhanced", help="Output of `rare enhance queries`.",
                                                        **InDir)]
 
@@ -47,7 +50,7 @@ def enhanced_for(variant: str, corpus_enhanced: Path | None,
                  queries_enhanced: Path | None) -> tuple[Path | None, Path | None]:
     """The enhanced folders ``variant`` reads, each required when the variant reads it and dropped when it
     does not: the library reads a side's enhanced text exactly when it is handed that side's folder."""
-    use_corpus, use_query = VARIANTS[variant]
+    use_corpus, use_query = VARIANTS[variant].sides
     for needed, given, option in ((use_corpus, corpus_enhanced, "--corpus-enhanced"),
                                   (use_query, queries_enhanced, "--queries-enhanced")):
         if needed and given is None:

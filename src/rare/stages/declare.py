@@ -102,7 +102,7 @@ class Stage:
 
 def enhanced_inputs(variant: str) -> dict[str, str]:
     """The enhanced folders a stage of ``variant`` reads, as the options its cmd passes."""
-    corpus, queries = VARIANTS[variant]
+    corpus, queries = VARIANTS[variant].sides
     return {**({"--corpus-enhanced": ENHANCED["corpus"]} if corpus else {}),
             **({"--queries-enhanced": ENHANCED["queries"]} if queries else {})}
 

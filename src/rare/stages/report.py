@@ -46,7 +46,7 @@ def run_report(evals: Path, out: Path, data: Path, params_file: Path, corpus_enh
     tracking = load_section("tracking", params_file)
     with deferred_child_run(tracking, "report", "report", data=data) as run_id:
         report = build_report(Path(evals), Path(out), Path(data), load_section("report", params_file),
-                              corpus_enhanced, queries_enhanced, order, sides if sides is not None else VARIANTS)
+                              corpus_enhanced, queries_enhanced, order, sides if sides is not None else {v: x.sides for v, x in VARIANTS.items()})
         if run_id():
             log_report(Path(out), tracking, Path(params_file), run_id())
     if stageflow.in_run():

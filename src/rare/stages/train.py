@@ -11,9 +11,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from rare.stages.command import CorpusEnhOpt, DataOpt, ParamsOpt, QueriesEnhOpt, Variant, enhanced_for, run_stage
+from rare.stages.command import (
+    CorpusEnhOpt,
+    CorpusModeOpt,
+    DataOpt,
+    ParamsOpt,
+    QueriesEnhOpt,
+    Variant,
+    enhanced_for,
+    run_stage,
+)
 from rare.stages.declare import PRETRAINED, RAW, Out, Stage, Step, enhanced_inputs
-from rare.stages.variants import VARIANTS
+from rare.stages.variants import VARIANTS, TextMode
 
 if TYPE_CHECKING:
     from rare.config.tracking import TrackingParams
@@ -26,8 +35,8 @@ RUN_ENV = "RARE_TRAIN_RUN_ID"  # rank 0's MLflow run, inherited by the DDP worke
 def trained(variant: str) -> Stage:
     loss = tuple(Out(f"metrics/loss/{variant}_{split}.json", cache=False) for split in ("train", "val"))
     metrics = f"metrics/train_{variant}.json"
-    return Stage(f"train_{variant}", TRAIN, (variant,), {"--data": RAW, **enhanced_inputs(variant)},
-                 {"--out": f"models/{variant}", "--metrics": metrics}, needs=(PRETRAINED,),
+    return Stage(f"train_{variant.replace('-', '_')}", TRAIN, (variant,), {"--data": RAW, **enhanced_inputs(variant)},
+                 {"--out": f"models/{variant}", "--metrics": metrics, **VARIANTS[variant].options()}, needs=(PRETRAINED,),
                  outs=(Out(f"models/{variant}"), *loss, Out(metrics, cache=False)))
 
 
@@ -84,15 +93,19 @@ def train_tracked(variant: str, data: Path, out: Path, params: TrainParams, trac
 
 
 def run_train(variant: str, data: Path, out: Path, params_file: Path, corpus_enhanced: Path | None = None,
-              queries_enhanced: Path | None = None, metrics: Path | None = None, seed: int | None = None) -> Path:
+              queries_enhanced: Path | None = None, metrics: Path | None = None, seed: int | None = None,
+              corpus_mode: TextMode | None = None) -> Path:
     """Train ``variant`` on ``data`` and export the retriever to ``out``; a retry resumes from the last checkpoint.
-    ``seed`` overrides ``train.seed`` (a seed study's replica)."""
+    ``seed`` overrides ``train.seed`` (a seed study's replica), ``corpus_mode`` ``train.text_mode.corpus`` (the
+    variant's own way of joining a candidate's enhancement to its text)."""
     from rare import stageflow
     from rare.config import load_section
 
     params = load_section("train", params_file)
     if seed is not None:
         params = params.model_copy(update={"seed": seed})
+    if corpus_mode is not None:
+        params = params.model_copy(update={"text_mode": params.text_mode.model_copy(update={"corpus": corpus_mode})})
     exported = train_tracked(variant, Path(data), Path(out), params, load_section("tracking", params_file),
                              corpus_enhanced, queries_enhanced, metrics=metrics)
     stageflow.logger().info(f"retriever for variant {variant!r} exported to {exported}")
@@ -106,6 +119,7 @@ def train(
                                       "meta.json (replaced atomically).")],
     corpus_enhanced: CorpusEnhOpt = None,
     queries_enhanced: QueriesEnhOpt = None,
+    corpus_mode: CorpusModeOpt = None,
     params_file: ParamsOpt = Path("params.yaml"),
     metrics: Annotated[Optional[Path], typer.Option("--metrics", help="Also write training figures (wall time, "
                                                     "steps, val loss) here, for DVC.")] = None,
@@ -115,7 +129,8 @@ def train(
     """Train the retriever for one variant (params `train:`); resumes from its last checkpoint after a kill."""
     corpus_enhanced, queries_enhanced = enhanced_for(variant, corpus_enhanced, queries_enhanced)
     run_stage(TRAIN, f"train-{variant}", variant=variant, data=data, out=out, params_file=params_file,
-              corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced, metrics=metrics, seed=seed)
+              corpus_enhanced=corpus_enhanced, queries_enhanced=queries_enhanced, metrics=metrics, seed=seed,
+              corpus_mode=corpus_mode)
 
 
 def mount(app: typer.Typer) -> None:

@@ -12,11 +12,34 @@ inference-only evaluation.
 
 from __future__ import annotations
 
-VARIANTS: dict[str, tuple[bool, bool]] = {  # variant -> (enhanced candidates, enhanced queries)
-    "none": (False, False),
-    "corpus": (True, False),
-    "query": (False, True),
-    "both": (True, True),
+from dataclasses import dataclass
+
+from rare.data.views import TextMode
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Which sides read enhanced text, and how a candidate's enhancement joins its text when the variant says
+    (None: ``train.text_mode.corpus``). Both reach the stage as options of its cmd."""
+
+    corpus: bool
+    queries: bool
+    corpus_mode: TextMode | None = None
+
+    @property
+    def sides(self) -> tuple[bool, bool]:
+        return self.corpus, self.queries
+
+    def options(self) -> dict[str, str]:
+        """The cmd options beyond the enhanced folders (``enhanced_inputs``)."""
+        return {"--corpus-mode": self.corpus_mode} if self.corpus_mode else {}
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "none": VariantSpec(corpus=False, queries=False),
+    "corpus": VariantSpec(corpus=True, queries=False),
+    "query": VariantSpec(corpus=False, queries=True),
+    "both": VariantSpec(corpus=True, queries=True),
 }
 BASELINE = "none"  # the variant whose model the inference-only rows evaluate on enhanced inputs
 ZERO_SHOT = "zero-shot"
@@ -27,6 +50,6 @@ EVALUATIONS = (ZERO_SHOT, *VARIANTS, *(f"infer-{v}" for v in INFERENCE_ONLY))  #
 def variant_sides(variant: str) -> tuple[bool, bool]:
     """(enhanced candidates, enhanced queries) of ``variant``; an unknown name is one clear error."""
     try:
-        return VARIANTS[variant]
+        return VARIANTS[variant].sides
     except KeyError:
         raise ValueError(f"unknown variant {variant!r}; allowed: {list(VARIANTS)}") from None
