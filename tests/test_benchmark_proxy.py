@@ -64,7 +64,7 @@ def features(text: str) -> tuple[Counter, set[str]]:
 
 def proxy_recall(root: MBEIRRoot, backend, variant: str) -> dict[str, float]:
     """Headline R@k per dataset-task on the local test pools; ties count as expected under random order."""
-    use_corpus, use_query = VARIANTS[variant]
+    use_corpus, use_query = VARIANTS[variant].sides
     out = {}
     for dt in root.eval_tasks("test"):
         cands = list(iter_candidates(root.local_pool(dt)))

@@ -34,7 +34,7 @@ ROWS = {  # name: (inputs, regime, [emblemkb6, emblemkb8, tweakset7, glyphcaps0]
 }
 QUERIES = 200  # per dataset-task: a value v% is the first 2v queries hit at rank 1
 
-build_report = partial(compose.build_report, sides=VARIANTS)
+build_report = partial(compose.build_report, sides={v: spec.sides for v, spec in VARIANTS.items()})
 
 
 def write_qrels(data: Path) -> Path:
