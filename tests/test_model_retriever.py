@@ -83,7 +83,7 @@ def test_collator_is_picklable_and_works_in_dataloader_workers(tiny_retriever_di
 def test_save_load_roundtrip_is_exact_and_fingerprint_tracks_weights(tmp_path: Path, tiny_retriever_dir: Path) -> None:
     r = load_retriever(tiny_retriever_dir)
     assert r.meta.to_json() == {"variant": "none", "text_mode": {"corpus": "append", "query": "replace"},
-                                "instruction_seed": 0}
+                                "instruction_seed": 0, "inputs": {"data": "data/raw"}}
     out = save_retriever(r, tmp_path / "copy", r.meta.model_copy(update={"variant": "both"}))
     r2 = load_retriever(out)
     batch = r.collator()(ITEMS)
