@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_runs_record_the_commit_dirty_flag_and_the_data_digest(project: Path, ti
     subprocess.run(["git", "init", "-q"], check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"],
                    check=True)
-    rare_tracking._git.cache_clear()
+    rare_tracking._git_in.cache_clear()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     with rare_tracking.child_run(TrackingParams(experiment="rare-test"), "evaluate", "eval-none", data=tiny_root) as run_id:
         pass
@@ -148,6 +149,28 @@ def test_runs_record_the_commit_dirty_flag_and_the_data_digest(project: Path, ti
     assert rare_tracking.data_digest(changed) != tags["rare.data_digest"]
 
 
+def test_stages_run_from_a_folder_outside_git_share_a_parent_with_fresh_processes(project: Path, tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch):
+    """One process that asked git inside a checkout, then runs stages in a folder that is none (a test
+    session, a flow), must key the parent as a fresh stage process there does: no commit, one parent."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    checkout = tmp_path / "a-checkout"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   check=True)
+    assert "rare.git_commit" in rare_tracking.run_tags()
+    monkeypatch.chdir(project)
+    assert "rare.git_commit" not in rare_tracking.run_tags()
+    child = _log_a_file("data")
+    in_process = MlflowClient().get_run(child).data.tags["mlflow.parentRunId"]
+    script = ("from rare import mlflow_runs as t; from rare.config.tracking import TrackingParams;"
+              "print(t.parent_run_id(TrackingParams(experiment='rare-test')))")
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert fresh.stdout.strip().splitlines()[-1] == in_process
+
+
 def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project: Path):
     """Each stage rewrites dvc.lock and its committed metrics; that alone is no change of code or params."""
     (project / "metrics").mkdir()
@@ -160,7 +183,7 @@ def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project:
     subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
 
     def dirty() -> str:
-        rare_tracking._git.cache_clear()
+        rare_tracking._git_in.cache_clear()
         return rare_tracking.run_tags()["rare.git_dirty"]
 
     (project / "metrics/train_none.json").write_text('{"loss": 0.5}')
@@ -176,7 +199,7 @@ def test_a_pipeline_rewriting_its_own_outputs_leaves_the_checkout_clean(project:
     before = parent_of(_log_a_file("data"))
     assert parent_of(_log_a_file("data")) == before  # the same commit and params: the same pipeline run
     subprocess.run([*git, "commit", "-q", "-am", "y"], check=True)
-    rare_tracking._git.cache_clear()
+    rare_tracking._git_in.cache_clear()
     assert parent_of(_log_a_file("data")) != before  # a `dvc repro` after a commit: a new parent run
 
 

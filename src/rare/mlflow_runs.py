@@ -69,10 +69,16 @@ def setup(params: TrackingParams) -> str:
     return exp.experiment_id
 
 
-@functools.cache
 def _git(*args: str) -> str | None:
+    """git's answer for the current directory: the cache is per directory, since one process (a test
+    session, a flow) may run stages from several checkouts, or from a folder that is none."""
+    return _git_in(os.getcwd(), *args)
+
+
+@functools.cache
+def _git_in(cwd: str, *args: str) -> str | None:
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
