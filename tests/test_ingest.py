@@ -314,3 +314,46 @@ def test_image_to_image_needs_enough_test_groups(tmp_path: Path) -> None:
     assert not list((tmp_path / "r/cand_pool/local").glob("*task4*"))
     assert any(q.task_id == 4 for q in iter_queries(root.query_file("train", "mine")))
     assert not validate_root(tmp_path / "r").errors
+
+
+def _images_of(root: Path) -> list[Path]:
+    return sorted((root / "mbeir_images").rglob("*.png"))
+
+
+def test_image_files_are_hard_linked_unless_copies_are_asked_for(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in", items(12))
+    inputs = {(p.stat().st_ino) for p in (tmp_path / "in").glob("*.png")}
+    res = CliRunner().invoke(app, ["import", f"mine={src}", "--out", str(tmp_path / "linked")])
+    assert res.exit_code == 0, res.output
+    assert {p.stat().st_ino for p in _images_of(tmp_path / "linked")} == inputs
+    res = CliRunner().invoke(app, ["import", f"mine={src}", "--out", str(tmp_path / "copied"), "--copy"])
+    assert res.exit_code == 0, res.output
+    copies = _images_of(tmp_path / "copied")
+    assert len(copies) == 12 and not {p.stat().st_ino for p in copies} & inputs
+    assert sorted(p.read_bytes() for p in copies) == sorted(p.read_bytes() for p in _images_of(tmp_path / "linked"))
+
+
+def test_an_image_that_cannot_be_linked_is_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    src = write_jsonl(tmp_path / "in", items(12))
+    import_root([Source("mine", src)], tmp_path / "root", OPTS)
+    inputs = {p.stat().st_ino for p in (tmp_path / "in").glob("*.png")}
+    assert len(_images_of(tmp_path / "root")) == 12
+    assert not {p.stat().st_ino for p in _images_of(tmp_path / "root")} & inputs
+    assert not validate_root(tmp_path / "root").errors
+
+
+def test_validate_finds_a_linked_input_edited_in_place(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in", items(12))
+    import_root([Source("mine", src)], tmp_path / "root", OPTS)
+    assert not validate_root(tmp_path / "root").errors
+    with open(tmp_path / "in/img5.png", "r+b") as fh:  # in place, as some editors save: the root's file changes too
+        fh.write(png(7))
+    errs = [p for p in validate_root(tmp_path / "root").errors if "no longer hash to its name" in p.cause]
+    assert len(errs) == 1 and errs[0].line is not None and errs[0].path.endswith(".jsonl")
+    assert validate_root(tmp_path / "root", check_images=False).errors == []  # a record check alone reads no bytes

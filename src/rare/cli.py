@@ -162,6 +162,9 @@ def import_(
                                                  "(the first by content hash).")] = None,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Check the written records as "
                                            "`rare validate` does before the root replaces OUT.")] = True,
+    link: Annotated[bool, typer.Option("--link/--copy", help="Hard-link image files into OUT where the file "
+                                       "system allows (the root then shares them with the input; `rare validate` "
+                                       "finds one edited in place), or always write copies.")] = True,
 ) -> None:
     """Turn image-text collections into an M-BEIR root (t2i, i2t, i2i within groups) that `rare validate` accepts."""
     from rich.console import Console
@@ -170,7 +173,8 @@ def import_(
     from rare.ingest import ImportOptions, Source, import_root
 
     parsed = [Source.parse(s, fmt) for s in sources]
-    options = ImportOptions(val=val, test=test, seed=seed, first_id=first_id, limit=limit, validate=validate)
+    options = ImportOptions(val=val, test=test, seed=seed, first_id=first_id, limit=limit, validate=validate,
+                            link=link)
     with Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
                   TextColumn("{task.completed} rows"), TimeElapsedColumn(), transient=True,
                   console=Console(stderr=True)) as progress:

@@ -31,6 +31,11 @@ def code_digest(*modules: ModuleType) -> str:
     return h.hexdigest()
 
 
+def bytes_digest(data: bytes) -> str:
+    """``file_digest`` of bytes already in memory: the same 32 hex digits as the file holding them."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def file_digest(path: str | Path) -> str:
     """The content hash of a file's bytes, streamed: 32 hex digits (blake2b, 128 bits)."""
     with open(path, "rb") as fh:

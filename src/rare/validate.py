@@ -17,9 +17,10 @@ import numpy as np
 from rare.data.images import ImageLoadError, ImageRoot, open_image
 from rare.data.input_error import DataError
 from rare.data.instructions import InstructionTable
-from rare.data.layout import MBEIRRoot
+from rare.data.layout import CONTENT_NAMED_IMAGE, DATASETS_FILE, MBEIRRoot
 from rare.data.qrels import iter_qrels
 from rare.data.records import iter_jsonl, parse_candidate, parse_query
+from rare.hashing import file_digest
 from rare.mbeir import TASKS, dataset_id_of
 
 _QRELS = re.compile(r"^mbeir_(?P<stem>.+)_(?P<split>train|val|test)_qrels\.txt$")
@@ -70,8 +71,10 @@ class _IdSet:
     @staticmethod
     def key(did: str) -> int | None:
         head, sep, tail = did.partition(":")
-        if sep and head.isdigit() and tail.isdigit() and int(tail) < 1 << 40 and int(head) < 1 << 22:
-            return (int(head) << 40) | int(tail)
+        if sep and head.isdigit() and tail.isdigit():
+            h, t = int(head), int(tail)
+            if t < 1 << 40 and h < 1 << 22:
+                return (h << 40) | t
         return None
 
     def add(self, did: str) -> None:
@@ -91,12 +94,19 @@ class _IdSet:
         self._chunks = []
 
     def __contains__(self, did: str) -> bool:
-        k = self.key(did)
-        if k is None:
-            return did in self._other
+        return bool(self.contains([did])[0])
+
+    def contains(self, dids: list[str]) -> np.ndarray:
+        """Membership of each of ``dids``, looked up together (one searchsorted for all numeric keys)."""
         assert self._keys is not None, "freeze() first"
-        i = int(np.searchsorted(self._keys, k))
-        return i < len(self._keys) and int(self._keys[i]) == k
+        keys = [self.key(did) for did in dids]
+        found = np.array([k is None and did in self._other for k, did in zip(keys, dids)], dtype=bool)
+        numeric = np.array([k is not None for k in keys], dtype=bool)
+        if numeric.any() and len(self._keys):
+            wanted = np.array([k for k in keys if k is not None], dtype=np.int64)
+            i = np.minimum(np.searchsorted(self._keys, wanted), len(self._keys) - 1)
+            found[numeric] = self._keys[i] == wanted
+        return found
 
 
 @dataclass
@@ -168,7 +178,7 @@ class _Validator:
 
     # ---------------------------------------------------------------- images
     def _image_ref(self, rel: str | None, path: Path, line: int) -> None:
-        if not rel:
+        if not rel or rel in self.images:  # resolved once (an image is a candidate and a query of 2-3 tasks)
             return
         try:
             self.image_root.resolve(rel)
@@ -178,12 +188,18 @@ class _Validator:
         self.images.setdefault(rel, (path, line))
 
     def _images(self) -> None:
+        imported = (self.root.path / DATASETS_FILE).is_file()
+
         def check(item: tuple[str, tuple[Path, int]]) -> tuple[str, Path, int, str | None]:
             rel, (path, line) = item
             try:
                 open_image(self.root.path / rel)
             except ImageLoadError as exc:
                 return rel, path, line, str(exc)
+            named = CONTENT_NAMED_IMAGE.match(rel) if imported else None
+            if named and file_digest(self.root.path / rel) != named["digest"]:
+                return rel, path, line, ("its bytes no longer hash to its name: changed since `rare import` "
+                                         "(a hard-linked input edited in place? import again, or with --copy)")
             return rel, path, line, None
 
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -233,7 +249,8 @@ class _Validator:
         m = re.match(r"^mbeir_(.+_task\d+)_(?:val|test)\.jsonl$", path.name)
         local = self.local_pools.get(m.group(1)) if m else None
         local_files = ", ".join(str(f) for f in self.local_pool_files.get(m.group(1), [])) if m else ""
-        n = 0
+        n, first = 0, len(r.problems)
+        positives: list[tuple[int, str, int, str]] = []  # (line, qid, the qid's dataset id, did)
         groups_missing: set[tuple[int, str, str]] = set()
         for line, obj in _records(r, path):
             try:
@@ -250,26 +267,40 @@ class _Validator:
                 r.error(path, line, f"query_modality {q.modality!r} does not match task {q.task_id} ({expected_qmod!r})")
             self._image_ref(q.img_path, path, line)
             q_ds = dataset_id_of(q.qid)
-            for did in q.pos:
-                if did not in self.pool_dids:
-                    r.error(path, line, f"positive {did!r} of {q.qid!r} is in no candidate pool")
-                elif local is not None and did not in local:
-                    same = _safe_ds(did) == q_ds
-                    if same:
-                        r.error(path, line, f"positive {did!r} of {q.qid!r} is missing from its local pool {local_files}")
-                    else:
-                        r.warn(path, line, f"cross-dataset positive {did!r} of {q.qid!r} is unreachable in the local pool")
+            positives += [(line, q.qid, q_ds, did) for did in q.pos]
+            if len(positives) >= 1 << 16:  # bounded memory on M-BEIR's 1.1M-query union file
+                self._positives(path, positives, local, local_files)
+                positives.clear()
             if self.instructions is not None:
                 group = (q_ds, q.modality, TASKS[q.task_id][1])
                 if group not in self.instructions.prompts and group not in groups_missing:
                     groups_missing.add(group)
                     r.error(path, line, f"no instruction for (dataset {group[0]}, {group[1]} -> {group[2]}) "
                                           f"in {self.root.instructions_file}")
+        self._positives(path, positives, local, local_files)
+        r.problems[first:] = sorted(r.problems[first:], key=lambda p: p.line or 0)  # in line order, as found
         if n == 0:
             r.warn(path, None, "query file is empty")
         r.counts["queries"] = r.counts.get("queries", 0) + n
         if not upsampled and path.parent.name != "union_train":
             self.query_files.append(qf)
+
+    def _positives(self, path: Path, positives: list[tuple[int, str, int, str]], local: _IdSet | None,
+                   local_files: str) -> None:
+        """Every positive of a query file in a pool, and in its local pool (looked up together: a file holds
+        hundreds of thousands)."""
+        r = self.report
+        dids = [did for *_, did in positives]
+        in_pool = self.pool_dids.contains(dids)
+        in_local = local.contains(dids) if local is not None else in_pool
+        for (line, qid, q_ds, did), pooled, near in zip(positives, in_pool, in_local):
+            if not pooled:
+                r.error(path, line, f"positive {did!r} of {qid!r} is in no candidate pool")
+            elif not near:
+                if _safe_ds(did) == q_ds:
+                    r.error(path, line, f"positive {did!r} of {qid!r} is missing from its local pool {local_files}")
+                else:
+                    r.warn(path, line, f"cross-dataset positive {did!r} of {qid!r} is unreachable in the local pool")
 
     # ----------------------------------------------------------------- qrels
     def _qrels(self, path: Path) -> None:

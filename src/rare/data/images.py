@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import IO
 
@@ -86,20 +85,20 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 def decode(source: str | Path | IO[bytes], name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Fully decode an image file or stream as it is (no mode conversion), under the pixel cap; every failure
     is an ImageLoadError naming ``name``. ``rare import`` checks its inputs with this, so what it accepts
-    is what ``open_image`` reads back."""
+    is what ``open_image`` reads back. The cap is checked on the header, before any pixel is decoded
+    (Pillow's own bomb check, a warning above its ``MAX_IMAGE_PIXELS``, is left as it is: changing warning
+    filters here would race between the import's threads)."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageLoadError(f"{name}: {w}x{h} = {w * h} pixels exceeds the cap of {max_pixels}")
-            img.load()
-            return img
+        img = Image.open(source)
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageLoadError(f"{name}: {w}x{h} = {w * h} pixels exceeds the cap of {max_pixels}")
+        img.load()
+        return img
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{name}: decompression bomb refused ({exc})") from None
     except OSError as exc:  # truncated, corrupt, unidentified
         raise ImageLoadError(f"{name}: unreadable or corrupt image ({exc})") from None

@@ -7,6 +7,7 @@ objects. Originals are kept verbatim: enhancement adds an ``enhanced`` block bes
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,9 +114,13 @@ def _ids(value: Any, key: str) -> list[str]:
     return out
 
 
+_SPACE = re.compile(r"\s")
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
 def _record_id(value: Any, key: str) -> str:
     """qids and dids are '<dataset_id>:<n>' with no whitespace: they become columns of qrels and run files."""
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+    if not isinstance(value, str) or not value or _SPACE.search(value):
         raise ValueError(f"'{key}' must be a string '<dataset_id>:<n>' without spaces, got {value!r}")
     try:
         dataset_id_of(value)
@@ -142,12 +147,14 @@ def _img_path(value: Any, key: str) -> str | None:
     """A path string without control characters (a NUL cannot even be opened); where it points is
     checked when the image is resolved."""
     path = _opt_str(value, key)
-    if path is not None and any(ord(c) < 32 for c in path):
+    if path is not None and _CONTROL.search(path):
         raise ValueError(f"'{key}' contains a control character: {path!r}")
     return path
 
 
 def _check_fields(obj: dict[str, Any], required: frozenset[str]) -> None:
+    if obj.keys() == required:  # the common case, one set comparison (this runs per record)
+        return
     missing = sorted(required - obj.keys())
     extra = sorted(obj.keys() - required - EXTENSION_FIELDS)
     if missing:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
@@ -30,9 +31,10 @@ from typing import Any
 from rare.atomic import replacing_folder
 from rare.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, decode
 from rare.data.instructions import HEADER
-from rare.data.layout import DATASETS_FILE, MBEIRRoot
+from rare.data.layout import CONTENT_NAMED_IMAGE, DATASETS_FILE, MBEIRRoot
 from rare.data.qrels import qrels_line
 from rare.data.records import write_jsonl
+from rare.hashing import bytes_digest
 from rare.ingest.formats import detect_format
 from rare.ingest.rows import Rejected, Row, Where
 from rare.mbeir import FIRST_IMPORTED_ID, TASKS, DatasetTask
@@ -79,6 +81,7 @@ class ImportOptions:
     limit: int | None = None  # keep at most this many items per source (the first in content-hash order)
     min_i2i_queries: int = 10  # image->image is evaluated only with this many test queries (groups) or more
     validate: bool = True  # run `rare validate`'s checks on the records before the swap (images were checked)
+    link: bool = True  # hard-link an image file into the root where the file system allows it, else copy it
 
     def __post_init__(self) -> None:
         if not (0 <= self.val < 1 and 0 < self.test < 1 and self.val + self.test < 1):
@@ -103,16 +106,31 @@ class ImportResult:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
 def split_of(item: ImportItem, options: ImportOptions) -> str:
     """A group stays in one split (no query meets its group's other members in training)."""
     key = f"g:{item.group}" if item.group is not None else f"i:{item.digest}"
     h = hashlib.blake2b(f"{options.seed}:{key}".encode(), digest_size=8).digest()
     u = int.from_bytes(h, "big") / 2**64
     return "test" if u < options.test else "val" if u < options.test + options.val else "train"
+
+
+def _linked(source: Path, target: Path, read: os.stat_result) -> bool:
+    """Hard-link ``source`` (stat ``read`` when its bytes were read and checked) as ``target``: a new file
+    costs as much as decoding the image on some file systems, a link a few microseconds. False (copy it
+    instead) on another file system, where links are not allowed, or when the file changed since it was read.
+    The root then shares the file with the input: `rare validate` finds one edited in place (its name is its
+    content hash); `rare import --copy` writes copies instead."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        return False
+    now = os.stat(target)
+    if (now.st_ino, now.st_size, now.st_mtime_ns) != (read.st_ino, read.st_size, read.st_mtime_ns):
+        target.unlink()
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -128,12 +146,14 @@ class _Checked:
 class _Collector:
     """Checks each row's image: readable, an image, not seen before; its bytes land under the root.
 
-    Reading, hashing, decoding and writing run in a few threads (file I/O and Pillow's decoder release the
-    GIL), a bounded window ahead of the rows being taken in input order; the first row with some content
+    Reading, hashing, decoding and writing (a hard link where it can) run in a few threads, in batches of
+    rows (file I/O and Pillow's decoder release the GIL), a bounded window ahead of the rows being taken in
+    input order; the first row with some content
     keeps it, so which duplicate is refused never depends on timing. Equal contents share one file name, so
     a duplicate's write is refused by the exclusive create and never touches the first copy."""
 
-    WINDOW = 64
+    BATCH = 16  # rows per task: a task per row costs the main thread as much as a worker's check
+    WINDOW = 8  # tasks (batches or rejections) ahead of the row being taken
 
     def __init__(self, tmp: Path, options: ImportOptions, on_reject: Callable[[Rejected], None], workers: int = 4):
         self.tmp, self.options, self.on_reject = tmp, options, on_reject
@@ -152,53 +172,71 @@ class _Collector:
 
     def _check(self, name: str, row: Row) -> _Checked:
         try:
+            source = os.stat(row.source) if self.options.link and row.source is not None else None
             data = row.image()
         except FileNotFoundError:
             return _Checked(row, cause=f"image {row.image_name} not found")
         except OSError as exc:
             return _Checked(row, cause=f"image {row.image_name} cannot be read ({exc.strerror or exc})")
-        digest = _digest(data)
+        digest = bytes_digest(data)
         try:
             img = decode(io.BytesIO(data), row.image_name, self.options.max_pixels)
         except ImageLoadError as exc:
             return _Checked(row, digest, cause=f"not a usable image: {exc}")
         rel = f"mbeir_images/{name}_images/{digest[:2]}/{digest}.{EXT.get(img.format or '', 'img')}"
+        assert CONTENT_NAMED_IMAGE.match(rel), rel  # what `rare validate` checks the bytes against
         folder = rel.rsplit("/", 1)[0]
         if folder not in self.folders:  # a set add is atomic under the GIL; mkdir tolerates a racing twin
             (self.tmp / folder).mkdir(parents=True, exist_ok=True)
             self.folders.add(folder)
         try:
-            with open(self.tmp / rel, "xb") as fh:
-                fh.write(data)
+            if source is None or not _linked(row.source, self.tmp / rel, source):
+                with open(self.tmp / rel, "xb") as fh:
+                    fh.write(data)
         except FileExistsError:
             pass  # the same bytes, from an earlier row
         return _Checked(row, digest, rel)
 
+
     def items(self, name: str, rows: Iterator[Row | Rejected], on_row: Callable[[], None]) -> Iterator[ImportItem]:
-        window: deque[Future[_Checked] | Rejected] = deque()
+        window: deque[Future[list[_Checked]] | Rejected] = deque()
+        batch: list[Row] = []
+
+        def submit() -> None:
+            if batch:
+                window.append(self.pool.submit(lambda rows: [self._check(name, r) for r in rows], batch.copy()))
+                batch.clear()
 
         def drain(keep: int) -> Iterator[ImportItem]:
             while len(window) > keep:
                 head = window.popleft()
-                on_row()
                 if isinstance(head, Rejected):
+                    on_row()
                     self.reject(head.where, head.cause)
                     continue
-                c = head.result()
-                if c.digest is not None and c.digest in self.seen and c.cause is None:
-                    self.reject(c.row.where, f"duplicate image {c.row.image_name} (same content as "
-                                             f"{self.seen[c.digest]})")
-                elif c.cause is not None:
-                    self.reject(c.row.where, c.cause)
-                else:
-                    assert c.digest is not None and c.rel is not None
-                    self.seen[c.digest] = c.row.where
-                    yield ImportItem(c.digest, c.row.text, c.row.group, c.rel, c.row.where)
+                for c in head.result():
+                    on_row()
+                    if c.digest is not None and c.digest in self.seen and c.cause is None:
+                        self.reject(c.row.where, f"duplicate image {c.row.image_name} (same content as "
+                                                 f"{self.seen[c.digest]})")
+                    elif c.cause is not None:
+                        self.reject(c.row.where, c.cause)
+                    else:
+                        assert c.digest is not None and c.rel is not None
+                        self.seen[c.digest] = c.row.where
+                        yield ImportItem(c.digest, c.row.text, c.row.group, c.rel, c.row.where)
 
         for row in rows:
             self.result.rows += 1
-            window.append(row if isinstance(row, Rejected) else self.pool.submit(self._check, name, row))
+            if isinstance(row, Rejected):
+                submit()  # the rows before it keep their place
+                window.append(row)
+            else:
+                batch.append(row)
+                if len(batch) == self.BATCH:
+                    submit()
             yield from drain(self.WINDOW)
+        submit()
         yield from drain(0)
 
 

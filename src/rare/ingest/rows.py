@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Row:
     group: str | None
     image: Callable[[], bytes]  # read lazily: a missing or unreadable image rejects the row, not the import
     image_name: str  # for messages: the path or member the bytes come from
+    source: Path | None = None  # the plain file the bytes are, where they are one: the import may hard-link it
 
 
 @dataclass(frozen=True)
