@@ -116,10 +116,13 @@ def _ids(value: Any, key: str) -> list[str]:
 
 _SPACE = re.compile(r"\s")
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_RECORD_ID = re.compile(r"[0-9]+:\S*")  # what the checks below accept, in one C call (this runs per id)
 
 
 def _record_id(value: Any, key: str) -> str:
     """qids and dids are '<dataset_id>:<n>' with no whitespace: they become columns of qrels and run files."""
+    if isinstance(value, str) and _RECORD_ID.fullmatch(value):
+        return value
     if not isinstance(value, str) or not value or _SPACE.search(value):
         raise ValueError(f"'{key}' must be a string '<dataset_id>:<n>' without spaces, got {value!r}")
     try:

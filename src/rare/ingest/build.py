@@ -15,6 +15,7 @@ train candidates to the training pool; train queries to ``query/train`` and the 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,17 @@ def _qrels(path: Path, queries: list[dict]) -> None:
         fh.writelines(qrels_line(q["qid"], did, q["task_id"]) for q in queries for did in q["pos_cand_list"])
 
 
+@contextmanager
+def _frozen_for_gc() -> Iterator[None]:
+    """The records built so far (hundreds of thousands of dicts) are kept out of the cyclic collector's scans
+    while validation allocates its own: those scans cost the import ~10 % of its time (``gc.freeze``)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _rows(source: Source) -> Iterator[Row | Rejected]:
     return detect_format(source.path, source.format).reader(str(source.path))
 
@@ -396,7 +408,8 @@ def import_root(sources: list[Source], out: Path, options: ImportOptions = Impor
         manifest = {"datasets": declared, "items": result.items, "rows": result.rows, "rejected": len(result.rejected),
                     "counts": result.counts, "options": options.__dict__}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        report = validate_root(tmp, check_images=False) if options.validate else None
+        with _frozen_for_gc():
+            report = validate_root(tmp, check_images=False) if options.validate else None
         if report is not None and report.errors:
             raise ValueError(f"imported root is invalid ({len(report.errors)} errors), first: {report.errors[0]}")
     result.root = Path(out)
