@@ -44,7 +44,7 @@ def _retriever(base: Path, seed: int = 0, **vlm):  # noqa: ANN202
     return r
 
 
-def _pairs(r) -> tuple[dict, dict]:  # noqa: ANN001
+def _pairs(r, n: int = 5) -> tuple[dict, dict]:  # noqa: ANN001
     col = r.collator()
     queries = [EncodeInput("Find a photo. a red circle", None), EncodeInput("Find a caption. a square", _image(56, 84, 1)),
                EncodeInput("Find a photo. a blue triangle", None), EncodeInput("Find it.", _image(56, 56, 2)),
@@ -52,7 +52,7 @@ def _pairs(r) -> tuple[dict, dict]:  # noqa: ANN001
     cands = [EncodeInput("", _image(56, 56, 3)), EncodeInput("A square.", None),
              EncodeInput("A blue triangle.", _image(84, 56, 4)), EncodeInput("A thing", _image(56, 56, 5)),
              EncodeInput("Green.", None)]
-    return col(queries), col(cands)
+    return col(queries[:n]), col(cands[:n])
 
 
 def _grads(r) -> dict[str, torch.Tensor]:  # noqa: ANN001
@@ -135,6 +135,47 @@ def test_lightning_grad_cache_steps_like_the_plain_step(base: Path) -> None:
     assert any(not torch.allclose(plain[n], start[n]) for n in plain)  # it trained
     for name in plain:
         assert torch.allclose(plain[name], cached[name], atol=1e-5), name
+
+
+class _RankHalf(torch.utils.data.Dataset):
+    """Each rank's half of the global batch, as a distributed sampler would hand it out."""
+
+    def __init__(self, halves: list[dict]) -> None:
+        self.halves = halves
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> dict:
+        return self.halves[torch.distributed.get_rank()]
+
+
+@pytest.mark.slow
+def test_lightning_ddp_grad_cache_steps_like_one_process_on_the_global_batch(base: Path) -> None:
+    """`rare train`'s path on 2 CPU ranks: Lightning's DDP wraps the module, GradCache backs every chunk up
+    through it, the loss gathers both ranks' embeddings, DDP averages the gradients. Two steps of that equal
+    two plain steps of one process on the whole batch (without the gather they do not)."""
+    opt = OptimParams(lr=1.0, eps=1.0, lr_new=None, weight_decay=0.0, warmup_steps=0)
+    r = _retriever(base)
+    q, c = _pairs(r, 4)
+    plain = RetrieverModule(r, opt, 2)
+    pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(
+        plain, train_dataloaders=torch.utils.data.DataLoader(_Batches({"query": q, "cand": c}), batch_size=None))
+    expected = {n: p.detach().clone() for n, p in r.named_parameters() if p.requires_grad}
+
+    r = _retriever(base)
+    halves = [{"query": a, "cand": b} for a, b in zip(r.split(q, 2), r.split(c, 2), strict=True)]
+    module = RetrieverModule(r, opt, 2, grad_cache_chunk=1)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_RankHalf(halves), batch_size=None))
+    got = {n: p.detach() for n, p in module.retriever.named_parameters() if p.requires_grad}  # rank 0's, sent back
+    start = {n: p.detach() for n, p in _retriever(base).named_parameters() if p.requires_grad}
+    assert any(not torch.allclose(expected[n], start[n]) for n in expected)  # it trained
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-5), name
 
 
 @pytest.mark.parametrize("export", ["merged", "adapter"])
