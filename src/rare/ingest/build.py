@@ -356,12 +356,12 @@ def _qrels(path: Path, queries: list[dict]) -> None:
 
 
 @contextmanager
-def _frozen_for_gc() -> Iterator[None]:
-    """The records built so far (hundreds of thousands of dicts) are kept out of the cyclic collector's scans
-    while validation allocates its own: those scans cost the import ~10 % of its time (``gc.freeze``)."""
-    gc.freeze()
+def _kept_from_gc() -> Iterator[Callable[[], None]]:
+    """Yields ``gc.freeze``: what the import has built by the time it is called (the items, then hundreds of
+    thousands of record dicts) stays out of the cyclic collector's scans, which cost the import ~10 % of its
+    time as the records grow and validation allocates; all of it is handed back at the end."""
     try:
-        yield
+        yield gc.freeze
     finally:
         gc.unfreeze()
 
@@ -381,7 +381,8 @@ def import_root(sources: list[Source], out: Path, options: ImportOptions = Impor
         raise ValueError(f"dataset names must differ, got {names}")
     for s in sources:
         detect_format(s.path, s.format)  # an unsupported input fails before any work
-    with replacing_folder(Path(out)) as tmp, closing(_Collector(tmp, options, on_reject)) as collector:
+    with (replacing_folder(Path(out)) as tmp, closing(_Collector(tmp, options, on_reject)) as collector,
+          _kept_from_gc() as keep_from_gc):
         result = collector.result
         datasets, declared = [], []
         for i, source in enumerate(sources):
@@ -398,6 +399,7 @@ def import_root(sources: list[Source], out: Path, options: ImportOptions = Impor
                 raise ValueError(f"{source.path}: {len(items)} item(s) are too few to hold any out for val/test "
                                  f"(shares val={options.val}, test={options.test})")
             datasets.append(ds)
+            keep_from_gc()
             result.items[source.name] = len(items)
             declared.append({"name": source.name, "id": ds.id, "probe": "plain", "headline_k": 5,
                              "source": str(source.path), "format": detect_format(source.path, source.format).name})
@@ -408,8 +410,7 @@ def import_root(sources: list[Source], out: Path, options: ImportOptions = Impor
         manifest = {"datasets": declared, "items": result.items, "rows": result.rows, "rejected": len(result.rejected),
                     "counts": result.counts, "options": options.__dict__}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        with _frozen_for_gc():
-            report = validate_root(tmp, check_images=False) if options.validate else None
+        report = validate_root(tmp, check_images=False) if options.validate else None
         if report is not None and report.errors:
             raise ValueError(f"imported root is invalid ({len(report.errors)} errors), first: {report.errors[0]}")
     result.root = Path(out)
