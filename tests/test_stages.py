@@ -13,10 +13,9 @@ import yaml
 from typer.testing import CliRunner
 
 from rare import stages
-from rare.stages.variants import VariantSpec
 from rare.cli import app
 from rare.stages import declare
-from rare.stages.variants import VARIANTS
+from rare.stages.variants import VARIANTS, VariantSpec
 
 ROOT = stages.ROOT
 
@@ -115,11 +114,11 @@ def test_a_new_variant_adds_its_stages_and_changes_only_the_report(monkeypatch: 
 
 def test_a_variants_corpus_mode_builds_the_evaluated_texts(tiny_root: Path, tmp_path: Path) -> None:
     """`--corpus-mode` overrides the model's own mode for the candidates' texts, and only when given."""
+    import shutil
+
     from rare.config.evaluate import EvaluateParams
     from rare.contracts import ModelMeta
     from rare.evaluate.protocol import plan
-
-    import shutil
 
     enhanced = tmp_path / "enhanced"
     shutil.copytree(tiny_root / "cand_pool", enhanced / "cand_pool")  # the enhanced mirror's layout

@@ -93,9 +93,6 @@ class _IdSet:
         self._keys = np.unique(np.concatenate(self._chunks))
         self._chunks = []
 
-    def __contains__(self, did: str) -> bool:
-        return bool(self.contains([did])[0])
-
     def contains(self, dids: list[str]) -> np.ndarray:
         """Membership of each of ``dids``, looked up together (one searchsorted for all numeric keys)."""
         assert self._keys is not None, "freeze() first"

@@ -13,8 +13,13 @@ from rare.mbeir import Dataset, DatasetTask, Probe, register
 SPLITS = ("train", "val", "test")
 POINTER_FILE = "mbeir_root.json"  # written by `rare data` for an external (real) M-BEIR root
 DATASETS_FILE = "datasets.json"  # written by `rare import`: the imported datasets' names and ids
-# `rare import` names each image by its content hash (file_digest): <hash[:2]>/<hash>.<ext> under the root
+# `rare import` names each image by its content hash (file_digest): content_named_image() writes the name,
+# CONTENT_NAMED_IMAGE reads the hash back from it (`rare validate` checks the bytes against it)
 CONTENT_NAMED_IMAGE = re.compile(r"^mbeir_images/[a-z0-9]+_images/(?P<head>[0-9a-f]{2})/(?P<digest>(?P=head)[0-9a-f]{30})\.\w+$")
+
+
+def content_named_image(dataset: str, digest: str, ext: str) -> str:
+    return f"mbeir_images/{dataset}_images/{digest[:2]}/{digest}.{ext}"
 _EVAL_QUERY = re.compile(r"^mbeir_(?P<ds>[a-z0-9]+)_task(?P<task>\d+)_(?P<split>val|test)\.jsonl$")
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from rare.atomic import replacing_folder
 from rare.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, decode
 from rare.data.instructions import HEADER
-from rare.data.layout import CONTENT_NAMED_IMAGE, DATASETS_FILE, MBEIRRoot
+from rare.data.layout import DATASETS_FILE, MBEIRRoot, content_named_image
 from rare.data.qrels import qrels_line
 from rare.data.records import write_jsonl
 from rare.hashing import bytes_digest
@@ -149,9 +149,9 @@ class _Collector:
 
     Reading, hashing, decoding and writing (a hard link where it can) run in a few threads, in batches of
     rows (file I/O and Pillow's decoder release the GIL), a bounded window ahead of the rows being taken in
-    input order; the first row with some content
-    keeps it, so which duplicate is refused never depends on timing. Equal contents share one file name, so
-    a duplicate's write is refused by the exclusive create and never touches the first copy."""
+    input order; the first row with some content keeps it, so which duplicate is refused never depends on
+    timing. Equal contents share one file name, so a duplicate's write is refused by the exclusive create and
+    never touches the first copy."""
 
     BATCH = 16  # rows per task: a task per row costs the main thread as much as a worker's check
     WINDOW = 8  # tasks (batches or rejections) ahead of the row being taken
@@ -184,8 +184,7 @@ class _Collector:
             img = decode(io.BytesIO(data), row.image_name, self.options.max_pixels)
         except ImageLoadError as exc:
             return _Checked(row, digest, cause=f"not a usable image: {exc}")
-        rel = f"mbeir_images/{name}_images/{digest[:2]}/{digest}.{EXT.get(img.format or '', 'img')}"
-        assert CONTENT_NAMED_IMAGE.match(rel), rel  # what `rare validate` checks the bytes against
+        rel = content_named_image(name, digest, EXT.get(img.format or "", "img"))
         folder = rel.rsplit("/", 1)[0]
         if folder not in self.folders:  # a set add is atomic under the GIL; mkdir tolerates a racing twin
             (self.tmp / folder).mkdir(parents=True, exist_ok=True)
@@ -197,7 +196,6 @@ class _Collector:
         except FileExistsError:
             pass  # the same bytes, from an earlier row
         return _Checked(row, digest, rel)
-
 
     def items(self, name: str, rows: Iterator[Row | Rejected], on_row: Callable[[], None]) -> Iterator[ImportItem]:
         window: deque[Future[list[_Checked]] | Rejected] = deque()

@@ -38,7 +38,7 @@ def _row(path: Path, line: int, record: dict) -> Row | Rejected:
         return Rejected(where, "empty text")
     group_key = pick(record, GROUP_KEYS)
     image = path.parent / str(record[image_key]).strip()
-    return Row(where, text, clean_group(record.get(group_key)) if group_key else None, image.read_bytes, str(image), image)
+    return Row.from_file(where, text, clean_group(record.get(group_key)) if group_key else None, image)
 
 
 def read_jsonl(file: str) -> Iterator[Row | Rejected]:

@@ -61,7 +61,7 @@ def _sidecar(image: Path) -> Row | Rejected:
         return Rejected(where, f"not valid UTF-8 (byte at offset {exc.start})")
     if text is None:
         return Rejected(where, "empty text")
-    return Row(where, text, None, image.read_bytes, str(image), image)
+    return Row.from_file(where, text, None, image)
 
 
 def read_folder(path: str) -> Iterator[Row | Rejected]:

@@ -28,6 +28,10 @@ class Row:
     image_name: str  # for messages: the path or member the bytes come from
     source: Path | None = None  # the plain file the bytes are, where they are one: the import may hard-link it
 
+    @classmethod
+    def from_file(cls, where: Where, text: str, group: str | None, image: Path) -> Row:
+        return cls(where, text, group, image.read_bytes, str(image), image)
+
 
 @dataclass(frozen=True)
 class Rejected:
